@@ -1,0 +1,1 @@
+//! Gateway API objects -> Portcullis desired config and statuses.

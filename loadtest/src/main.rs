@@ -1,0 +1,5 @@
+//! portcullis-load: the mTLS load generator.
+
+fn main() {
+    println!("portcullis-load");
+}

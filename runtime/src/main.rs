@@ -1,0 +1,5 @@
+//! The `portcullis` binary.
+
+fn main() {
+    println!("portcullis");
+}

@@ -1,0 +1,615 @@
+//! `translate`: Gateway API objects in, desired config and statuses out. Pure: no clock (the
+//! caller passes `now`), no IO, deterministic for a given store and options.
+//!
+//! Order of work:
+//! 1. our Gateways: GatewayClass `controllerName` is ours, or `gatewayClassName` is the extra
+//!    class the caller names;
+//! 2. each Gateway's listeners are validated on their own (protocol, port, hostname, TLS mode
+//!    and options, route kinds, certificates) and against each other (conflicts);
+//! 3. ports are claimed across Gateways, oldest first: one process serves every Gateway, so two
+//!    Gateways cannot share a port, and the younger one's listeners get `PortUnavailable`.
+//!    Only structurally valid listeners claim ports; references (Secrets, CAs) do not decide
+//!    who owns a port, so that a Secret briefly missing never moves a port to another Gateway;
+//! 4. each HTTPS port's client-validation policy (perPort entry, else default);
+//! 5. HTTPRoutes attach to listeners (parentRef, allowedRoutes, hostname intersection);
+//! 6. statuses, and the desired config of what is programmed.
+
+mod conditions;
+mod gateways;
+mod matching;
+mod refs;
+mod routes;
+
+use std::collections::BTreeMap;
+
+use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
+use gateway_api::experimental::gateways::{GatewayStatus, GatewayStatusAddresses};
+use gateway_api::experimental::httproutes::{
+    HttpRoute, HttpRouteParentRefs, HttpRouteStatus, HttpRouteStatusParents,
+    HttpRouteStatusParentsParentRef,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use portcullis_core::desired::{
+    ClientValidation, DesiredConfig, DesiredListener, DesiredPort, DesiredRoute, ListenerTls,
+    ObjectRef, PortProtocol,
+};
+
+pub use conditions::{reasons, types};
+
+use conditions::{ConditionStamp, Problem, join_messages};
+use gateways::{AttachedRoute, GatewayState, ListenerState};
+use matching::hostnames_on_listener;
+use refs::GATEWAY_GROUP;
+use routes::{PreparedRoute, index_endpoint_slices, prepare_route};
+
+use crate::store::ObjectStore;
+
+/// The `controllerName` Portcullis answers to by default.
+pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
+
+/// The default `type` of a Gateway address.
+const IP_ADDRESS_TYPE: &str = "IPAddress";
+
+/// What `translate` needs besides the objects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranslateOptions {
+    /// GatewayClasses with this `spec.controllerName` are ours.
+    pub controller_name: String,
+    /// Gateways of this `gatewayClassName` are ours too, with or without a GatewayClass object
+    /// (`--gateway-class`).
+    pub extra_gateway_class: Option<String>,
+    /// `lastTransitionTime` of every condition written.
+    pub now: Time,
+    /// `status.addresses` per Gateway, as the caller knows them (kube mode: the provisioned
+    /// Service's addresses). A Gateway not in the map reports its `spec.addresses`, if any.
+    pub gateway_addresses: BTreeMap<ObjectRef, Vec<GatewayStatusAddresses>>,
+}
+
+impl TranslateOptions {
+    /// The default controller name, no extra class, no known addresses.
+    pub fn new(now: Time) -> Self {
+        Self {
+            controller_name: DEFAULT_CONTROLLER_NAME.to_owned(),
+            extra_gateway_class: None,
+            now,
+            gateway_addresses: BTreeMap::new(),
+        }
+    }
+}
+
+/// The result of one translation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translation {
+    /// What the data plane should serve.
+    pub desired: DesiredConfig,
+    /// Status of every GatewayClass whose `controllerName` is ours, by name.
+    pub gateway_class_statuses: Vec<(String, GatewayClassStatus)>,
+    /// Status of every Gateway we serve, by `namespace/name`.
+    pub gateway_statuses: Vec<(ObjectRef, GatewayStatus)>,
+    /// Status of every HttpRoute with at least one parentRef to a Gateway we serve. Only our
+    /// parents are listed: a status writer must keep other controllers' entries.
+    pub route_statuses: Vec<(ObjectRef, HttpRouteStatus)>,
+}
+
+impl Translation {
+    pub fn gateway_status(&self, gateway: &ObjectRef) -> Option<&GatewayStatus> {
+        self.gateway_statuses
+            .iter()
+            .find(|(key, _)| key == gateway)
+            .map(|(_, status)| status)
+    }
+
+    pub fn route_status(&self, route: &ObjectRef) -> Option<&HttpRouteStatus> {
+        self.route_statuses
+            .iter()
+            .find(|(key, _)| key == route)
+            .map(|(_, status)| status)
+    }
+}
+
+/// Translates every object of `store` (see the module documentation).
+pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation {
+    let mut gateways: Vec<GatewayState<'_>> = store
+        .gateways
+        .iter()
+        .filter(|(_, gateway)| is_ours(store, options, &gateway.spec.gateway_class_name))
+        .map(|(key, gateway)| GatewayState::new(store, key, gateway))
+        .collect();
+    gateways.sort_by(|a, b| a.age().cmp(&b.age()));
+
+    let port_owners = claim_ports(&mut gateways);
+    for gateway in &mut gateways {
+        gateway.resolve_port_policies(store);
+    }
+
+    let route_statuses = attach_routes(store, options, &mut gateways);
+
+    let desired = desired_config(&gateways, &port_owners);
+    let mut gateway_statuses: Vec<(ObjectRef, GatewayStatus)> = gateways
+        .iter()
+        .map(|g| (g.key.clone(), gateway_status(g, options)))
+        .collect();
+    gateway_statuses.sort_by(|a, b| a.0.cmp(&b.0));
+
+    Translation {
+        desired,
+        gateway_class_statuses: gateway_class_statuses(store, options),
+        gateway_statuses,
+        route_statuses,
+    }
+}
+
+fn is_ours(store: &ObjectStore, options: &TranslateOptions, class_name: &str) -> bool {
+    options.extra_gateway_class.as_deref() == Some(class_name)
+        || store
+            .gateway_classes
+            .get(class_name)
+            .is_some_and(|class| class.spec.controller_name == options.controller_name)
+}
+
+fn gateway_class_statuses(
+    store: &ObjectStore,
+    options: &TranslateOptions,
+) -> Vec<(String, GatewayClassStatus)> {
+    store
+        .gateway_classes
+        .iter()
+        .filter(|(_, class)| class.spec.controller_name == options.controller_name)
+        .map(|(name, class)| {
+            let stamp = ConditionStamp {
+                observed_generation: class.metadata.generation.unwrap_or(1),
+                now: &options.now,
+            };
+            let status = GatewayClassStatus {
+                conditions: Some(vec![stamp.condition(
+                    types::ACCEPTED,
+                    true,
+                    reasons::GATEWAY_CLASS_ACCEPTED,
+                    format!("Handled by {}", options.controller_name),
+                )]),
+                supported_features: None,
+            };
+            (name.clone(), status)
+        })
+        .collect()
+}
+
+/// Gives each port to the oldest Gateway with a structurally valid listener on it; the
+/// younger Gateways' listeners on that port get `Accepted=False, PortUnavailable`.
+fn claim_ports(gateways: &mut [GatewayState<'_>]) -> BTreeMap<u16, ObjectRef> {
+    let mut owners: BTreeMap<u16, ObjectRef> = BTreeMap::new();
+    for gateway in gateways.iter_mut() {
+        let key = gateway.key.clone();
+        let mut wanted: Vec<u16> = gateway
+            .listeners
+            .iter()
+            .filter(|l| l.structurally_valid())
+            .filter_map(|l| l.port)
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for port in wanted {
+            let owner = owners.entry(port).or_insert_with(|| key.clone()).clone();
+            if owner == key {
+                continue;
+            }
+            for listener in &mut gateway.listeners {
+                if listener.port == Some(port) && listener.structurally_valid() {
+                    listener.accept_problems.push(Problem::new(
+                        reasons::PORT_UNAVAILABLE,
+                        format!("port {port} is already used by Gateway {owner}"),
+                    ));
+                }
+            }
+        }
+    }
+    owners
+}
+
+/// Attaches every route to the listeners that take it and returns the routes' statuses.
+fn attach_routes<'s>(
+    store: &'s ObjectStore,
+    options: &TranslateOptions,
+    gateways: &mut [GatewayState<'s>],
+) -> Vec<(ObjectRef, HttpRouteStatus)> {
+    let slices = index_endpoint_slices(store);
+    let mut routes: Vec<(&ObjectRef, &HttpRoute)> = store.http_routes.iter().collect();
+    routes.sort_by_key(|(key, route)| (route.metadata.creation_timestamp.as_ref(), *key));
+    let mut statuses = Vec::new();
+    for (key, route) in routes {
+        let parents = our_parent_refs(route, key, gateways);
+        if parents.is_empty() {
+            continue;
+        }
+        let prepared = prepare_route(store, &slices, key, route);
+        let stamp = ConditionStamp {
+            observed_generation: route.metadata.generation.unwrap_or(1),
+            now: &options.now,
+        };
+        let age = (route.metadata.creation_timestamp.as_ref(), key);
+        let mut parent_statuses = Vec::new();
+        for (parent_ref, gateway_index) in parents {
+            let accepted = match gateways.get_mut(gateway_index) {
+                Some(gateway) => attach_to_gateway(store, key, age, &prepared, parent_ref, gateway),
+                None => continue,
+            };
+            parent_statuses.push(HttpRouteStatusParents {
+                conditions: route_conditions(&stamp, &accepted, &prepared),
+                controller_name: options.controller_name.clone(),
+                parent_ref: echo_parent_ref(parent_ref),
+            });
+        }
+        statuses.push((
+            key.clone(),
+            HttpRouteStatus {
+                parents: parent_statuses,
+            },
+        ));
+    }
+    statuses.sort_by(|a, b| a.0.cmp(&b.0));
+    statuses
+}
+
+/// The route's distinct parentRefs that name one of our Gateways, with its index.
+fn our_parent_refs<'r>(
+    route: &'r HttpRoute,
+    key: &ObjectRef,
+    gateways: &[GatewayState<'_>],
+) -> Vec<(&'r HttpRouteParentRefs, usize)> {
+    let mut parents: Vec<(&HttpRouteParentRefs, usize)> = Vec::new();
+    for parent_ref in route.spec.parent_refs.iter().flatten() {
+        let group = parent_ref.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let kind = parent_ref.kind.as_deref().unwrap_or("Gateway");
+        if group != GATEWAY_GROUP || kind != "Gateway" {
+            continue;
+        }
+        let gateway = ObjectRef::new(
+            parent_ref.namespace.as_deref().unwrap_or(&key.namespace),
+            parent_ref.name.as_str(),
+        );
+        let Some(index) = gateways.iter().position(|g| *g.key == gateway) else {
+            continue;
+        };
+        if !parents.iter().any(|(p, _)| *p == parent_ref) {
+            parents.push((parent_ref, index));
+        }
+    }
+    parents
+}
+
+/// Attaches the route to the listeners of `gateway` that its parentRef selects; `Ok(())` when
+/// it attached to at least one, else why not.
+fn attach_to_gateway<'s>(
+    store: &ObjectStore,
+    key: &ObjectRef,
+    age: gateways::Age<'s>,
+    prepared: &PreparedRoute,
+    parent_ref: &HttpRouteParentRefs,
+    gateway: &mut GatewayState<'s>,
+) -> Result<(), Problem> {
+    let gateway_namespace = gateway.namespace().to_owned();
+    let gateway_key = gateway.key.clone();
+    let selected: Vec<usize> = gateway
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            parent_ref
+                .section_name
+                .as_deref()
+                .is_none_or(|section| section == l.name())
+                && parent_ref
+                    .port
+                    .is_none_or(|port| l.port.is_some_and(|p| i32::from(p) == port))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if selected.is_empty() {
+        return Err(Problem::new(
+            reasons::NO_MATCHING_PARENT,
+            format!(
+                "Gateway {gateway_key} has no listener{}{}",
+                parent_ref
+                    .section_name
+                    .as_deref()
+                    .map_or(String::new(), |s| format!(" named {s:?}")),
+                parent_ref
+                    .port
+                    .map_or(String::new(), |p| format!(" on port {p}")),
+            ),
+        ));
+    }
+    let allowed: Vec<usize> = selected
+        .into_iter()
+        .filter(|i| {
+            gateway
+                .listeners
+                .get(*i)
+                .is_some_and(|l| l.admits(store, &gateway_namespace, &key.namespace))
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err(Problem::new(
+            reasons::NOT_ALLOWED_BY_LISTENERS,
+            format!(
+                "no selected listener of Gateway {gateway_key} allows HTTPRoutes from namespace {}",
+                key.namespace
+            ),
+        ));
+    }
+    let taking: Vec<(usize, Vec<String>)> = allowed
+        .into_iter()
+        .filter_map(|i| {
+            let listener = gateway.listeners.get(i)?;
+            hostnames_on_listener(listener.hostname.as_deref(), &prepared.hostnames)
+                .map(|hostnames| (i, hostnames))
+        })
+        .collect();
+    if taking.is_empty() {
+        return Err(Problem::new(
+            reasons::NO_MATCHING_LISTENER_HOSTNAME,
+            format!(
+                "no hostname of the route ({}) intersects a selected listener hostname of \
+                 Gateway {gateway_key}",
+                prepared.hostnames.join(", ")
+            ),
+        ));
+    }
+    if let Some(first) = prepared.unsupported.first() {
+        return Err(Problem::new(
+            first.reason,
+            join_messages(&prepared.unsupported),
+        ));
+    }
+    for (i, hostnames) in taking {
+        let Some(listener) = gateway.listeners.get_mut(i) else {
+            continue;
+        };
+        // A route reaching one listener through two parentRefs attaches once.
+        if listener.routes.iter().any(|r| r.route.route == *key) {
+            continue;
+        }
+        listener.routes.push(AttachedRoute {
+            age,
+            route: DesiredRoute {
+                route: key.clone(),
+                hostnames,
+                rules: prepared.rules.clone(),
+            },
+        });
+    }
+    Ok(())
+}
+
+fn route_conditions(
+    stamp: &ConditionStamp<'_>,
+    accepted: &Result<(), Problem>,
+    prepared: &PreparedRoute,
+) -> Vec<Condition> {
+    let accepted = match accepted {
+        Ok(()) => stamp.condition(
+            types::ACCEPTED,
+            true,
+            reasons::ACCEPTED,
+            "Route is accepted",
+        ),
+        Err(problem) => stamp.condition(
+            types::ACCEPTED,
+            false,
+            problem.reason,
+            problem.message.clone(),
+        ),
+    };
+    let resolved = stamp.summarize(
+        types::RESOLVED_REFS,
+        &prepared.unresolved,
+        reasons::RESOLVED_REFS,
+        "All backendRefs are resolved",
+    );
+    vec![accepted, resolved]
+}
+
+/// The parentRef as the API server stores it: with its defaulted group and kind.
+fn echo_parent_ref(parent_ref: &HttpRouteParentRefs) -> HttpRouteStatusParentsParentRef {
+    HttpRouteStatusParentsParentRef {
+        group: Some(
+            parent_ref
+                .group
+                .clone()
+                .unwrap_or_else(|| GATEWAY_GROUP.to_owned()),
+        ),
+        kind: Some(
+            parent_ref
+                .kind
+                .clone()
+                .unwrap_or_else(|| "Gateway".to_owned()),
+        ),
+        name: parent_ref.name.clone(),
+        namespace: parent_ref.namespace.clone(),
+        port: parent_ref.port,
+        section_name: parent_ref.section_name.clone(),
+    }
+}
+
+fn gateway_status(gateway: &GatewayState<'_>, options: &TranslateOptions) -> GatewayStatus {
+    let stamp = ConditionStamp {
+        observed_generation: gateway.observed_generation,
+        now: &options.now,
+    };
+    let listeners = &gateway.listeners;
+    let mut not_accepted: Vec<String> = listeners
+        .iter()
+        .filter(|l| !l.accepted())
+        .map(|l| l.name().to_owned())
+        .collect();
+    not_accepted.extend(
+        gateway
+            .duplicate_names
+            .iter()
+            .map(|n| format!("{n} (duplicate name, ignored)")),
+    );
+    let accepted_count = listeners.iter().filter(|l| l.accepted()).count();
+    let accepted = if not_accepted.is_empty() {
+        stamp.condition(
+            types::ACCEPTED,
+            true,
+            reasons::ACCEPTED,
+            "Gateway is accepted",
+        )
+    } else {
+        stamp.condition(
+            types::ACCEPTED,
+            accepted_count > 0,
+            reasons::LISTENERS_NOT_VALID,
+            format!("listeners not accepted: {}", not_accepted.join(", ")),
+        )
+    };
+    let programmed_count = listeners.iter().filter(|l| l.programmed()).count();
+    let programmed = if programmed_count > 0 {
+        stamp.condition(
+            types::PROGRAMMED,
+            true,
+            reasons::PROGRAMMED,
+            format!(
+                "{programmed_count} of {} listeners programmed",
+                listeners.len()
+            ),
+        )
+    } else {
+        stamp.condition(
+            types::PROGRAMMED,
+            false,
+            reasons::INVALID,
+            "no listener is programmed",
+        )
+    };
+    let mut conditions = vec![accepted, programmed];
+    if !gateway.insecure_fallback.is_empty() {
+        conditions.push(stamp.condition(
+            types::INSECURE_FRONTEND_VALIDATION_MODE,
+            true,
+            reasons::CONFIGURATION_CHANGED,
+            format!(
+                "client certificate validation mode AllowInsecureFallback is set in tls.frontend \
+                 {}: clients without a valid certificate are let in",
+                gateway.insecure_fallback.join(", ")
+            ),
+        ));
+    }
+    GatewayStatus {
+        addresses: status_addresses(gateway, options),
+        attached_listener_sets: None,
+        conditions: Some(conditions),
+        listeners: Some(gateway.listener_statuses(&options.now)),
+    }
+}
+
+/// The caller's addresses for this Gateway, else its `spec.addresses`; set whatever the
+/// listeners' state.
+fn status_addresses(
+    gateway: &GatewayState<'_>,
+    options: &TranslateOptions,
+) -> Option<Vec<GatewayStatusAddresses>> {
+    if let Some(addresses) = options.gateway_addresses.get(gateway.key) {
+        return Some(addresses.clone());
+    }
+    let requested: Vec<GatewayStatusAddresses> = gateway
+        .gateway
+        .spec
+        .addresses
+        .iter()
+        .flatten()
+        .filter_map(|a| {
+            let value = a.value.as_deref().filter(|v| !v.is_empty())?;
+            Some(GatewayStatusAddresses {
+                r#type: Some(
+                    a.r#type
+                        .clone()
+                        .unwrap_or_else(|| IP_ADDRESS_TYPE.to_owned()),
+                ),
+                value: value.to_owned(),
+            })
+        })
+        .collect();
+    (!requested.is_empty()).then_some(requested)
+}
+
+/// The programmed part of every Gateway, one entry per owned port, sorted by port.
+fn desired_config(
+    gateways: &[GatewayState<'_>],
+    port_owners: &BTreeMap<u16, ObjectRef>,
+) -> DesiredConfig {
+    let mut ports = Vec::new();
+    for (port, owner) in port_owners {
+        let Some(gateway) = gateways.iter().find(|g| g.key == owner) else {
+            continue;
+        };
+        if let Some(desired) = desired_port(gateway, *port) {
+            ports.push(desired);
+        }
+    }
+    DesiredConfig { ports }
+}
+
+fn desired_port(gateway: &GatewayState<'_>, port: u16) -> Option<DesiredPort> {
+    let on_port: Vec<&ListenerState<'_>> = gateway
+        .listeners
+        .iter()
+        .filter(|l| l.port == Some(port))
+        .collect();
+    let protocol = on_port.iter().find_map(|l| l.protocol)?;
+    let client_validation = match protocol {
+        PortProtocol::Http => ClientValidation::NotRequested,
+        PortProtocol::Https => gateway
+            .port_policies
+            .get(&port)
+            .map_or(ClientValidation::NotRequested, |p| p.validation.clone()),
+    };
+    let refuse_all = matches!(client_validation, ClientValidation::RefuseAll { .. });
+    let listeners: Vec<DesiredListener> = on_port
+        .into_iter()
+        .filter(|l| {
+            if refuse_all {
+                l.refused_for_ca()
+            } else {
+                l.programmed()
+            }
+        })
+        .filter_map(|l| desired_listener(l, refuse_all))
+        .collect();
+    if listeners.is_empty() {
+        return None;
+    }
+    Some(DesiredPort {
+        port,
+        protocol,
+        gateway: gateway.key.clone(),
+        client_validation,
+        listeners,
+    })
+}
+
+/// A programmed listener; on a port that refuses all clients its routes are left out, so that
+/// nothing could be served there even if the refusal were not enforced.
+fn desired_listener(l: &ListenerState<'_>, refuse_all: bool) -> Option<DesiredListener> {
+    let tls = match l.protocol? {
+        PortProtocol::Http => None,
+        PortProtocol::Https => Some(ListenerTls {
+            certificate: l.certificate.clone()?,
+            options: l.tls_options.clone().unwrap_or_default(),
+        }),
+    };
+    let mut attached: Vec<&AttachedRoute<'_>> = l.routes.iter().collect();
+    attached.sort_by(|a, b| a.age.cmp(&b.age));
+    let routes = if refuse_all {
+        Vec::new()
+    } else {
+        attached.into_iter().map(|a| a.route.clone()).collect()
+    };
+    Some(DesiredListener {
+        name: l.name().to_owned(),
+        hostname: l.hostname.clone(),
+        tls,
+        routes,
+    })
+}

@@ -1,0 +1,326 @@
+//! HttpRoute rules to desired rules: matches, backends resolved through Services to the ready
+//! endpoints of their EndpointSlices.
+//!
+//! What Portcullis does not implement is refused, not ignored, when ignoring it would change
+//! what a request gets: filters (redirects, header changes, rewrites, mirrors...) and
+//! `RegularExpression` matches make the route `Accepted=False, reason UnsupportedValue` on every
+//! parent. `timeouts`, `retry` and `sessionPersistence` are best-effort knobs and are ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use gateway_api::experimental::httproutes::{
+    HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use portcullis_core::desired::{
+    BackendTarget, DesiredBackend, DesiredRule, HeaderMatch, ObjectRef, PathMatch, QueryParamMatch,
+    RouteMatch,
+};
+use portcullis_core::hostname;
+
+use super::conditions::{Problem, reasons};
+use super::matching::is_valid_hostname;
+use super::refs::{CORE_GROUP, GATEWAY_GROUP, Referent, Referrer, describe, reference_permitted};
+use crate::store::ObjectStore;
+
+/// The label that ties an EndpointSlice to its Service.
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A backendRef's weight when it names none.
+const DEFAULT_BACKEND_WEIGHT: u32 = 1;
+
+/// EndpointSlices by the Service they belong to.
+pub(crate) type SlicesByService<'s> = BTreeMap<ObjectRef, Vec<&'s EndpointSlice>>;
+
+pub(crate) fn index_endpoint_slices(store: &ObjectStore) -> SlicesByService<'_> {
+    let mut index: SlicesByService<'_> = BTreeMap::new();
+    for (key, slice) in &store.endpoint_slices {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if let Some(service) = service {
+            index
+                .entry(ObjectRef::new(key.namespace.clone(), service.clone()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    index
+}
+
+/// Everything about a route that does not depend on which listener it attaches to.
+#[derive(Debug)]
+pub(crate) struct PreparedRoute {
+    /// Valid, normalized `spec.hostnames`.
+    pub hostnames: Vec<String>,
+    pub rules: Vec<DesiredRule>,
+    /// Features Portcullis does not implement: `Accepted=False, reason UnsupportedValue`.
+    pub unsupported: Vec<Problem>,
+    /// backendRefs that did not resolve: `ResolvedRefs=False`.
+    pub unresolved: Vec<Problem>,
+}
+
+pub(crate) fn prepare_route(
+    store: &ObjectStore,
+    slices: &SlicesByService<'_>,
+    key: &ObjectRef,
+    route: &HttpRoute,
+) -> PreparedRoute {
+    let mut prepared = PreparedRoute {
+        hostnames: Vec::new(),
+        rules: Vec::new(),
+        unsupported: Vec::new(),
+        unresolved: Vec::new(),
+    };
+    for raw in route.spec.hostnames.iter().flatten() {
+        let name = hostname::normalize(raw);
+        if is_valid_hostname(&name) {
+            if !prepared.hostnames.contains(&name) {
+                prepared.hostnames.push(name);
+            }
+        } else {
+            prepared.unsupported.push(Problem::new(
+                reasons::UNSUPPORTED_VALUE,
+                format!("hostname {raw:?} is not a valid DNS name or wildcard"),
+            ));
+        }
+    }
+    for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let rule = prepare_rule(store, slices, key, rule_index, rule, &mut prepared);
+        prepared.rules.push(rule);
+    }
+    prepared
+}
+
+fn prepare_rule(
+    store: &ObjectStore,
+    slices: &SlicesByService<'_>,
+    key: &ObjectRef,
+    rule_index: usize,
+    rule: &HttpRouteRules,
+    prepared: &mut PreparedRoute,
+) -> DesiredRule {
+    let at = format!("rules[{rule_index}]");
+    for filter in rule.filters.iter().flatten() {
+        prepared.unsupported.push(Problem::new(
+            reasons::UNSUPPORTED_VALUE,
+            format!(
+                "{at}.filters: filter type {:?} is not supported",
+                filter.r#type
+            ),
+        ));
+    }
+    let mut matches = Vec::new();
+    for (match_index, m) in rule.matches.iter().flatten().enumerate() {
+        match convert_match(m) {
+            Ok(converted) => matches.push(converted),
+            Err(message) => prepared.unsupported.push(Problem::new(
+                reasons::UNSUPPORTED_VALUE,
+                format!("{at}.matches[{match_index}]{message}"),
+            )),
+        }
+    }
+    let mut backends = Vec::new();
+    for (backend_index, backend_ref) in rule.backend_refs.iter().flatten().enumerate() {
+        if backend_ref.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            prepared.unsupported.push(Problem::new(
+                reasons::UNSUPPORTED_VALUE,
+                format!("{at}.backendRefs[{backend_index}].filters are not supported"),
+            ));
+        }
+        let (backend, problem) = resolve_backend(store, slices, &key.namespace, backend_ref);
+        if let Some(problem) = problem {
+            prepared.unresolved.push(problem);
+        }
+        backends.push(backend);
+    }
+    DesiredRule { matches, backends }
+}
+
+/// One match, or the reason (as a field suffix and message) it cannot be honoured.
+fn convert_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
+    let mut converted = RouteMatch::default();
+    if let Some(path) = &m.path {
+        let value = path.value.clone().unwrap_or_else(|| "/".to_owned());
+        if !value.starts_with('/') {
+            return Err(format!(".path: value {value:?} must start with \"/\""));
+        }
+        converted.path = match path.r#type {
+            None | Some(HttpRouteRulesMatchesPathType::PathPrefix) => PathMatch::Prefix(value),
+            Some(HttpRouteRulesMatchesPathType::Exact) => PathMatch::Exact(value),
+            Some(HttpRouteRulesMatchesPathType::RegularExpression) => {
+                return Err(".path: type RegularExpression is not supported".to_owned());
+            }
+        };
+    }
+    converted.method = m
+        .method
+        .as_ref()
+        .map(|method| method_name(method).to_owned());
+    for (i, header) in m.headers.iter().flatten().enumerate() {
+        if header.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression) {
+            return Err(format!(
+                ".headers[{i}]: type RegularExpression is not supported"
+            ));
+        }
+        converted.headers.push(HeaderMatch {
+            name: header.name.clone(),
+            value: header.value.clone(),
+        });
+    }
+    for (i, param) in m.query_params.iter().flatten().enumerate() {
+        if param.r#type == Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) {
+            return Err(format!(
+                ".queryParams[{i}]: type RegularExpression is not supported"
+            ));
+        }
+        converted.query_params.push(QueryParamMatch {
+            name: param.name.clone(),
+            value: param.value.clone(),
+        });
+    }
+    Ok(converted)
+}
+
+fn method_name(method: &HttpRouteRulesMatchesMethod) -> &'static str {
+    match method {
+        HttpRouteRulesMatchesMethod::Get => "GET",
+        HttpRouteRulesMatchesMethod::Head => "HEAD",
+        HttpRouteRulesMatchesMethod::Post => "POST",
+        HttpRouteRulesMatchesMethod::Put => "PUT",
+        HttpRouteRulesMatchesMethod::Delete => "DELETE",
+        HttpRouteRulesMatchesMethod::Connect => "CONNECT",
+        HttpRouteRulesMatchesMethod::Options => "OPTIONS",
+        HttpRouteRulesMatchesMethod::Trace => "TRACE",
+        HttpRouteRulesMatchesMethod::Patch => "PATCH",
+    }
+}
+
+/// Resolves one backendRef of a route in `route_namespace`. An unresolvable ref still yields a
+/// backend (with [`BackendTarget::Invalid`], so that its share of traffic gets 500 as the API
+/// requires) and the problem for `ResolvedRefs`.
+fn resolve_backend(
+    store: &ObjectStore,
+    slices: &SlicesByService<'_>,
+    route_namespace: &str,
+    backend_ref: &HttpRouteRulesBackendRefs,
+) -> (DesiredBackend, Option<Problem>) {
+    let group = backend_ref.group.as_deref().unwrap_or(CORE_GROUP);
+    let kind = backend_ref.kind.as_deref().unwrap_or("Service");
+    let namespace = backend_ref.namespace.as_deref().unwrap_or(route_namespace);
+    let name = backend_ref.name.as_str();
+    let port_text = backend_ref
+        .port
+        .map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let weight = backend_ref
+        .weight
+        .map_or(DEFAULT_BACKEND_WEIGHT, |w| u32::try_from(w).unwrap_or(0));
+    let backend = |target| DesiredBackend {
+        name: format!("{namespace}/{name}:{port_text}"),
+        weight,
+        target,
+    };
+    match resolve_endpoints(
+        store,
+        slices,
+        route_namespace,
+        group,
+        kind,
+        namespace,
+        name,
+        backend_ref.port,
+    ) {
+        Ok(endpoints) => (backend(BackendTarget::Endpoints(endpoints)), None),
+        Err(problem) => (
+            backend(BackendTarget::Invalid {
+                reason: problem.message.clone(),
+            }),
+            Some(problem),
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the fields
+fn resolve_endpoints(
+    store: &ObjectStore,
+    slices: &SlicesByService<'_>,
+    route_namespace: &str,
+    group: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    port: Option<i32>,
+) -> Result<Vec<SocketAddr>, Problem> {
+    let what = format!("backendRef {}", describe(group, kind, namespace, name));
+    if group != CORE_GROUP || kind != "Service" {
+        return Err(Problem::new(
+            reasons::INVALID_KIND,
+            format!("{what}: only kind Service in the core group (\"\") is supported"),
+        ));
+    }
+    let from = Referrer {
+        group: GATEWAY_GROUP,
+        kind: "HTTPRoute",
+        namespace: route_namespace,
+    };
+    let to = Referent {
+        group,
+        kind,
+        namespace,
+        name,
+    };
+    if !reference_permitted(store, from, to) {
+        return Err(Problem::new(
+            reasons::REF_NOT_PERMITTED,
+            super::refs::not_permitted_message(&what, namespace, "HTTPRoute", route_namespace),
+        ));
+    }
+    let not_found = |message: String| Problem::new(reasons::BACKEND_NOT_FOUND, message);
+    let service_key = ObjectRef::new(namespace, name);
+    let service = store
+        .services
+        .get(&service_key)
+        .ok_or_else(|| not_found(format!("{what}: not found")))?;
+    let port = port.ok_or_else(|| not_found(format!("{what}: port is required for a Service")))?;
+    let service_port = service
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .find(|p| p.port == port)
+        .ok_or_else(|| not_found(format!("{what}: the Service has no port {port}")))?;
+    let port_name = service_port.name.as_deref().unwrap_or_default();
+    let mut endpoints = BTreeSet::new();
+    for slice in slices.get(&service_key).into_iter().flatten() {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        // EndpointSlice ports carry the target port, matched to the Service port by name.
+        let Some(target_port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+            if !ready {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                if let Ok(ip) = address.parse::<IpAddr>() {
+                    endpoints.insert(SocketAddr::new(ip, target_port));
+                }
+            }
+        }
+    }
+    Ok(endpoints.into_iter().collect())
+}

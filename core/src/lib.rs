@@ -2,6 +2,13 @@
 //! parsing, hostname semantics, listener options. No sockets, no async, no Kubernetes types.
 
 pub mod certs;
+pub mod client_auth;
+pub mod client_identity;
+pub mod compile;
 pub mod desired;
 pub mod hostname;
+pub mod http1;
 pub mod listener_options;
+pub mod routing;
+pub mod sni;
+pub mod tickets;

@@ -1,16 +1,17 @@
 //! The `portcullis` binary: wires the controller-shim (Kubernetes objects -> desired config) to
 //! the data plane. Only this file knows both sides.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use portcullis_runtime::demo::{DemoFolder, GUIDE_GATEWAY_CLASS};
 use portcullis_runtime::limits::Limits;
-use portcullis_runtime::manifest_source::{ManifestSource, POLL_INTERVAL};
-use portcullis_runtime::publish::Publisher;
-use portcullis_runtime::shard::{self, DriverChoice, ShardOptions, Shards};
-use tracing::{error, info};
+use portcullis_runtime::manifest_source::ManifestSource;
+use portcullis_runtime::shard::{DriverChoice, ShardOptions};
+use portcullis_runtime::{echo, serve};
+use tracing::error;
 
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version, about = "mTLS-terminating Gateway API data plane")]
@@ -40,6 +41,20 @@ enum Command {
         gateway_class: Option<String>,
         #[command(flatten)]
         data_plane: DataPlaneArgs,
+    },
+    /// Run the user guide's mTLS gateway locally: certificates, manifests, an echo backend.
+    Demo {
+        /// Folder for the certificates and manifests (kept between runs).
+        #[arg(long, default_value = "portcullis-demo")]
+        dir: PathBuf,
+        #[command(flatten)]
+        data_plane: DataPlaneArgs,
+    },
+    /// Run the built-in httpbin-like echo backend (for benchmarks).
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
     },
 }
 
@@ -82,9 +97,61 @@ fn main() -> ExitCode {
             data_plane,
         } => {
             init_logging();
-            serve_manifests(ManifestSource::new(manifests, gateway_class), data_plane)
+            let (shards, options) = data_plane.into_options();
+            serve::serve_manifests(ManifestSource::new(manifests, gateway_class), shards, options)
+        }
+        Command::Demo { dir, data_plane } => {
+            init_logging();
+            run_demo(&dir, data_plane)
+        }
+        Command::Echo { listen } => {
+            init_logging();
+            match echo::run_blocking(listen) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!(error = %e, %listen, "echo backend failed");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
+}
+
+impl DataPlaneArgs {
+    fn into_options(self) -> (Option<usize>, ShardOptions) {
+        (
+            self.shards,
+            ShardOptions {
+                driver: self.driver,
+                bind_address: self.bind_address,
+                limits: self.limits,
+            },
+        )
+    }
+}
+
+fn run_demo(dir: &std::path::Path, data_plane: DataPlaneArgs) -> ExitCode {
+    let echo_addr = match echo::spawn(SocketAddr::from(([127, 0, 0, 1], 0))) {
+        Ok(addr) => addr,
+        Err(e) => {
+            error!(error = %e, "cannot start the echo backend");
+            return ExitCode::FAILURE;
+        }
+    };
+    let folder = match DemoFolder::prepare(dir, echo_addr) {
+        Ok(folder) => folder,
+        Err(e) => {
+            error!(error = %e, dir = %dir.display(), "cannot write the demo folder");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", folder.instructions());
+    let (shards, options) = data_plane.into_options();
+    serve::serve_manifests(
+        ManifestSource::new(folder.dir, Some(GUIDE_GATEWAY_CLASS.to_owned())),
+        shards,
+        options,
+    )
 }
 
 fn init_logging() {
@@ -94,45 +161,4 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-fn serve_manifests(mut source: ManifestSource, args: DataPlaneArgs) -> ExitCode {
-    let (mut publisher, snapshots) = Publisher::new();
-    // The first configuration must read cleanly: there is no last good one to keep.
-    match source.poll() {
-        Some(desired) => {
-            publisher.publish(desired);
-        }
-        None => {
-            error!("the manifests could not be loaded; nothing to serve");
-            return ExitCode::from(2);
-        }
-    }
-    let cores = shard::cores_from_affinity(args.shards);
-    info!(shards = cores.len(), "starting shards");
-    let options = ShardOptions {
-        driver: args.driver,
-        bind_address: args.bind_address,
-        limits: args.limits,
-    };
-    let shards = match Shards::start(cores, options, snapshots) {
-        Ok(shards) => shards,
-        Err(e) => {
-            error!(error = %e, "cannot start shards");
-            return ExitCode::FAILURE;
-        }
-    };
-    loop {
-        std::thread::sleep(POLL_INTERVAL);
-        if let Some(desired) = source.poll() {
-            publisher.publish(desired);
-        }
-        publisher.rotate_ticket_keys_if_due();
-    }
-    #[allow(unreachable_code)]
-    {
-        drop(publisher);
-        shards.join();
-        ExitCode::SUCCESS
-    }
 }

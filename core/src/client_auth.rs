@@ -1,0 +1,319 @@
+//! Client-certificate policy of one HTTPS listener (spec §3, §4, §7): the rustls verifier the
+//! handshake runs, and the check after it that says who the client is.
+//!
+//! - `AllowValidOnly`: rustls runs the full check (chain to the port's CAs, validity, EKU, then
+//!   the listener's SAN/hash rules) inside the handshake, so a rejected client only ever sees
+//!   a TLS alert.
+//! - `AllowInsecureFallback`: the handshake asks for a certificate but accepts none or any (the
+//!   client's CertificateVerify signature is still checked: a client must own the key it
+//!   presents). The same check then runs once after the handshake and only decides whether
+//!   the connection carries a verified identity; a failure is tolerated, never forwarded.
+//! - A resumed session restores the client chain from the ticket; it is checked again against
+//!   the listener's current policy (dates included), so resumption never skips a check.
+//! - Fail closed: with no valid CA, every client is refused in the handshake.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{WebPkiSupportedAlgorithms, aws_lc_rs};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError};
+use rustls::{RootCertStore, SignatureScheme};
+
+use crate::client_identity::{self, IdentityMismatch, VerifiedClient};
+use crate::desired::{ClientValidation, ValidationMode};
+use crate::listener_options::{ClientIdentityRules, ForwardClientCert};
+
+/// What the handshake and the post-handshake check concluded about the client.
+#[derive(Debug, Clone)]
+pub enum PeerIdentity {
+    /// No certificate was requested, or none was sent where that is allowed.
+    Anonymous,
+    /// The certificate chained to a configured CA and passed the listener's rules.
+    Verified(Arc<VerifiedClient>),
+    /// Fallback mode: the certificate did not verify; the connection is served, unverified.
+    Unverified(ClientCertFailure),
+    /// A resumed session whose certificate no longer passes: close the connection.
+    Rejected(ClientCertFailure),
+}
+
+/// Why a client certificate did not pass, for logs and metrics (never for the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCertFailure {
+    Missing,
+    Invalid(String),
+    SanMismatch,
+    HashMismatch,
+}
+
+impl fmt::Display for ClientCertFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientCertFailure::Missing => f.write_str("no client certificate"),
+            ClientCertFailure::Invalid(why) => write!(f, "invalid client certificate: {why}"),
+            ClientCertFailure::SanMismatch => {
+                f.write_str("client certificate carries none of the allowed subject alt names")
+            }
+            ClientCertFailure::HashMismatch => {
+                f.write_str("client certificate hash is not one of the allowed hashes")
+            }
+        }
+    }
+}
+
+/// The client policy of one listener.
+#[derive(Debug)]
+pub struct ClientAuth {
+    validation: Validation,
+    forward: ForwardClientCert,
+}
+
+enum Validation {
+    NotRequested,
+    Verify {
+        mode: ValidationMode,
+        webpki: Arc<dyn ClientCertVerifier>,
+        rules: ClientIdentityRules,
+    },
+    RefuseAll,
+}
+
+impl fmt::Debug for Validation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Validation::NotRequested => f.write_str("NotRequested"),
+            Validation::Verify { mode, rules, .. } => f
+                .debug_struct("Verify")
+                .field("mode", mode)
+                .field("rules", rules)
+                .finish_non_exhaustive(),
+            Validation::RefuseAll => f.write_str("RefuseAll"),
+        }
+    }
+}
+
+/// The trust anchors could not be turned into a verifier (they were checked by translate, so
+/// this means a certificate rustls accepts as DER but not as an anchor).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot build the client verifier: {0}")]
+pub struct ClientAuthError(String);
+
+impl ClientAuth {
+    pub fn new(
+        validation: &ClientValidation,
+        rules: &ClientIdentityRules,
+        forward: ForwardClientCert,
+    ) -> Result<Self, ClientAuthError> {
+        let validation = match validation {
+            ClientValidation::NotRequested => Validation::NotRequested,
+            ClientValidation::RefuseAll { .. } => Validation::RefuseAll,
+            ClientValidation::Verify {
+                mode,
+                trust_anchors,
+            } => {
+                let mut roots = RootCertStore::empty();
+                for ca in trust_anchors {
+                    roots
+                        .add(CertificateDer::from(ca.der.as_slice()).into_owned())
+                        .map_err(|e| ClientAuthError(format!("{}: {e}", ca.source)))?;
+                }
+                let webpki = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    Arc::new(aws_lc_rs::default_provider()),
+                )
+                .build()
+                .map_err(|e| ClientAuthError(e.to_string()))?;
+                Validation::Verify {
+                    mode: *mode,
+                    webpki,
+                    rules: rules.clone(),
+                }
+            }
+        };
+        Ok(Self {
+            validation,
+            forward,
+        })
+    }
+
+    /// The verifier for this listener's rustls `ServerConfig`.
+    pub fn rustls_verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(HandshakeVerifier {
+            policy: Arc::clone(self),
+            algorithms: aws_lc_rs::default_provider().signature_verification_algorithms,
+        })
+    }
+
+    /// Whether this listener refuses every client (all CA references invalid).
+    pub fn refuses_all(&self) -> bool {
+        matches!(self.validation, Validation::RefuseAll)
+    }
+
+    /// Decides who the client is once the handshake completed. `peer` is the chain rustls
+    /// saw (or restored from the ticket when `resumed`).
+    pub fn identify(&self, peer: Option<&[CertificateDer<'static>]>, resumed: bool) -> PeerIdentity {
+        let Validation::Verify {
+            mode,
+            webpki,
+            rules,
+        } = &self.validation
+        else {
+            return match self.validation {
+                Validation::RefuseAll => PeerIdentity::Rejected(ClientCertFailure::Missing),
+                _ => PeerIdentity::Anonymous,
+            };
+        };
+        let Some((leaf, intermediates)) = peer.and_then(<[_]>::split_first) else {
+            return match mode {
+                ValidationMode::AllowValidOnly => {
+                    PeerIdentity::Rejected(ClientCertFailure::Missing)
+                }
+                ValidationMode::AllowInsecureFallback => PeerIdentity::Anonymous,
+            };
+        };
+        let verified = if *mode == ValidationMode::AllowValidOnly && !resumed {
+            // rustls ran exactly this check in the handshake.
+            Ok(())
+        } else {
+            full_check(webpki.as_ref(), rules, leaf, intermediates)
+        };
+        match (verified, mode) {
+            (Ok(()), _) => PeerIdentity::Verified(Arc::new(VerifiedClient::new(
+                leaf,
+                intermediates,
+                self.forward,
+            ))),
+            (Err(failure), ValidationMode::AllowInsecureFallback) => {
+                PeerIdentity::Unverified(failure)
+            }
+            (Err(failure), ValidationMode::AllowValidOnly) => PeerIdentity::Rejected(failure),
+        }
+    }
+}
+
+/// Chain verification, then the listener's SAN and hash rules.
+fn full_check(
+    webpki: &dyn ClientCertVerifier,
+    rules: &ClientIdentityRules,
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Result<(), ClientCertFailure> {
+    webpki
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| classify_error(&e).unwrap_or(ClientCertFailure::Invalid(e.to_string())))?;
+    client_identity::check_rules(rules, leaf).map_err(|m| match m {
+        IdentityMismatch::SubjectAltName => ClientCertFailure::SanMismatch,
+        IdentityMismatch::Hash => ClientCertFailure::HashMismatch,
+        IdentityMismatch::Unparsable => {
+            ClientCertFailure::Invalid("the leaf certificate cannot be parsed".to_owned())
+        }
+    })
+}
+
+/// Maps a failed handshake to the client-certificate reason, when that was the cause.
+pub fn classify_error(err: &rustls::Error) -> Option<ClientCertFailure> {
+    match err {
+        rustls::Error::NoCertificatesPresented => Some(ClientCertFailure::Missing),
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<IdentityMismatch>() {
+                Some(IdentityMismatch::SubjectAltName) => Some(ClientCertFailure::SanMismatch),
+                Some(IdentityMismatch::Hash) => Some(ClientCertFailure::HashMismatch),
+                _ => Some(ClientCertFailure::Invalid(err.to_string())),
+            }
+        }
+        rustls::Error::InvalidCertificate(e) => Some(ClientCertFailure::Invalid(format!("{e:?}"))),
+        _ => None,
+    }
+}
+
+/// The `ClientCertVerifier` handed to rustls.
+struct HandshakeVerifier {
+    policy: Arc<ClientAuth>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl fmt::Debug for HandshakeVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandshakeVerifier")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+
+impl ClientCertVerifier for HandshakeVerifier {
+    fn offer_client_auth(&self) -> bool {
+        !matches!(self.policy.validation, Validation::NotRequested)
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        match &self.policy.validation {
+            Validation::NotRequested => false,
+            Validation::RefuseAll => true,
+            Validation::Verify { mode, .. } => *mode == ValidationMode::AllowValidOnly,
+        }
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        match &self.policy.validation {
+            Validation::Verify { webpki, .. } => webpki.root_hint_subjects(),
+            Validation::NotRequested | Validation::RefuseAll => &[],
+        }
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match &self.policy.validation {
+            Validation::Verify {
+                mode: ValidationMode::AllowValidOnly,
+                webpki,
+                rules,
+            } => {
+                webpki.verify_client_cert(end_entity, intermediates, now)?;
+                client_identity::check_rules(rules, end_entity).map_err(|m| {
+                    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+                        Arc::new(m),
+                    )))
+                })?;
+                Ok(ClientCertVerified::assertion())
+            }
+            // Checked after the handshake; see the module comment.
+            Validation::Verify {
+                mode: ValidationMode::AllowInsecureFallback,
+                ..
+            } => Ok(ClientCertVerified::assertion()),
+            Validation::NotRequested | Validation::RefuseAll => Err(
+                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
+            ),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

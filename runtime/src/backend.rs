@@ -1,0 +1,112 @@
+//! Per-shard keep-alive pools of backend connections, and endpoint choice.
+//!
+//! Each shard keeps its own idle connections and its own round-robin cursors; nothing here is
+//! shared with another core.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+/// Idle connections kept per endpoint per shard. Enough to absorb a burst of concurrent
+/// requests on one core without holding hundreds of sockets on every backend.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+
+/// An idle connection older than this is closed instead of reused. Many servers drop idle
+/// keep-alive connections after 5 to 60 seconds; reusing one they are closing races with
+/// their FIN, so we stay under the common short setting.
+const MAX_IDLE_REUSE_AGE: Duration = Duration::from_secs(4);
+
+#[derive(Debug)]
+struct IdleConnection {
+    tcp: TcpStream,
+    since: Instant,
+}
+
+/// This shard's idle backend connections, by endpoint.
+#[derive(Debug, Default)]
+pub struct BackendPool {
+    idle: RefCell<HashMap<SocketAddr, Vec<IdleConnection>>>,
+}
+
+/// A connection to a backend, and whether it came from the pool (a reused connection may have
+/// been closed by the backend meanwhile, which makes one retry safe).
+#[derive(Debug)]
+pub struct BackendConnection {
+    pub tcp: TcpStream,
+    pub endpoint: SocketAddr,
+    pub reused: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connect to {0}: {1}")]
+    Io(SocketAddr, io::Error),
+}
+
+impl BackendPool {
+    /// A pooled connection to `endpoint` if a fresh one is idle, else a new one.
+    pub async fn get(
+        &self,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<BackendConnection, ConnectError> {
+        if let Some(tcp) = self.take_idle(endpoint) {
+            return Ok(BackendConnection {
+                tcp,
+                endpoint,
+                reused: true,
+            });
+        }
+        self.connect(endpoint, connect_timeout).await
+    }
+
+    /// Always a new connection (the retry after a reused one failed).
+    pub async fn connect(
+        &self,
+        endpoint: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<BackendConnection, ConnectError> {
+        let tcp = monoio::time::timeout(connect_timeout, TcpStream::connect_addr(endpoint))
+            .await
+            .map_err(|_| ConnectError::Timeout(endpoint))?
+            .map_err(|e| ConnectError::Io(endpoint, e))?;
+        // Request heads and small bodies go out in one write; Nagle would only add latency.
+        let _ = tcp.set_nodelay(true);
+        Ok(BackendConnection {
+            tcp,
+            endpoint,
+            reused: false,
+        })
+    }
+
+    fn take_idle(&self, endpoint: SocketAddr) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&endpoint)?;
+        while let Some(conn) = list.pop() {
+            if conn.since.elapsed() < MAX_IDLE_REUSE_AGE {
+                return Some(conn.tcp);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was read completely and that the backend
+    /// keeps alive.
+    pub fn put(&self, conn: BackendConnection) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(conn.endpoint).or_default();
+        list.retain(|c| c.since.elapsed() < MAX_IDLE_REUSE_AGE);
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(IdleConnection {
+                tcp: conn.tcp,
+                since: Instant::now(),
+            });
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! HTTP/1.1 over an established client connection: read request heads (keep-alive and
+//! pipelining), route them, forward each request to a backend endpoint and stream the
+//! response back.
+//!
+//! Framing is decided by `portcullis_core::http1` (which refuses anything ambiguous); this
+//! module only moves the bytes it says belong to a message. Requests are served one at a time
+//! per connection: a pipelined request is read only after the previous response was sent.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use monoio::io::AsyncWriteRentExt;
+use portcullis_core::compile::CompiledPort;
+use portcullis_core::desired::BackendTarget;
+use portcullis_core::http1::{
+    ChunkedDecoder, ClientBody, ClientConn, ContentLengthBody, ForwardExtras, ForwardedProto,
+    HeadLimits, RequestBody, RequestHead, ResponseHead, parse_request_head, parse_response_head,
+    write_forwarded_request_head, write_forwarded_response_head,
+};
+use portcullis_core::routing::{RouteRequest, RouteTarget, WrrState};
+use tracing::debug;
+
+use crate::backend::{BackendConnection, ConnectError};
+use crate::bufpool;
+use crate::shard::{ShardContext, ShardPort};
+use crate::tls::{ClientIo, read_append};
+
+/// Endpoints tried for one request when connecting fails, before answering 502. Retrying a
+/// connect is always safe (nothing was sent); three bounds the latency a dead endpoint adds.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// Most header fields in a request or response head; beyond it 431 (request) or 502.
+const MAX_HEADERS: usize = portcullis_core::http1::DEFAULT_MAX_HEADERS;
+
+/// Largest response head accepted from a backend; larger is a 502. Backends set cookies and
+/// CORS headers; 64 KiB is far beyond what well-behaved ones send.
+const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+
+/// What the HTTP layer knows about the connection.
+#[derive(Debug)]
+pub struct ConnInfo<'a> {
+    pub peer: SocketAddr,
+    pub proto: ForwardedProto,
+    /// The listener the TLS SNI selected (`None` on plain-HTTP ports).
+    pub sni_listener: Option<usize>,
+    /// Pre-encoded identity header lines of a verified client certificate.
+    pub identity_headers: &'a [u8],
+}
+
+/// Per-shard routing state of one port: the weighted and round-robin cursors of every route
+/// target of every listener. Built with the shard's copy of the port, never shared.
+#[derive(Debug)]
+pub struct PortRouting {
+    /// `[listener][target]`
+    targets: Vec<Vec<TargetState>>,
+}
+
+#[derive(Debug, Default)]
+struct TargetState {
+    wrr: RefCell<WrrState>,
+    /// Round-robin cursor over each backend's endpoints.
+    endpoint_cursor: Vec<Cell<usize>>,
+}
+
+impl PortRouting {
+    pub fn new(port: &CompiledPort) -> Self {
+        let targets = port
+            .listeners
+            .iter()
+            .map(|l| {
+                l.routes
+                    .targets()
+                    .iter()
+                    .map(|t| TargetState {
+                        wrr: RefCell::new(WrrState::default()),
+                        endpoint_cursor: t.backends.iter().map(|_| Cell::new(0)).collect(),
+                    })
+                    .collect()
+            })
+            .collect();
+        PortRouting { targets }
+    }
+}
+
+/// A routing decision for one request.
+enum Route<'p> {
+    Forward {
+        target: &'p RouteTarget,
+        state: &'p TargetState,
+    },
+    Reject(u16),
+}
+
+/// Picks the listener by Host (the 421 rule of spec §6) and the rule by the route table.
+fn route<'p>(port: &'p ShardPort, head: &RequestHead, buf: &[u8], info: &ConnInfo<'_>) -> Route<'p> {
+    let compiled = &port.compiled;
+    let listener_index = match (head.host().filter(|h| !h.is_empty()), info.sni_listener) {
+        // No Host (HTTP/1.0): the SNI's listener, else the catch-all.
+        (None, Some(sni)) => sni,
+        (None, None) => match compiled.hosts.resolve(None) {
+            Some(i) => i,
+            None => return Route::Reject(404),
+        },
+        (Some(host), sni) => match (compiled.hosts.resolve(Some(host)), sni) {
+            (None, _) => return Route::Reject(404),
+            (Some(by_host), Some(sni)) if by_host != sni => return Route::Reject(421),
+            (Some(by_host), _) => by_host,
+        },
+    };
+    let Some(listener) = compiled.listeners.get(listener_index) else {
+        return Route::Reject(404);
+    };
+    let headers = head.headers(buf);
+    let request = RouteRequest::from_head(head, buf, &headers);
+    let Some((index, target)) = listener.routes.find_indexed(&request) else {
+        return Route::Reject(404);
+    };
+    match port
+        .routing
+        .targets
+        .get(listener_index)
+        .and_then(|t| t.get(index))
+    {
+        Some(state) => Route::Forward { target, state },
+        None => Route::Reject(500),
+    }
+}
+
+/// Where a request goes: an endpoint, or the status that says why none.
+fn choose_endpoint(target: &RouteTarget, state: &TargetState) -> Result<SocketAddr, u16> {
+    let Some(backend_index) = target.weights.pick(&mut state.wrr.borrow_mut()) else {
+        return Err(500); // no backend configured, or all weights zero
+    };
+    let Some(backend) = target.backends.get(backend_index) else {
+        return Err(500);
+    };
+    match &backend.target {
+        BackendTarget::Invalid { .. } => Err(500),
+        BackendTarget::Endpoints(endpoints) if endpoints.is_empty() => Err(503),
+        BackendTarget::Endpoints(endpoints) => {
+            let cursor = state.endpoint_cursor.get(backend_index).ok_or(500u16)?;
+            let i = cursor.get();
+            cursor.set(i.wrapping_add(1));
+            endpoints.get(i % endpoints.len()).copied().ok_or(503)
+        }
+    }
+}
+
+/// The next endpoint after `endpoint` in the same backend, for a connect retry.
+fn next_endpoint(target: &RouteTarget, state: &TargetState) -> Option<SocketAddr> {
+    choose_endpoint(target, state).ok()
+}
+
+/// Serves requests on one client connection until it closes.
+pub async fn serve<C: ClientIo>(
+    client: &mut C,
+    port: &ShardPort,
+    ctx: &ShardContext,
+    info: &ConnInfo<'_>,
+) {
+    let mut inbuf: Vec<u8> = Vec::new();
+    loop {
+        let head = match read_request_head(client, &mut inbuf, ctx).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(status) => {
+                send_error(client, status, false).await;
+                break;
+            }
+        };
+        let keep_going = match route(port, &head, &inbuf, info) {
+            Route::Reject(status) => {
+                // Without a body the connection stays usable; with one, close rather than
+                // read a body nobody wants.
+                let keep = head.keep_alive && head.body == RequestBody::None;
+                send_error(client, status, keep).await;
+                if keep {
+                    drop_prefix(&mut inbuf, head.head_len);
+                }
+                keep
+            }
+            Route::Forward { target, state } => {
+                forward(client, &mut inbuf, &head, target, state, ctx, info).await
+            }
+        };
+        if !keep_going {
+            break;
+        }
+        if inbuf.is_empty() {
+            bufpool::give(std::mem::take(&mut inbuf));
+        }
+    }
+    bufpool::give(inbuf);
+    client.close().await;
+}
+
+/// Reads until `inbuf` starts with a complete request head. `Ok(None)`: the client closed or
+/// stayed idle past the keep-alive timeout between requests. `Err(status)`: answer and close.
+async fn read_request_head<C: ClientIo>(
+    client: &mut C,
+    inbuf: &mut Vec<u8>,
+    ctx: &ShardContext,
+) -> Result<Option<RequestHead>, u16> {
+    let limits = HeadLimits {
+        max_head_bytes: ctx.limits.max_request_head_bytes,
+        max_headers: MAX_HEADERS,
+    };
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if !inbuf.is_empty() {
+            match parse_request_head(inbuf, &limits) {
+                Ok(Some(head)) => return Ok(Some(head)),
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(shard = ctx.index, error = %e, "bad request head");
+                    return Err(e.status());
+                }
+            }
+        }
+        let wait = match deadline {
+            None if inbuf.is_empty() => {
+                // Idle between requests: hold no buffer while waiting.
+                match monoio::time::timeout(ctx.limits.idle_timeout, client.wait_readable()).await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return Ok(None),
+                }
+                deadline = Some(Instant::now() + ctx.limits.request_head_timeout);
+                ctx.limits.request_head_timeout
+            }
+            None => {
+                let now = Instant::now();
+                deadline = Some(now + ctx.limits.request_head_timeout);
+                ctx.limits.request_head_timeout
+            }
+            Some(d) => d.saturating_duration_since(Instant::now()),
+        };
+        if inbuf.capacity() == 0 {
+            *inbuf = bufpool::take();
+        }
+        match monoio::time::timeout(wait, client.read_into(inbuf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                return if inbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(408)
+                };
+            }
+        }
+    }
+}
+
+/// Tracks where a message body ends.
+enum BodyFraming {
+    Done,
+    Length(ContentLengthBody),
+    Chunked(ChunkedDecoder),
+}
+
+impl BodyFraming {
+    fn for_request(body: RequestBody) -> Self {
+        match body {
+            RequestBody::None | RequestBody::ContentLength(0) => BodyFraming::Done,
+            RequestBody::ContentLength(n) => BodyFraming::Length(ContentLengthBody::new(n)),
+            RequestBody::Chunked => BodyFraming::Chunked(ChunkedDecoder::new()),
+        }
+    }
+
+    /// How many bytes of `input` belong to the body, and whether it ended there.
+    fn advance(&mut self, input: &[u8]) -> Result<(usize, bool), ()> {
+        match self {
+            BodyFraming::Done => Ok((0, true)),
+            BodyFraming::Length(body) => {
+                let p = body.advance(input);
+                Ok((p.consumed, p.done))
+            }
+            BodyFraming::Chunked(decoder) => decoder
+                .advance(input)
+                .map(|p| (p.consumed, p.done))
+                .map_err(drop),
+        }
+    }
+}
+
+/// Why an exchange with a backend failed, and what the client gets.
+#[derive(Debug)]
+enum ForwardError {
+    /// Nothing was sent to the client yet: answer with this status.
+    Status(u16),
+    /// The request could be re-sent on a fresh connection (the reused one was stale).
+    StaleConnection,
+    /// The client went away or sent a bad body: close without an answer.
+    ClientGone,
+    /// The response was partly sent: all we can do is close.
+    Broken,
+}
+
+/// Forwards one request and its response. Returns whether the client connection may carry
+/// another request.
+async fn forward<C: ClientIo>(
+    client: &mut C,
+    inbuf: &mut Vec<u8>,
+    head: &RequestHead,
+    target: &RouteTarget,
+    state: &TargetState,
+    ctx: &ShardContext,
+    info: &ConnInfo<'_>,
+) -> bool {
+    let mut endpoint = match choose_endpoint(target, state) {
+        Ok(e) => e,
+        Err(status) => {
+            let keep = head.keep_alive && head.body == RequestBody::None;
+            send_error(client, status, keep).await;
+            if keep {
+                drop_prefix(inbuf, head.head_len);
+            }
+            return keep;
+        }
+    };
+    if head.expect_continue {
+        // Answer the client's Expect ourselves (as nginx does): the body then streams without
+        // a round trip to the backend; a 100 from the backend is forwarded too (harmless).
+        if client.queue(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() || client.flush().await.is_err()
+        {
+            return false;
+        }
+    }
+    let mut request_head = bufpool::take();
+    write_forwarded_request_head(
+        head,
+        inbuf,
+        &ForwardExtras {
+            client_ip: info.peer.ip(),
+            proto: info.proto,
+            identity_headers: info.identity_headers,
+        },
+        &mut request_head,
+    );
+    drop_prefix(inbuf, head.head_len);
+    let mut connect_attempts = 0;
+    let mut allow_stale_retry = true;
+    let result = loop {
+        let conn = if allow_stale_retry {
+            ctx.backends.get(endpoint, ctx.limits.backend_connect_timeout).await
+        } else {
+            ctx.backends
+                .connect(endpoint, ctx.limits.backend_connect_timeout)
+                .await
+        };
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                connect_attempts += 1;
+                debug!(shard = ctx.index, error = %e, "backend connect failed");
+                match next_endpoint(target, state) {
+                    Some(next) if connect_attempts < MAX_CONNECT_ATTEMPTS => {
+                        endpoint = next;
+                        continue;
+                    }
+                    _ => {
+                        break Err(ForwardError::Status(match e {
+                            ConnectError::Timeout(_) | ConnectError::Io(..) => 502,
+                        }));
+                    }
+                }
+            }
+        };
+        let reused = conn.reused;
+        let outcome = exchange(client, inbuf, head, &request_head, conn, ctx).await;
+        match outcome {
+            Err(ForwardError::StaleConnection) if reused && allow_stale_retry => {
+                allow_stale_retry = false;
+                continue;
+            }
+            Err(ForwardError::StaleConnection) => break Err(ForwardError::Status(502)),
+            other => break other,
+        }
+    };
+    bufpool::give(request_head);
+    match result {
+        Ok(keep_alive) => keep_alive,
+        Err(ForwardError::Status(status)) => {
+            send_error(client, status, false).await;
+            false
+        }
+        Err(ForwardError::StaleConnection | ForwardError::ClientGone | ForwardError::Broken) => {
+            false
+        }
+    }
+}
+
+/// Sends the request (head, then body as it streams in) on `conn` and relays the response.
+/// `Ok(keep_alive)` when the response was delivered.
+async fn exchange<C: ClientIo>(
+    client: &mut C,
+    inbuf: &mut Vec<u8>,
+    head: &RequestHead,
+    request_head: &[u8],
+    mut conn: BackendConnection,
+    ctx: &ShardContext,
+) -> Result<bool, ForwardError> {
+    let response_timeout = ctx.limits.backend_response_timeout;
+    // 1. The head and whatever body bytes already arrived, in one write.
+    let mut framing = BodyFraming::for_request(head.body);
+    let (body_now, mut body_done) = framing
+        .advance(inbuf)
+        .map_err(|()| ForwardError::Status(400))?;
+    let mut out = bufpool::take();
+    out.extend_from_slice(request_head);
+    out.extend_from_slice(inbuf.get(..body_now).unwrap_or_default());
+    let sent_body_bytes = body_now > 0;
+    let (res, buf) = conn.tcp.write_all(out).await;
+    bufpool::give(buf);
+    if res.is_err() {
+        return Err(if sent_body_bytes || !conn.reused {
+            ForwardError::Status(502)
+        } else {
+            ForwardError::StaleConnection
+        });
+    }
+    drop_prefix(inbuf, body_now);
+    // Once body bytes left the client buffer the request cannot be replayed.
+    let replayable = head.body == RequestBody::None;
+
+    // 2. The rest of the body, as the client sends it.
+    while !body_done {
+        if inbuf.capacity() == 0 {
+            *inbuf = bufpool::take();
+        }
+        match monoio::time::timeout(ctx.limits.idle_timeout, client.read_into(inbuf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(ForwardError::ClientGone),
+        }
+        let (n, done) = framing.advance(inbuf).map_err(|()| ForwardError::Status(400))?;
+        body_done = done;
+        let mut chunk = bufpool::take();
+        chunk.extend_from_slice(inbuf.get(..n).unwrap_or_default());
+        drop_prefix(inbuf, n);
+        let (res, buf) = conn.tcp.write_all(chunk).await;
+        bufpool::give(buf);
+        if res.is_err() {
+            return Err(ForwardError::Status(502));
+        }
+    }
+
+    // 3. The response head (skipping informational 1xx, which are relayed).
+    let limits = HeadLimits {
+        max_head_bytes: MAX_RESPONSE_HEAD_BYTES,
+        max_headers: MAX_HEADERS,
+    };
+    let mut rbuf = bufpool::take();
+    let response = loop {
+        match parse_response_head(&rbuf, head.is_head(), &limits) {
+            Ok(Some(response)) if response.is_informational => {
+                let mut out = Vec::new();
+                write_forwarded_response_head(
+                    &response,
+                    &rbuf,
+                    ClientConn {
+                        version: head.version,
+                        keep_alive: head.keep_alive,
+                    },
+                    &mut out,
+                );
+                if !out.is_empty() {
+                    client.queue(&out).map_err(|_| ForwardError::ClientGone)?;
+                    client.flush().await.map_err(|_| ForwardError::ClientGone)?;
+                }
+                drop_prefix(&mut rbuf, response.head_len);
+                continue;
+            }
+            Ok(Some(response)) => break response,
+            Ok(None) => {}
+            Err(e) => {
+                debug!(shard = ctx.index, error = %e, "bad response head from backend");
+                bufpool::give(rbuf);
+                return Err(ForwardError::Status(502));
+            }
+        }
+        let (res, buf) = match monoio::time::timeout(
+            response_timeout,
+            read_append(&mut conn.tcp, rbuf),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => return Err(ForwardError::Status(504)),
+        };
+        rbuf = buf;
+        match res {
+            Ok(n) if n > 0 => {}
+            // Closed before any response byte: a stale pooled connection, if it was one.
+            _ if rbuf.is_empty() && conn.reused && replayable => {
+                bufpool::give(rbuf);
+                return Err(ForwardError::StaleConnection);
+            }
+            _ => {
+                bufpool::give(rbuf);
+                return Err(ForwardError::Status(502));
+            }
+        }
+    };
+
+    // 4. Relay the response.
+    let mut out = bufpool::take();
+    let plan = write_forwarded_response_head(
+        &response,
+        &rbuf,
+        ClientConn {
+            version: head.version,
+            keep_alive: head.keep_alive,
+        },
+        &mut out,
+    );
+    let relayed = relay_response_body(client, &mut conn, rbuf, &response, plan.body, out, ctx)
+        .await;
+    match relayed {
+        Ok(backend_reusable) => {
+            if backend_reusable && response.backend_keep_alive {
+                ctx.backends.put(conn);
+            }
+            Ok(plan.keep_alive)
+        }
+        Err(_) => Err(ForwardError::Broken),
+    }
+}
+
+/// Streams the response body after its head (`out` holds the rewritten head). Returns whether
+/// the backend connection ended exactly at the end of the body (and so can be reused).
+async fn relay_response_body<C: ClientIo>(
+    client: &mut C,
+    conn: &mut BackendConnection,
+    mut rbuf: Vec<u8>,
+    response: &ResponseHead,
+    body: ClientBody,
+    out: Vec<u8>,
+    ctx: &ShardContext,
+) -> io::Result<bool> {
+    client.queue(&out)?;
+    bufpool::give(out);
+    drop_prefix(&mut rbuf, response.head_len);
+    let mut length = match body {
+        ClientBody::ContentLength(n) => Some(ContentLengthBody::new(n)),
+        _ => None,
+    };
+    let mut chunked = match body {
+        ClientBody::Chunked | ClientBody::Dechunk => Some(ChunkedDecoder::new()),
+        _ => None,
+    };
+    let mut done = matches!(body, ClientBody::None);
+    loop {
+        if !rbuf.is_empty() && !done {
+            let consumed = match (&mut length, &mut chunked, body) {
+                (Some(l), _, _) => {
+                    let p = l.advance(&rbuf);
+                    done = p.done;
+                    client.queue(rbuf.get(..p.consumed).unwrap_or_default())?;
+                    p.consumed
+                }
+                (_, Some(decoder), ClientBody::Dechunk) => {
+                    let mut queued = Ok(());
+                    let p = decoder
+                        .advance_with(&rbuf, |data| {
+                            if queued.is_ok() {
+                                queued = client.queue(data);
+                            }
+                        })
+                        .map_err(io::Error::other)?;
+                    queued?;
+                    done = p.done;
+                    p.consumed
+                }
+                (_, Some(decoder), _) => {
+                    let p = decoder.advance(&rbuf).map_err(io::Error::other)?;
+                    done = p.done;
+                    client.queue(rbuf.get(..p.consumed).unwrap_or_default())?;
+                    p.consumed
+                }
+                _ => {
+                    client.queue(&rbuf)?;
+                    rbuf.len()
+                }
+            };
+            drop_prefix(&mut rbuf, consumed);
+        }
+        client.flush().await?;
+        if done {
+            let exact = rbuf.is_empty();
+            bufpool::give(rbuf);
+            return Ok(exact);
+        }
+        rbuf.clear();
+        let (res, buf) = match monoio::time::timeout(
+            ctx.limits.backend_response_timeout,
+            read_append(&mut conn.tcp, rbuf),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        };
+        rbuf = buf;
+        match res {
+            Ok(0) if body == ClientBody::UntilClose => {
+                bufpool::give(rbuf);
+                return Ok(false);
+            }
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes the first `n` bytes (a message that was handled) from the buffer.
+fn drop_prefix(buf: &mut Vec<u8>, n: usize) {
+    if n >= buf.len() {
+        buf.clear();
+    } else {
+        buf.drain(..n);
+    }
+}
+
+/// A complete error response with a short plain-text body. `keep_alive`: whether the
+/// connection stays open after it.
+pub fn error_response(status: u16, keep_alive: bool) -> Vec<u8> {
+    let reason = reason_phrase(status);
+    let body = format!("{status} {reason}\n");
+    let connection = if keep_alive { "" } else { "connection: close\r\n" };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{connection}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+async fn send_error<C: ClientIo>(client: &mut C, status: u16, keep_alive: bool) {
+    if client.queue(&error_response(status, keep_alive)).is_ok() {
+        let _ = client.flush().await;
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        421 => "Misdirected Request",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}

@@ -1,0 +1,17 @@
+//! The Portcullis data plane: per-core monoio shards that terminate mTLS per port and forward
+//! HTTP/1.1. See `docs/architecture.md` for the flow objects -> translate -> compile ->
+//! publish -> shard -> connection.
+
+pub mod backend;
+pub mod bufpool;
+pub mod conn;
+pub mod demo;
+pub mod echo;
+pub mod http;
+pub mod limits;
+pub mod manifest_source;
+pub mod pki;
+pub mod publish;
+pub mod serve;
+pub mod shard;
+pub mod tls;

@@ -1,0 +1,97 @@
+//! File mode: a folder of manifests, watched. A changed, added or removed file is re-read,
+//! translated and published; a broken file is reported with its file, document and field, and
+//! the last good configuration stays in force.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use portcullis_controller_shim::{TranslateOptions, manifests, translate};
+use portcullis_core::desired::DesiredConfig;
+use tracing::{error, info};
+
+/// How often the folder is checked. Four times a second keeps a reload well within the one
+/// second promised for new handshakes, at the cost of a few `stat` calls.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What identifies a file's version without reading it: an edit in place changes the length
+/// or modification time; a rename-over (as editors save) changes the inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+/// Watches one folder.
+#[derive(Debug)]
+pub struct ManifestSource {
+    dir: PathBuf,
+    gateway_class: Option<String>,
+    stamps: Option<Vec<FileStamp>>,
+}
+
+impl ManifestSource {
+    pub fn new(dir: PathBuf, gateway_class: Option<String>) -> Self {
+        Self {
+            dir,
+            gateway_class,
+            stamps: None,
+        }
+    }
+
+    /// The new desired config when the folder changed since the last call and reads cleanly;
+    /// `None` when nothing changed or the change is broken (logged).
+    pub fn poll(&mut self) -> Option<DesiredConfig> {
+        let stamps = stamp_dir(&self.dir);
+        if self.stamps.as_ref() == Some(&stamps) {
+            return None;
+        }
+        self.stamps = Some(stamps);
+        match self.load() {
+            Ok(desired) => Some(desired),
+            Err(message) => {
+                error!(dir = %self.dir.display(), error = %message, "manifests not applied; the last good configuration stays in force");
+                None
+            }
+        }
+    }
+
+    /// Reads and translates the folder now.
+    pub fn load(&self) -> Result<DesiredConfig, String> {
+        let loaded = manifests::load(&self.dir).map_err(|e| e.to_string())?;
+        let mut options = TranslateOptions::new(portcullis_controller_shim::check::now());
+        options.extra_gateway_class = self.gateway_class.clone();
+        let translation = translate(&loaded.store, &options);
+        info!(
+            files = loaded.files.len(),
+            objects = loaded.objects,
+            gateways = translation.gateway_statuses.len(),
+            routes = translation.route_statuses.len(),
+            ports = translation.desired.ports.len(),
+            "manifests translated"
+        );
+        Ok(translation.desired)
+    }
+}
+
+fn stamp_dir(dir: &Path) -> Vec<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stamps: Vec<FileStamp> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.path();
+            let meta = std::fs::metadata(&path).ok()?;
+            meta.is_file().then(|| FileStamp {
+                len: meta.len(),
+                modified: meta.modified().ok(),
+                inode: meta.ino(),
+                path,
+            })
+        })
+        .collect();
+    stamps.sort_by(|a, b| a.path.cmp(&b.path));
+    stamps
+}

@@ -1,0 +1,427 @@
+//! Shards: one thread per core, each with its own monoio runtime, its own `SO_REUSEPORT`
+//! listener per port and its own copy of the per-port config.
+//!
+//! A shard learns about configuration changes from a latest-value-wins channel (one message
+//! per published snapshot) and swaps its per-port config between connections: a connection
+//! keeps the `Rc<ShardPort>` it was accepted with until it ends.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use monoio::io::Canceller;
+use monoio::net::{TcpListener, TcpStream};
+use portcullis_core::compile::{CompiledPort, Snapshot};
+use portcullis_core::desired::PortProtocol;
+use rustls::ServerConfig;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::backend::BackendPool;
+use crate::limits::Limits;
+use crate::{conn, http};
+
+/// Pending connections the kernel queues per shard listener before refusing. Handshake storms
+/// arrive in bursts; 4096 rides them out (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// io_uring submission queue entries per shard: room for one in-flight operation per busy
+/// connection in a burst without the queue filling.
+const IO_URING_ENTRIES: u32 = 4096;
+
+/// Pause after an accept error such as EMFILE before accepting again, so a full file table
+/// does not spin a core.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Which event-loop driver to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverChoice {
+    /// io_uring when the kernel (and seccomp) allow it, else epoll.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// The driver a shard actually runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// What the control side can read about a shard: written by the shard only when its config
+/// changes, never per connection.
+#[derive(Debug, Default)]
+pub struct ShardStatus {
+    /// Generation of the last applied snapshot (0: none yet).
+    pub applied_generation: AtomicU64,
+    /// 0 until started, then 1 = io_uring, 2 = epoll.
+    driver: AtomicU8,
+}
+
+impl ShardStatus {
+    pub fn driver(&self) -> Option<Driver> {
+        match self.driver.load(Ordering::Acquire) {
+            1 => Some(Driver::IoUring),
+            2 => Some(Driver::Epoll),
+            _ => None,
+        }
+    }
+
+    fn set_driver(&self, d: Driver) {
+        let v = match d {
+            Driver::IoUring => 1,
+            Driver::Epoll => 2,
+        };
+        self.driver.store(v, Ordering::Release);
+    }
+}
+
+/// How shards are started.
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    pub driver: DriverChoice,
+    /// `None`: all addresses (dual-stack `[::]`, or `0.0.0.0` without IPv6).
+    pub bind_address: Option<IpAddr>,
+    pub limits: Limits,
+}
+
+/// A running set of shards.
+#[derive(Debug)]
+pub struct Shards {
+    pub status: Vec<Arc<ShardStatus>>,
+    handles: Vec<thread::JoinHandle<()>>,
+}
+
+impl Shards {
+    /// Starts one shard per entry of `cores` (`None`: not pinned).
+    pub fn start(
+        cores: Vec<Option<core_affinity::CoreId>>,
+        options: ShardOptions,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> io::Result<Shards> {
+        let mut status = Vec::new();
+        let mut handles = Vec::new();
+        for (index, core) in cores.into_iter().enumerate() {
+            let shard_status = Arc::new(ShardStatus::default());
+            status.push(Arc::clone(&shard_status));
+            let options = options.clone();
+            let snapshots = snapshots.clone();
+            let handle = thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn(move || run_shard(index, core, options, snapshots, shard_status))?;
+            handles.push(handle);
+        }
+        Ok(Shards { status, handles })
+    }
+
+    /// Waits for every shard to stop (they stop when the snapshot sender is dropped).
+    pub fn join(self) {
+        for handle in self.handles {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The CPUs in this process's affinity mask, so `taskset` and cgroup cpusets decide the shard
+/// count. Falls back to unpinned shards when the mask cannot be read.
+pub fn cores_from_affinity(override_count: Option<usize>) -> Vec<Option<core_affinity::CoreId>> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    match (override_count, cores.is_empty()) {
+        (Some(n), true) => vec![None; n.max(1)],
+        (Some(n), false) => (0..n.max(1))
+            .map(|i| cores.get(i % cores.len()).copied())
+            .collect(),
+        (None, true) => vec![None],
+        (None, false) => cores.into_iter().map(Some).collect(),
+    }
+}
+
+fn run_shard(
+    index: usize,
+    core: Option<core_affinity::CoreId>,
+    options: ShardOptions,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: Arc<ShardStatus>,
+) {
+    if let Some(core) = core
+        && !core_affinity::set_for_current(core)
+    {
+        warn!(shard = index, core = core.id, "could not pin shard to its core");
+    }
+    let use_uring = match options.driver {
+        DriverChoice::Epoll => false,
+        DriverChoice::IoUring => true,
+        DriverChoice::Auto => monoio::utils::detect_uring(),
+    };
+    if use_uring {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(IO_URING_ENTRIES)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                status.set_driver(Driver::IoUring);
+                info!(shard = index, driver = "io_uring", core = ?core.map(|c| c.id), "shard started");
+                rt.block_on(shard_main(index, options, snapshots, status));
+                return;
+            }
+            Err(e) if options.driver == DriverChoice::Auto => {
+                warn!(shard = index, error = %e, "io_uring refused; falling back to epoll");
+            }
+            Err(e) => {
+                error!(shard = index, error = %e, "io_uring refused and --driver io-uring was given");
+                return;
+            }
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => {
+            status.set_driver(Driver::Epoll);
+            info!(shard = index, driver = "epoll", core = ?core.map(|c| c.id), "shard started");
+            rt.block_on(shard_main(index, options, snapshots, status));
+        }
+        Err(e) => error!(shard = index, error = %e, "cannot build the epoll runtime"),
+    }
+}
+
+/// Everything a shard's connections share: per-core state only.
+#[derive(Debug)]
+pub struct ShardContext {
+    pub index: usize,
+    pub limits: Limits,
+    pub backends: BackendPool,
+    pub open_connections: Cell<usize>,
+}
+
+/// One port as this shard serves it: the compiled port plus shard-local TLS configs.
+#[derive(Debug)]
+pub struct ShardPort {
+    pub compiled: Arc<CompiledPort>,
+    /// `server_configs[i]` belongs to `compiled.listeners[i]` (`None` on HTTP ports).
+    pub server_configs: Vec<Option<Arc<ServerConfig>>>,
+    pub routing: http::PortRouting,
+    pub generation: u64,
+}
+
+impl ShardPort {
+    fn new(compiled: Arc<CompiledPort>, generation: u64) -> Self {
+        let server_configs = compiled
+            .listeners
+            .iter()
+            .map(|l| l.tls.as_ref().map(|t| t.shard_local_server_config()))
+            .collect();
+        let routing = http::PortRouting::new(&compiled);
+        ShardPort {
+            compiled,
+            server_configs,
+            routing,
+            generation,
+        }
+    }
+
+    /// The listener and shard-local config for a ClientHello's SNI.
+    pub fn choose_by_sni(&self, sni: Option<&str>) -> Option<(usize, Arc<ServerConfig>)> {
+        let index = self.compiled.hosts.resolve(sni)?;
+        let config = self.server_configs.get(index)?.as_ref()?;
+        Some((index, Arc::clone(config)))
+    }
+}
+
+/// A port this shard listens on: its current config and the handle that stops its accept loop.
+struct PortSlot {
+    current: RefCell<Rc<ShardPort>>,
+    stop: RefCell<Option<Canceller>>,
+}
+
+async fn shard_main(
+    index: usize,
+    options: ShardOptions,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: Arc<ShardStatus>,
+) {
+    let ctx = Rc::new(ShardContext {
+        index,
+        limits: options.limits.clone(),
+        backends: BackendPool::default(),
+        open_connections: Cell::new(0),
+    });
+    let mut ports: HashMap<u16, Rc<PortSlot>> = HashMap::new();
+    loop {
+        let snapshot = Arc::clone(&snapshots.borrow_and_update());
+        apply_snapshot(&ctx, &options, &mut ports, &snapshot);
+        status
+            .applied_generation
+            .store(snapshot.generation, Ordering::Release);
+        if snapshots.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, slot) in ports.drain() {
+        stop_accepting(&slot);
+    }
+    debug!(shard = index, "shard stopped accepting");
+}
+
+fn apply_snapshot(
+    ctx: &Rc<ShardContext>,
+    options: &ShardOptions,
+    ports: &mut HashMap<u16, Rc<PortSlot>>,
+    snapshot: &Snapshot,
+) {
+    for compiled in &snapshot.ports {
+        let port = Rc::new(ShardPort::new(Arc::clone(compiled), snapshot.generation));
+        match ports.get(&compiled.port) {
+            Some(slot) => {
+                *slot.current.borrow_mut() = port;
+            }
+            None => match bind_reuseport(compiled.port, options.bind_address) {
+                Ok(listener) => {
+                    let canceller = Canceller::new();
+                    let slot = Rc::new(PortSlot {
+                        current: RefCell::new(port),
+                        stop: RefCell::new(None),
+                    });
+                    monoio::spawn(accept_loop(
+                        listener,
+                        canceller.handle(),
+                        Rc::clone(&slot),
+                        Rc::clone(ctx),
+                    ));
+                    *slot.stop.borrow_mut() = Some(canceller);
+                    ports.insert(compiled.port, slot);
+                    if ctx.index == 0 {
+                        info!(port = compiled.port, "listening");
+                    }
+                }
+                Err(e) => error!(
+                    shard = ctx.index,
+                    port = compiled.port,
+                    error = %e,
+                    "cannot listen on port; other ports are unaffected"
+                ),
+            },
+        }
+    }
+    ports.retain(|port, slot| {
+        let keep = snapshot.port(*port).is_some();
+        if !keep {
+            stop_accepting(slot);
+            if ctx.index == 0 {
+                info!(port, "port removed: stopped accepting, draining its connections");
+            }
+        }
+        keep
+    });
+}
+
+fn stop_accepting(slot: &PortSlot) {
+    if let Some(canceller) = slot.stop.borrow_mut().take() {
+        drop(canceller.cancel());
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    stop: monoio::io::CancelHandle,
+    slot: Rc<PortSlot>,
+    ctx: Rc<ShardContext>,
+) {
+    loop {
+        match listener.cancelable_accept(stop.clone()).await {
+            Ok((tcp, peer)) => {
+                // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d.
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                if slot.stop.borrow().is_none() {
+                    break; // the port was removed while this accept completed
+                }
+                if ctx.open_connections.get() >= ctx.limits.max_connections_per_shard {
+                    debug!(shard = ctx.index, "connection limit reached; closing new connection");
+                    drop(tcp);
+                    continue;
+                }
+                let port = Rc::clone(&slot.current.borrow());
+                monoio::spawn(serve(tcp, peer, port, Rc::clone(&ctx)));
+            }
+            Err(_) if slot.stop.borrow().is_none() => break,
+            Err(e) => {
+                warn!(shard = ctx.index, error = %e, "accept failed");
+                monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn serve(tcp: TcpStream, peer: SocketAddr, port: Rc<ShardPort>, ctx: Rc<ShardContext>) {
+    let _guard = ConnectionGuard::new(&ctx);
+    let _ = tcp.set_nodelay(true);
+    match port.compiled.protocol {
+        PortProtocol::Https => conn::serve_tls(tcp, peer, &port, &ctx).await,
+        PortProtocol::Http => conn::serve_plain(tcp, peer, &port, &ctx).await,
+    }
+}
+
+/// Counts a shard's open connections (a `Cell`: per core, never shared).
+struct ConnectionGuard<'a> {
+    ctx: &'a ShardContext,
+}
+
+impl<'a> ConnectionGuard<'a> {
+    fn new(ctx: &'a ShardContext) -> Self {
+        ctx.open_connections.set(ctx.open_connections.get() + 1);
+        Self { ctx }
+    }
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .open_connections
+            .set(self.ctx.open_connections.get().saturating_sub(1));
+    }
+}
+
+/// Binds one shard's listener with `SO_REUSEPORT`, so the kernel spreads connections over the
+/// shards without a shared accept queue.
+fn bind_reuseport(port: u16, address: Option<IpAddr>) -> io::Result<TcpListener> {
+    let std_listener = match address {
+        Some(ip) => bind_socket(SocketAddr::new(ip, port))?,
+        // Dual-stack: `[::]` also takes IPv4 (curl tries `localhost` as ::1 first).
+        None => bind_socket(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)).or_else(
+            |_| bind_socket(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port)),
+        )?,
+    };
+    TcpListener::from_std(std_listener)
+}
+
+fn bind_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}

@@ -438,7 +438,10 @@ mod tests {
     #[test]
     fn objects_without_kind_or_name_are_errors() {
         let err = load_str("apiVersion: v1\nmetadata: {name: s}\n").unwrap_err();
-        assert_eq!(*err.problem, ManifestProblem::MissingField { field: "kind" });
+        assert_eq!(
+            *err.problem,
+            ManifestProblem::MissingField { field: "kind" }
+        );
         let err = load_str("apiVersion: v1\nkind: Secret\nmetadata: {}\n").unwrap_err();
         assert!(matches!(*err.problem, ManifestProblem::Store(_)));
         let err = load_str("- a\n- b\n").unwrap_err();

@@ -92,7 +92,7 @@ pub struct CompiledListener {
 }
 
 /// A listener's TLS: the template config and what it was built from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CompiledTls {
     server_config: Arc<ServerConfig>,
     pub client_auth: Arc<ClientAuth>,
@@ -139,7 +139,8 @@ pub fn compile(desired: DesiredConfig, previous: Option<&Snapshot>, generation: 
 }
 
 /// The same configuration with every listener's ticket keys rotated (see
-/// [`crate::tickets::TICKET_KEY_ROTATION_SECS`]).
+/// [`crate::tickets::TICKET_KEY_ROTATION_SECS`]). A listener whose keys cannot be rotated
+/// (the random source failed) keeps its current ones, and the failure is reported.
 pub fn rotate_ticket_keys(current: &Snapshot, generation: u64) -> Snapshot {
     let mut errors = Vec::new();
     let ports = current
@@ -149,34 +150,20 @@ pub fn rotate_ticket_keys(current: &Snapshot, generation: u64) -> Snapshot {
             let listeners = port
                 .listeners
                 .iter()
-                .map(|l| CompiledListener {
-                    name: l.name.clone(),
-                    hostname: l.hostname.clone(),
-                    tls: l.tls.as_ref().and_then(|tls| {
-                        let keys = match &tls.ticket_keys {
-                            Some(k) => Some(k.rotated().map_err(|e| e.to_string())),
-                            None => None,
-                        }
-                        .transpose();
-                        let built = keys.and_then(|keys| {
-                            build_tls(
-                                Arc::clone(&tls.client_auth),
-                                Arc::clone(&tls.certified_key),
-                                keys,
-                                tls.fingerprint,
-                            )
-                        });
-                        built
-                            .map_err(|message| {
-                                errors.push(CompileError {
-                                    port: port.port,
-                                    listener: l.name.clone(),
-                                    message,
-                                })
-                            })
-                            .ok()
+                .map(|listener| CompiledListener {
+                    name: listener.name.clone(),
+                    hostname: listener.hostname.clone(),
+                    tls: listener.tls.as_ref().map(|tls| {
+                        tls.with_rotated_keys().unwrap_or_else(|message| {
+                            errors.push(CompileError {
+                                port: port.port,
+                                listener: listener.name.clone(),
+                                message,
+                            });
+                            tls.clone()
+                        })
                     }),
-                    routes: l.routes.clone(),
+                    routes: listener.routes.clone(),
                 })
                 .collect();
             Arc::new(CompiledPort {
@@ -193,6 +180,21 @@ pub fn rotate_ticket_keys(current: &Snapshot, generation: u64) -> Snapshot {
         ports,
         desired: Arc::clone(&current.desired),
         errors,
+    }
+}
+
+impl CompiledTls {
+    fn with_rotated_keys(&self) -> Result<CompiledTls, String> {
+        let keys = match &self.ticket_keys {
+            Some(keys) => Some(keys.rotated().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        build_tls(
+            Arc::clone(&self.client_auth),
+            Arc::clone(&self.certified_key),
+            keys,
+            self.fingerprint,
+        )
     }
 }
 
@@ -301,12 +303,11 @@ fn build_tls(
     ticket_keys: Option<TicketKeys>,
     fingerprint: [u8; 32],
 ) -> Result<CompiledTls, String> {
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-            .with_protocol_versions(&[&version::TLS13, &version::TLS12])
-            .map_err(|e| e.to_string())?
-            .with_client_cert_verifier(client_auth.rustls_verifier())
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(&certified_key))));
+    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(client_auth.rustls_verifier())
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(&certified_key))));
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     // Resumption is by stateless tickets only: a server-side session cache would be shared
     // mutable state (and a lock) across shards.

@@ -128,7 +128,12 @@ pub fn ca_config_map(namespace: &str, name: &str, ca_pem: &str) -> String {
 }
 
 /// A Service with one named port and an EndpointSlice pointing it at `backend`.
-pub fn service_with_endpoint(namespace: &str, name: &str, port: u16, backend: SocketAddr) -> String {
+pub fn service_with_endpoint(
+    namespace: &str,
+    name: &str,
+    port: u16,
+    backend: SocketAddr,
+) -> String {
     format!(
         r#"apiVersion: v1
 kind: Service

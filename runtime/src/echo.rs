@@ -155,12 +155,18 @@ fn respond(head: &RequestHead, buf: &[u8], peer: SocketAddr, body_bytes: u64) ->
     } else {
         "connection: close\r\n"
     };
-    if let Some(code) = path.strip_prefix("/status/").and_then(|c| c.parse::<u16>().ok())
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|c| c.parse::<u16>().ok())
         && (200..=599).contains(&code)
     {
-        return format!("HTTP/1.1 {code} Echo\r\ncontent-length: 0\r\n{connection}\r\n").into_bytes();
+        return format!("HTTP/1.1 {code} Echo\r\ncontent-length: 0\r\n{connection}\r\n")
+            .into_bytes();
     }
-    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         let n = n.min(MAX_BYTES_RESPONSE);
         let mut out = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {n}\r\n{connection}\r\n"

@@ -94,7 +94,12 @@ enum Route<'p> {
 }
 
 /// Picks the listener by Host (the 421 rule of spec §6) and the rule by the route table.
-fn route<'p>(port: &'p ShardPort, head: &RequestHead, buf: &[u8], info: &ConnInfo<'_>) -> Route<'p> {
+fn route<'p>(
+    port: &'p ShardPort,
+    head: &RequestHead,
+    buf: &[u8],
+    info: &ConnInfo<'_>,
+) -> Route<'p> {
     let compiled = &port.compiled;
     let listener_index = match (head.host().filter(|h| !h.is_empty()), info.sni_listener) {
         // No Host (HTTP/1.0): the SNI's listener, else the catch-all.
@@ -222,8 +227,7 @@ async fn read_request_head<C: ClientIo>(
         let wait = match deadline {
             None if inbuf.is_empty() => {
                 // Idle between requests: hold no buffer while waiting.
-                match monoio::time::timeout(ctx.limits.idle_timeout, client.wait_readable()).await
-                {
+                match monoio::time::timeout(ctx.limits.idle_timeout, client.wait_readable()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => return Ok(None),
                 }
@@ -244,11 +248,7 @@ async fn read_request_head<C: ClientIo>(
             Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
             Ok(Ok(_)) => {}
             Err(_) => {
-                return if inbuf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(408)
-                };
+                return if inbuf.is_empty() { Ok(None) } else { Err(408) };
             }
         }
     }
@@ -345,7 +345,9 @@ async fn forward<C: ClientIo>(
     let mut allow_stale_retry = true;
     let result = loop {
         let conn = if allow_stale_retry {
-            ctx.backends.get(endpoint, ctx.limits.backend_connect_timeout).await
+            ctx.backends
+                .get(endpoint, ctx.limits.backend_connect_timeout)
+                .await
         } else {
             ctx.backends
                 .connect(endpoint, ctx.limits.backend_connect_timeout)
@@ -435,7 +437,9 @@ async fn exchange<C: ClientIo>(
             Ok(Ok(n)) if n > 0 => {}
             _ => return Err(ForwardError::ClientGone),
         }
-        let (n, done) = framing.advance(inbuf).map_err(|()| ForwardError::Status(400))?;
+        let (n, done) = framing
+            .advance(inbuf)
+            .map_err(|()| ForwardError::Status(400))?;
         body_done = done;
         let mut chunk = bufpool::take();
         chunk.extend_from_slice(inbuf.get(..n).unwrap_or_default());
@@ -481,15 +485,11 @@ async fn exchange<C: ClientIo>(
                 return Err(ForwardError::Status(502));
             }
         }
-        let (res, buf) = match monoio::time::timeout(
-            response_timeout,
-            read_append(&mut conn.tcp, rbuf),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => return Err(ForwardError::Status(504)),
-        };
+        let (res, buf) =
+            match monoio::time::timeout(response_timeout, read_append(&mut conn.tcp, rbuf)).await {
+                Ok(r) => r,
+                Err(_) => return Err(ForwardError::Status(504)),
+            };
         rbuf = buf;
         match res {
             Ok(n) if n > 0 => {}
@@ -516,8 +516,8 @@ async fn exchange<C: ClientIo>(
         },
         &mut out,
     );
-    let relayed = relay_response_body(client, &mut conn, rbuf, &response, plan.body, out, ctx)
-        .await;
+    let relayed =
+        relay_response_body(client, &mut conn, rbuf, &response, plan.body, out, ctx).await;
     match relayed {
         Ok(backend_reusable) => {
             if backend_reusable && response.backend_keep_alive {
@@ -630,7 +630,11 @@ fn drop_prefix(buf: &mut Vec<u8>, n: usize) {
 pub fn error_response(status: u16, keep_alive: bool) -> Vec<u8> {
     let reason = reason_phrase(status);
     let body = format!("{status} {reason}\n");
-    let connection = if keep_alive { "" } else { "connection: close\r\n" };
+    let connection = if keep_alive {
+        ""
+    } else {
+        "connection: close\r\n"
+    };
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{connection}\r\n{body}",
         body.len()

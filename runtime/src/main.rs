@@ -14,7 +14,11 @@ use portcullis_runtime::{echo, serve};
 use tracing::error;
 
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about = "mTLS-terminating Gateway API data plane")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "mTLS-terminating Gateway API data plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,7 +102,11 @@ fn main() -> ExitCode {
         } => {
             init_logging();
             let (shards, options) = data_plane.into_options();
-            serve::serve_manifests(ManifestSource::new(manifests, gateway_class), shards, options)
+            serve::serve_manifests(
+                ManifestSource::new(manifests, gateway_class),
+                shards,
+                options,
+            )
         }
         Command::Demo { dir, data_plane } => {
             init_logging();

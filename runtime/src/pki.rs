@@ -100,10 +100,12 @@ impl Authority {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = name(common_name);
         for san in sans {
-            params.subject_alt_names.push(match san.strip_prefix("URI:") {
-                Some(uri) => SanType::URI(uri.try_into()?),
-                None => SanType::DnsName((*san).try_into()?),
-            });
+            params
+                .subject_alt_names
+                .push(match san.strip_prefix("URI:") {
+                    Some(uri) => SanType::URI(uri.try_into()?),
+                    None => SanType::DnsName((*san).try_into()?),
+                });
         }
         validity(&mut params);
         adjust(&mut params);

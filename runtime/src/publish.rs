@@ -61,8 +61,7 @@ impl Publisher {
 
     /// Rotates every listener's ticket keys when their rotation period has passed.
     pub fn rotate_ticket_keys_if_due(&mut self) {
-        if self.last_rotation.elapsed() < Duration::from_secs(u64::from(TICKET_KEY_ROTATION_SECS))
-        {
+        if self.last_rotation.elapsed() < Duration::from_secs(u64::from(TICKET_KEY_ROTATION_SECS)) {
             return;
         }
         self.last_rotation = Instant::now();

@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -163,7 +163,11 @@ fn run_shard(
     if let Some(core) = core
         && !core_affinity::set_for_current(core)
     {
-        warn!(shard = index, core = core.id, "could not pin shard to its core");
+        warn!(
+            shard = index,
+            core = core.id,
+            "could not pin shard to its core"
+        );
     }
     let use_uring = match options.driver {
         DriverChoice::Epoll => false,
@@ -327,7 +331,10 @@ fn apply_snapshot(
         if !keep {
             stop_accepting(slot);
             if ctx.index == 0 {
-                info!(port, "port removed: stopped accepting, draining its connections");
+                info!(
+                    port,
+                    "port removed: stopped accepting, draining its connections"
+                );
             }
         }
         keep
@@ -355,7 +362,10 @@ async fn accept_loop(
                     break; // the port was removed while this accept completed
                 }
                 if ctx.open_connections.get() >= ctx.limits.max_connections_per_shard {
-                    debug!(shard = ctx.index, "connection limit reached; closing new connection");
+                    debug!(
+                        shard = ctx.index,
+                        "connection limit reached; closing new connection"
+                    );
                     drop(tcp);
                     continue;
                 }
@@ -406,9 +416,14 @@ fn bind_reuseport(port: u16, address: Option<IpAddr>) -> io::Result<TcpListener>
     let std_listener = match address {
         Some(ip) => bind_socket(SocketAddr::new(ip, port))?,
         // Dual-stack: `[::]` also takes IPv4 (curl tries `localhost` as ::1 first).
-        None => bind_socket(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)).or_else(
-            |_| bind_socket(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port)),
-        )?,
+        None => {
+            bind_socket(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)).or_else(|_| {
+                bind_socket(SocketAddr::new(
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    port,
+                ))
+            })?
+        }
     };
     TcpListener::from_std(std_listener)
 }

@@ -154,7 +154,11 @@ impl ClientAuth {
 
     /// Decides who the client is once the handshake completed. `peer` is the chain rustls
     /// saw (or restored from the ticket when `resumed`).
-    pub fn identify(&self, peer: Option<&[CertificateDer<'static>]>, resumed: bool) -> PeerIdentity {
+    pub fn identify(
+        &self,
+        peer: Option<&[CertificateDer<'static>]>,
+        resumed: bool,
+    ) -> PeerIdentity {
         let Validation::Verify {
             mode,
             webpki,
@@ -242,7 +246,6 @@ impl fmt::Debug for HandshakeVerifier {
             .finish()
     }
 }
-
 
 impl ClientCertVerifier for HandshakeVerifier {
     fn offer_client_auth(&self) -> bool {

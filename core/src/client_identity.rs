@@ -14,11 +14,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rustls::pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Name};
 
-use crate::listener_options::{CertificateHash, ClientIdentityRules, ForwardClientCert, SanPattern};
+use crate::listener_options::{
+    CertificateHash, ClientIdentityRules, ForwardClientCert, SanPattern,
+};
 
 /// Header names the gateway alone may set; any client-sent copy is dropped before forwarding.
-pub const IDENTITY_HEADER_NAMES: [&str; 3] =
-    ["x-forwarded-client-cert", "client-cert", "client-cert-chain"];
+pub const IDENTITY_HEADER_NAMES: [&str; 3] = [
+    "x-forwarded-client-cert",
+    "client-cert",
+    "client-cert-chain",
+];
 
 /// Why a certificate that chains correctly still does not pass the listener's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -43,7 +48,8 @@ pub fn check_rules(
         }
     }
     if !rules.subject_alt_names.is_empty() {
-        let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| IdentityMismatch::Unparsable)?;
+        let (_, cert) =
+            X509Certificate::from_der(leaf).map_err(|_| IdentityMismatch::Unparsable)?;
         let sans = subject_alt_names(&cert)?;
         let allowed = sans.iter().any(|san| {
             rules
@@ -162,11 +168,13 @@ fn header_line(name: &str, value: &str) -> Vec<u8> {
     line.extend_from_slice(name.as_bytes());
     line.extend_from_slice(b": ");
     // Header values must not carry CR, LF or NUL (certificate strings are attacker-chosen).
-    line.extend(
-        value
-            .bytes()
-            .map(|b| if matches!(b, b'\r' | b'\n' | 0) { b' ' } else { b }),
-    );
+    line.extend(value.bytes().map(|b| {
+        if matches!(b, b'\r' | b'\n' | 0) {
+            b' '
+        } else {
+            b
+        }
+    }));
     line.extend_from_slice(b"\r\n");
     line
 }
@@ -284,7 +292,10 @@ mod tests {
 
     #[test]
     fn ip_sans_compare_by_value() {
-        assert_eq!(ip_from_san(&[10, 0, 0, 1]), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            ip_from_san(&[10, 0, 0, 1]),
+            Some("10.0.0.1".parse().unwrap())
+        );
         assert_eq!(ip_from_san(&[1, 2, 3]), None);
     }
 }

@@ -28,7 +28,9 @@ pub fn intersect(listener: Option<&str>, route: &str) -> Option<String> {
         return Some(route.to_owned());
     };
     match (is_wildcard(listener), is_wildcard(route)) {
-        (false, false) => listener.eq_ignore_ascii_case(route).then(|| route.to_owned()),
+        (false, false) => listener
+            .eq_ignore_ascii_case(route)
+            .then(|| route.to_owned()),
         (true, false) => matches(listener, route).then(|| route.to_owned()),
         (false, true) => matches(route, listener).then(|| listener.to_owned()),
         (true, true) => {

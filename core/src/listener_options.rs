@@ -97,7 +97,9 @@ pub struct ListenerOptionError {
 }
 
 /// Parses a listener's `tls.options`.
-pub fn parse(options: &BTreeMap<String, String>) -> Result<ListenerTlsOptions, ListenerOptionError> {
+pub fn parse(
+    options: &BTreeMap<String, String>,
+) -> Result<ListenerTlsOptions, ListenerOptionError> {
     let mut parsed = ListenerTlsOptions::default();
     for (key, value) in options {
         let err = |message: String| ListenerOptionError {

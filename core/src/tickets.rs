@@ -100,9 +100,8 @@ impl ProducesTickets for TicketKeys {
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce).ok()?;
-        let mut out = Vec::with_capacity(
-            KEY_NAME_LEN + NONCE_LEN + plain.len() + AES_256_GCM.tag_len(),
-        );
+        let mut out =
+            Vec::with_capacity(KEY_NAME_LEN + NONCE_LEN + plain.len() + AES_256_GCM.tag_len());
         out.extend_from_slice(&self.current.name);
         out.extend_from_slice(&nonce);
         let mut sealed = plain.to_vec();

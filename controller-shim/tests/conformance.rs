@@ -16,6 +16,7 @@
 mod support;
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use gateway_api::experimental::gateways::GatewayStatusAddresses;
 use portcullis_controller_shim::{ObjectStore, Translation, translate};
@@ -41,9 +42,7 @@ fn conformance_store(version: &str, test_file: &str) -> ObjectStore {
     let mut store = ObjectStore::new();
     load_yaml(&mut store, &fixture(version, "base-manifests.yaml"));
     load_yaml(&mut store, &fixture(version, test_file));
-    // suite.go: MustCreateSelfSignedCertSecret(web-backend, "certificate", ["*"]) and
-    // (infra, "tls-validity-checks-certificate", ["*", "*.org"]).
-    let web = self_signed_leaf(&["*"], KeyKind::Rsa2048);
+    let (web, infra) = suite_certificates();
     store
         .insert(tls_secret(
             WEB_BACKEND,
@@ -52,7 +51,6 @@ fn conformance_store(version: &str, test_file: &str) -> ObjectStore {
             &web.key_pem,
         ))
         .expect("secret");
-    let infra = self_signed_leaf(&["*", "*.org"], KeyKind::Rsa2048);
     store
         .insert(tls_secret(
             INFRA,
@@ -62,6 +60,19 @@ fn conformance_store(version: &str, test_file: &str) -> ObjectStore {
         ))
         .expect("secret");
     store
+}
+
+/// The suite's self-signed RSA certificates, generated once per test binary (RSA key
+/// generation is slow in debug builds). suite.go: MustCreateSelfSignedCertSecret(web-backend,
+/// "certificate", ["*"]) and (infra, "tls-validity-checks-certificate", ["*", "*.org"]).
+fn suite_certificates() -> &'static (ServerPair, ServerPair) {
+    static CERTIFICATES: OnceLock<(ServerPair, ServerPair)> = OnceLock::new();
+    CERTIFICATES.get_or_init(|| {
+        (
+            self_signed_leaf(&["*"], KeyKind::Rsa2048),
+            self_signed_leaf(&["*", "*.org"], KeyKind::Rsa2048),
+        )
+    })
 }
 
 /// Translates with only `gateways` left, each with an address, as upstream gives each

@@ -72,7 +72,7 @@ pub fn run_at(
     }
 }
 
-/// The current time as a Kubernetes `Time` (for `lastTransitionTime`).
+/// The current time, to the second, as Kubernetes writes `lastTransitionTime`.
 pub fn now() -> Time {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -148,7 +148,11 @@ pub fn summary(loaded: &LoadedManifests, translation: &Translation) -> String {
             )
         }
     ));
-    let ignored = loaded.store.gateways.len() - translation.gateway_statuses.len();
+    let ignored = loaded
+        .store
+        .gateways
+        .len()
+        .saturating_sub(translation.gateway_statuses.len());
     lines.push(format!(
         "gateways served: {} (ignored, not ours: {ignored})",
         translation.gateway_statuses.len()

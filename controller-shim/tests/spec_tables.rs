@@ -1140,6 +1140,51 @@ fn same_port_protocol_and_hostname_is_a_hostname_conflict() {
 }
 
 #[test]
+fn a_listener_refused_on_its_own_does_not_conflict_with_a_valid_one() {
+    let mut w = world();
+    let mut bad_host = http("bad-host", 8080);
+    bad_host["hostname"] = json!("not_a_hostname");
+    add_gateway(&mut w.store, "g", vec![http("good", 8080), bad_host], None);
+    let t = run(&w.store);
+    assert_listener_healthy(listener(gw(&t, "g"), "good"));
+    let bad = listener(gw(&t, "g"), "bad-host");
+    assert_condition(&bad.conditions, "Accepted", false, "UnsupportedValue");
+    assert!(condition(&bad.conditions, "Conflicted").is_none());
+}
+
+#[test]
+fn a_refused_https_listener_beside_a_served_http_one_leaves_the_port_http() {
+    // Found by the property test: the port's protocol comes from the served listeners, and a
+    // fail-closed HTTPS policy on the port does not empty the HTTP listener's routes.
+    let mut w = world();
+    let mut bad_https = https("bad-https", 8080);
+    bad_https["hostname"] = json!("..");
+    add_gateway(
+        &mut w.store,
+        "g",
+        vec![bad_https, http("web", 8080)],
+        Some(frontend(
+            Some(validation(None, vec![cm("missing")])),
+            vec![],
+        )),
+    );
+    insert(
+        &mut w.store,
+        route(
+            "r",
+            NS,
+            json!({"parentRefs": [{"name": "g", "sectionName": "web"}]}),
+        ),
+    );
+    let t = run(&w.store);
+    let p = port(&t, 8080);
+    assert_eq!(p.protocol, PortProtocol::Http);
+    assert_eq!(p.client_validation, ClientValidation::NotRequested);
+    assert_eq!(p.listeners.len(), 1);
+    assert_eq!(p.listeners[0].routes.len(), 1);
+}
+
+#[test]
 fn http_and_https_on_one_port_is_a_protocol_conflict() {
     let mut w = world();
     add_gateway(

@@ -536,10 +536,15 @@ fn listener_tls(store: &ObjectStore, gateway_namespace: &str, state: &mut Listen
 
 /// Listeners that cannot share a port (Gateway API listener compatibility): HTTP and HTTPS on
 /// one port are `ProtocolConflict`; two listeners with the same port, protocol and hostname are
-/// `HostnameConflict`. Every listener of a conflicting set is marked, none is served.
+/// `HostnameConflict`. Every listener of a conflicting set is marked, none is served. Listeners
+/// already refused on their own (bad hostname, options, TLS mode) take no part, so that an
+/// unservable listener never knocks out a valid one.
 fn mark_conflicts(listeners: &mut [ListenerState<'_>]) {
     let mut by_port: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     for (i, l) in listeners.iter().enumerate() {
+        if !l.accept_problems.is_empty() {
+            continue;
+        }
         if let (Some(port), Some(_)) = (l.port, l.protocol) {
             by_port.entry(port).or_default().push(i);
         }

@@ -552,29 +552,34 @@ fn desired_config(
 }
 
 fn desired_port(gateway: &GatewayState<'_>, port: u16) -> Option<DesiredPort> {
-    let on_port: Vec<&ListenerState<'_>> = gateway
+    let https_policy = gateway.port_policies.get(&port);
+    let refuse_all =
+        https_policy.is_some_and(|p| matches!(p.validation, ClientValidation::RefuseAll { .. }));
+    // The served listeners decide the protocol: a refused listener of the other protocol may
+    // sit on the same port without conflicting.
+    let served: Vec<&ListenerState<'_>> = gateway
         .listeners
         .iter()
         .filter(|l| l.port == Some(port))
-        .collect();
-    let protocol = on_port.iter().find_map(|l| l.protocol)?;
-    let client_validation = match protocol {
-        PortProtocol::Http => ClientValidation::NotRequested,
-        PortProtocol::Https => gateway
-            .port_policies
-            .get(&port)
-            .map_or(ClientValidation::NotRequested, |p| p.validation.clone()),
-    };
-    let refuse_all = matches!(client_validation, ClientValidation::RefuseAll { .. });
-    let listeners: Vec<DesiredListener> = on_port
-        .into_iter()
         .filter(|l| {
-            if refuse_all {
+            if refuse_all && l.protocol == Some(PortProtocol::Https) {
                 l.refused_for_ca()
             } else {
                 l.programmed()
             }
         })
+        .collect();
+    let protocol = served.first().and_then(|l| l.protocol)?;
+    let client_validation = match protocol {
+        PortProtocol::Http => ClientValidation::NotRequested,
+        PortProtocol::Https => {
+            https_policy.map_or(ClientValidation::NotRequested, |p| p.validation.clone())
+        }
+    };
+    let refuse_all = refuse_all && protocol == PortProtocol::Https;
+    let listeners: Vec<DesiredListener> = served
+        .into_iter()
+        .filter(|l| l.protocol == Some(protocol))
         .filter_map(|l| desired_listener(l, refuse_all))
         .collect();
     if listeners.is_empty() {

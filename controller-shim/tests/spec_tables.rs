@@ -720,6 +720,8 @@ fn s4_s5_all_ca_refs_invalid_fails_closed_on_that_port_only() {
         );
         assert_condition(&l.conditions, "Accepted", false, "NoValidCACertificate");
         assert_condition(&l.conditions, "Programmed", false, "Invalid");
+        let accepted = &condition(&l.conditions, "Accepted").unwrap().message;
+        assert!(accepted.contains("ConfigMap infra/missing"), "{accepted}");
     }
     let refused = port(&t, 8443);
     let ClientValidation::RefuseAll { reason } = &refused.client_validation else {

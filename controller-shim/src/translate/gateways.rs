@@ -56,7 +56,8 @@ pub(crate) struct ListenerState<'s> {
     /// route kind it could serve); CA problems alone never do unless all CA refs are invalid.
     pub blocking_ref_problem: bool,
     /// Every CA ref of this HTTPS listener's port policy is invalid: the port refuses all.
-    pub ca_refused: bool,
+    /// Holds the refusal's reason, naming the refs.
+    pub ca_refused: Option<String>,
     pub certificate: Option<ServerCertificate>,
     pub tls_options: Option<ListenerTlsOptions>,
     pub routes: Vec<AttachedRoute<'s>>,
@@ -73,7 +74,7 @@ impl ListenerState<'_> {
     }
 
     pub fn accepted(&self) -> bool {
-        self.structurally_valid() && !self.ca_refused
+        self.structurally_valid() && self.ca_refused.is_none()
     }
 
     pub fn programmed(&self) -> bool {
@@ -83,7 +84,7 @@ impl ListenerState<'_> {
     /// Would be programmed but for its port's CA refs all being invalid: kept on the port so
     /// that the port fails closed (spec §4).
     pub fn refused_for_ca(&self) -> bool {
-        self.structurally_valid() && !self.blocking_ref_problem && self.ca_refused
+        self.structurally_valid() && !self.blocking_ref_problem && self.ca_refused.is_some()
     }
 
     /// Whether routes from `route_namespace` may attach, by `allowedRoutes` (spec default:
@@ -227,8 +228,10 @@ impl<'s> GatewayState<'s> {
                     listener
                         .ref_problems
                         .extend(policy.problems.iter().cloned());
-                    listener.ca_refused =
-                        matches!(policy.validation, ClientValidation::RefuseAll { .. });
+                    listener.ca_refused = match &policy.validation {
+                        ClientValidation::RefuseAll { reason } => Some(reason.clone()),
+                        ClientValidation::NotRequested | ClientValidation::Verify { .. } => None,
+                    };
                 }
             }
             self.port_policies.insert(port, policy);
@@ -397,7 +400,7 @@ fn validate_listener<'s>(
         accept_problems: Vec::new(),
         ref_problems: Vec::new(),
         blocking_ref_problem: false,
-        ca_refused: false,
+        ca_refused: None,
         certificate: None,
         tls_options: None,
         routes: Vec::new(),
@@ -594,11 +597,10 @@ fn mark_conflicts(listeners: &mut [ListenerState<'_>]) {
 
 fn listener_status(stamp: &ConditionStamp<'_>, l: &ListenerState<'_>) -> GatewayStatusListeners {
     let mut accept_problems = l.accept_problems.clone();
-    if l.ca_refused {
+    if let Some(reason) = &l.ca_refused {
         accept_problems.push(Problem::new(
             reasons::NO_VALID_CA_CERTIFICATE,
-            "every CA certificate reference of this port's client validation is invalid: the \
-             port refuses every TLS client",
+            format!("the port refuses every TLS client: {reason}"),
         ));
     }
     let mut conditions = vec![stamp.summarize(

@@ -12,6 +12,7 @@
 //!   the listener's current policy (dates included), so resumption never skips a check.
 //! - Fail closed: with no valid CA, every client is refused in the handshake.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -25,16 +26,18 @@ use rustls::{RootCertStore, SignatureScheme};
 
 use crate::client_identity::{self, IdentityMismatch, VerifiedClient};
 use crate::desired::{ClientValidation, ValidationMode};
+use crate::listener_options::CertificateHash;
 use crate::listener_options::{ClientIdentityRules, ForwardClientCert};
 
 /// What the handshake and the post-handshake check concluded about the client.
 #[derive(Debug, Clone)]
 pub enum PeerIdentity {
-    /// No certificate was requested, or none was sent where that is allowed.
+    /// No certificate was requested.
     Anonymous,
     /// The certificate chained to a configured CA and passed the listener's rules.
     Verified(Arc<VerifiedClient>),
-    /// Fallback mode: the certificate did not verify; the connection is served, unverified.
+    /// Fallback mode: no certificate, or one that did not verify; the connection is served,
+    /// unverified.
     Unverified(ClientCertFailure),
     /// A resumed session whose certificate no longer passes: close the connection.
     Rejected(ClientCertFailure),
@@ -62,6 +65,34 @@ impl fmt::Display for ClientCertFailure {
             }
         }
     }
+}
+
+/// A client certificate the handshake refused, for the log line that says who was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedCertificate {
+    pub subject: String,
+    pub sha256: CertificateHash,
+}
+
+thread_local! {
+    /// The certificate of the last handshake this thread's verifier refused. rustls gives a
+    /// verifier no per-connection state; a shard runs one handshake step at a time, so the
+    /// connection whose `process_new_packets` just failed reads it right away
+    /// ([`take_rejected_certificate`]). Only the failure path pays for it.
+    static LAST_REJECTED: RefCell<Option<RejectedCertificate>> = const { RefCell::new(None) };
+}
+
+/// The certificate the verifier refused during the last failed handshake step on this thread.
+pub fn take_rejected_certificate() -> Option<RejectedCertificate> {
+    LAST_REJECTED.with(|last| last.borrow_mut().take())
+}
+
+fn record_rejection(end_entity: &CertificateDer<'_>) {
+    let rejected = RejectedCertificate {
+        subject: client_identity::subject_of(end_entity).unwrap_or_default(),
+        sha256: client_identity::sha256(end_entity),
+    };
+    LAST_REJECTED.with(|last| *last.borrow_mut() = Some(rejected));
 }
 
 /// The client policy of one listener.
@@ -175,7 +206,9 @@ impl ClientAuth {
                 ValidationMode::AllowValidOnly => {
                     PeerIdentity::Rejected(ClientCertFailure::Missing)
                 }
-                ValidationMode::AllowInsecureFallback => PeerIdentity::Anonymous,
+                ValidationMode::AllowInsecureFallback => {
+                    PeerIdentity::Unverified(ClientCertFailure::Missing)
+                }
             };
         };
         let verified = if *mode == ValidationMode::AllowValidOnly && !resumed {
@@ -279,22 +312,31 @@ impl ClientCertVerifier for HandshakeVerifier {
                 webpki,
                 rules,
             } => {
-                webpki.verify_client_cert(end_entity, intermediates, now)?;
-                client_identity::check_rules(rules, end_entity).map_err(|m| {
-                    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
-                        Arc::new(m),
-                    )))
-                })?;
-                Ok(ClientCertVerified::assertion())
+                let verified = webpki
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .and_then(|_| {
+                        client_identity::check_rules(rules, end_entity).map_err(|m| {
+                            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+                                Arc::new(m),
+                            )))
+                        })
+                    });
+                if verified.is_err() {
+                    record_rejection(end_entity);
+                }
+                verified.map(|()| ClientCertVerified::assertion())
             }
             // Checked after the handshake; see the module comment.
             Validation::Verify {
                 mode: ValidationMode::AllowInsecureFallback,
                 ..
             } => Ok(ClientCertVerified::assertion()),
-            Validation::NotRequested | Validation::RefuseAll => Err(
-                rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
-            ),
+            Validation::NotRequested | Validation::RefuseAll => {
+                record_rejection(end_entity);
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ))
+            }
         }
     }
 

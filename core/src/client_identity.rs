@@ -99,6 +99,12 @@ fn ip_from_san(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// The subject of a certificate in RFC 4514 form, `None` when it does not parse.
+pub fn subject_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(rfc4514_name(cert.subject()))
+}
+
 /// A client whose certificate verified, with its identity headers already encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedClient {

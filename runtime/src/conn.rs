@@ -1,18 +1,21 @@
 //! One client connection from accept to close: the TLS handshake with the port's policy, the
-//! client's identity, then HTTP.
+//! client's identity (counted and, on failure, logged), then HTTP.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use monoio::net::TcpStream;
-use portcullis_core::client_auth::{self, PeerIdentity};
+use portcullis_core::client_auth::{self, ClientCertFailure, PeerIdentity};
 use portcullis_core::http1::ForwardedProto;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::http::{self, ConnInfo};
+use crate::metrics::{HandshakeOutcome, ListenerMetrics};
 use crate::shard::{ShardContext, ShardPort};
-use crate::tls::{self, ClientIo, HandshakeError, PlainStream};
+use crate::tls::{self, ClientIo, HandshakeError, HandshakeFailure, PlainStream};
 
 pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx: &ShardContext) {
+    let started = Instant::now();
     let handshake = monoio::time::timeout(
         ctx.limits.handshake_timeout,
         tls::accept(tcp, |sni| port.choose_by_sni(sni)),
@@ -20,15 +23,20 @@ pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx: 
     .await;
     let accepted = match handshake {
         Ok(Ok(accepted)) => accepted,
-        Ok(Err(err)) => {
-            log_handshake_failure(port, peer, &err);
+        Ok(Err(failure)) => {
+            record_failure(port, ctx, peer, &failure);
             return;
         }
         Err(_) => {
+            port.metrics.unlistened.handshake(HandshakeOutcome::Error);
             debug!(port = port.compiled.port, %peer, "TLS handshake timed out");
             return;
         }
     };
+    let listener_metrics = listener_metrics(port, Some(accepted.listener));
+    listener_metrics
+        .handshake_duration
+        .observe(started.elapsed());
     let mut stream = accepted.stream;
     let Some(tls) = port
         .compiled
@@ -43,10 +51,24 @@ pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx: 
         .client_auth
         .identify(stream.peer_certificates(), stream.resumed());
     let identity_headers: &[u8] = match &identity {
-        PeerIdentity::Verified(client) => &client.identity_headers,
-        PeerIdentity::Anonymous | PeerIdentity::Unverified(_) => &[],
+        PeerIdentity::Verified(client) => {
+            listener_metrics.handshake(HandshakeOutcome::Ok);
+            &client.identity_headers
+        }
+        PeerIdentity::Anonymous => {
+            listener_metrics.handshake(HandshakeOutcome::Ok);
+            &[]
+        }
+        PeerIdentity::Unverified(_) => {
+            listener_metrics.handshake(HandshakeOutcome::UnverifiedAccepted);
+            &[]
+        }
         PeerIdentity::Rejected(failure) => {
-            debug!(port = port.compiled.port, %peer, reason = %failure, "resumed session no longer passes the client check");
+            // A resumed session whose certificate no longer passes (expired since).
+            listener_metrics.handshake(outcome_of(failure));
+            if let Some(suppressed) = ctx.handshake_log.allow() {
+                info!(port = port.compiled.port, %peer, reason = %failure, suppressed, "resumed TLS session refused");
+            }
             stream.close().await;
             return;
         }
@@ -71,10 +93,59 @@ pub async fn serve_plain(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx
     http::serve(&mut stream, port, ctx, &info).await;
 }
 
-fn log_handshake_failure(port: &ShardPort, peer: SocketAddr, err: &HandshakeError) {
-    let reason = match err {
-        HandshakeError::Tls(e) => client_auth::classify_error(e).map(|f| f.to_string()),
-        _ => None,
+fn listener_metrics(port: &ShardPort, listener: Option<usize>) -> &ListenerMetrics {
+    listener
+        .and_then(|i| port.listener_metrics.get(i))
+        .map_or(&port.metrics.unlistened, |m| m)
+}
+
+fn outcome_of(failure: &ClientCertFailure) -> HandshakeOutcome {
+    match failure {
+        ClientCertFailure::Missing => HandshakeOutcome::NoClientCert,
+        ClientCertFailure::Invalid(_) => HandshakeOutcome::InvalidClientCert,
+        ClientCertFailure::SanMismatch => HandshakeOutcome::SanMismatch,
+        ClientCertFailure::HashMismatch => HandshakeOutcome::HashMismatch,
+    }
+}
+
+/// Counts a failed handshake and logs it (rate-limited). The client learns nothing beyond the
+/// TLS alert it already got.
+fn record_failure(
+    port: &ShardPort,
+    ctx: &ShardContext,
+    peer: SocketAddr,
+    failure: &HandshakeFailure,
+) {
+    let (outcome, cert_failure, rejected) = match &failure.error {
+        HandshakeError::Tls { error, rejected } => match client_auth::classify_error(error) {
+            Some(f) => (outcome_of(&f), Some(f), rejected.as_ref()),
+            None => (HandshakeOutcome::Error, None, None),
+        },
+        _ => (HandshakeOutcome::Error, None, None),
     };
-    debug!(port = port.compiled.port, %peer, error = %err, client_cert = reason.as_deref().unwrap_or("-"), "TLS handshake failed");
+    listener_metrics(port, failure.listener).handshake(outcome);
+    // A client that connects and leaves (load-balancer TCP checks, port scans) is not news.
+    if matches!(failure.error, HandshakeError::Eof | HandshakeError::Io(_)) {
+        debug!(port = port.compiled.port, %peer, error = %failure.error, "TLS handshake abandoned");
+        return;
+    }
+    let Some(suppressed) = ctx.handshake_log.allow() else {
+        return;
+    };
+    let listener = failure
+        .listener
+        .and_then(|i| port.compiled.listeners.get(i))
+        .map_or("", |l| l.name.as_str());
+    let reason = cert_failure.map_or_else(|| failure.error.to_string(), |f| f.to_string());
+    info!(
+        port = port.compiled.port,
+        listener,
+        %peer,
+        outcome = outcome.label(),
+        reason,
+        client_cert_subject = rejected.map_or("", |r| r.subject.as_str()),
+        client_cert_sha256 = %rejected.map(|r| format!("{:?}", r.sha256)).unwrap_or_default(),
+        suppressed,
+        "TLS handshake failed"
+    );
 }

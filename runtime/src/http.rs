@@ -9,7 +9,8 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use portcullis_core::compile::CompiledPort;
@@ -24,6 +25,7 @@ use tracing::debug;
 
 use crate::backend::{BackendConnection, ConnectError};
 use crate::bufpool;
+use crate::metrics::{BackendFailure, RouteMetrics, ShardMetrics};
 use crate::shard::{ShardContext, ShardPort};
 use crate::tls::{ClientIo, read_append};
 
@@ -57,15 +59,16 @@ pub struct PortRouting {
     targets: Vec<Vec<TargetState>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TargetState {
     wrr: RefCell<WrrState>,
     /// Round-robin cursor over each backend's endpoints.
     endpoint_cursor: Vec<Cell<usize>>,
+    metrics: Rc<RouteMetrics>,
 }
 
 impl PortRouting {
-    pub fn new(port: &CompiledPort) -> Self {
+    pub fn new(port: &CompiledPort, metrics: &ShardMetrics) -> Self {
         let targets = port
             .listeners
             .iter()
@@ -76,6 +79,7 @@ impl PortRouting {
                     .map(|t| TargetState {
                         wrr: RefCell::new(WrrState::default()),
                         endpoint_cursor: t.backends.iter().map(|_| Cell::new(0)).collect(),
+                        metrics: metrics.route(port.port, &t.route.to_string()),
                     })
                     .collect()
             })
@@ -172,24 +176,30 @@ pub async fn serve<C: ClientIo>(
             Ok(None) => break,
             Err(status) => {
                 send_error(client, status, false).await;
+                port.metrics.unrouted.request(status, Duration::ZERO);
                 break;
             }
         };
-        let keep_going = match route(port, &head, &inbuf, info) {
+        let started = Instant::now();
+        let (keep_going, status, metrics) = match route(port, &head, &inbuf, info) {
             Route::Reject(status) => {
                 // Without a body the connection stays usable; with one, close rather than
                 // read a body nobody wants.
-                let keep = head.keep_alive && head.body == RequestBody::None;
+                let keep =
+                    head.keep_alive && head.body == RequestBody::None && !ctx.draining.is_fired();
                 send_error(client, status, keep).await;
                 if keep {
                     drop_prefix(&mut inbuf, head.head_len);
                 }
-                keep
+                (keep, status, &port.metrics.unrouted)
             }
             Route::Forward { target, state } => {
-                forward(client, &mut inbuf, &head, target, state, ctx, info).await
+                let (keep, status) =
+                    forward(client, &mut inbuf, &head, target, state, ctx, info).await;
+                (keep, status, &*state.metrics)
             }
         };
+        metrics.request(status, started.elapsed());
         if !keep_going {
             break;
         }
@@ -226,10 +236,19 @@ async fn read_request_head<C: ClientIo>(
         }
         let wait = match deadline {
             None if inbuf.is_empty() => {
-                // Idle between requests: hold no buffer while waiting.
-                match monoio::time::timeout(ctx.limits.idle_timeout, client.wait_readable()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => return Ok(None),
+                // Idle between requests: hold no buffer while waiting; a drain closes us.
+                if ctx.draining.is_fired() {
+                    return Ok(None);
+                }
+                let readable = monoio::time::timeout(ctx.limits.idle_timeout, async {
+                    monoio::select! {
+                        r = client.wait_readable() => r.is_ok(),
+                        () = ctx.draining.wait() => false,
+                    }
+                })
+                .await;
+                if readable != Ok(true) {
+                    return Ok(None);
                 }
                 deadline = Some(Instant::now() + ctx.limits.request_head_timeout);
                 ctx.limits.request_head_timeout
@@ -295,12 +314,12 @@ enum ForwardError {
     StaleConnection,
     /// The client went away or sent a bad body: close without an answer.
     ClientGone,
-    /// The response was partly sent: all we can do is close.
-    Broken,
+    /// The response (with this status) was partly sent: all we can do is close.
+    Broken(u16),
 }
 
 /// Forwards one request and its response. Returns whether the client connection may carry
-/// another request.
+/// another request, and the status the client got (499: it left before a response).
 async fn forward<C: ClientIo>(
     client: &mut C,
     inbuf: &mut Vec<u8>,
@@ -309,16 +328,17 @@ async fn forward<C: ClientIo>(
     state: &TargetState,
     ctx: &ShardContext,
     info: &ConnInfo<'_>,
-) -> bool {
+) -> (bool, u16) {
     let mut endpoint = match choose_endpoint(target, state) {
         Ok(e) => e,
         Err(status) => {
-            let keep = head.keep_alive && head.body == RequestBody::None;
+            let keep =
+                head.keep_alive && head.body == RequestBody::None && !ctx.draining.is_fired();
             send_error(client, status, keep).await;
             if keep {
                 drop_prefix(inbuf, head.head_len);
             }
-            return keep;
+            return (keep, status);
         }
     };
     if head.expect_continue {
@@ -326,7 +346,7 @@ async fn forward<C: ClientIo>(
         // a round trip to the backend; a 100 from the backend is forwarded too (harmless).
         if client.queue(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() || client.flush().await.is_err()
         {
-            return false;
+            return (false, CLIENT_CLOSED_REQUEST);
         }
     }
     let mut request_head = bufpool::take();
@@ -357,6 +377,13 @@ async fn forward<C: ClientIo>(
             Ok(conn) => conn,
             Err(e) => {
                 connect_attempts += 1;
+                ctx.metrics.backend_failure(
+                    endpoint,
+                    match e {
+                        ConnectError::Timeout(_) => BackendFailure::ConnectTimeout,
+                        ConnectError::Io(..) => BackendFailure::ConnectError,
+                    },
+                );
                 debug!(shard = ctx.index, error = %e, "backend connect failed");
                 match next_endpoint(target, state) {
                     Some(next) if connect_attempts < MAX_CONNECT_ATTEMPTS => {
@@ -373,6 +400,10 @@ async fn forward<C: ClientIo>(
         };
         let reused = conn.reused;
         let outcome = exchange(client, inbuf, head, &request_head, conn, ctx).await;
+        if matches!(outcome, Err(ForwardError::Status(504))) {
+            ctx.metrics
+                .backend_failure(endpoint, BackendFailure::ResponseTimeout);
+        }
         match outcome {
             Err(ForwardError::StaleConnection) if reused && allow_stale_retry => {
                 allow_stale_retry = false;
@@ -384,19 +415,29 @@ async fn forward<C: ClientIo>(
     };
     bufpool::give(request_head);
     match result {
-        Ok(keep_alive) => keep_alive,
+        Ok(delivered) => (delivered.keep_alive, delivered.status),
         Err(ForwardError::Status(status)) => {
             send_error(client, status, false).await;
-            false
+            (false, status)
         }
-        Err(ForwardError::StaleConnection | ForwardError::ClientGone | ForwardError::Broken) => {
-            false
+        Err(ForwardError::Broken(status)) => (false, status),
+        Err(ForwardError::StaleConnection | ForwardError::ClientGone) => {
+            (false, CLIENT_CLOSED_REQUEST)
         }
     }
 }
 
+/// The status counted for a request whose client left before its response (nginx's 499).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// A response that reached the client.
+#[derive(Debug)]
+struct Delivered {
+    keep_alive: bool,
+    status: u16,
+}
+
 /// Sends the request (head, then body as it streams in) on `conn` and relays the response.
-/// `Ok(keep_alive)` when the response was delivered.
 async fn exchange<C: ClientIo>(
     client: &mut C,
     inbuf: &mut Vec<u8>,
@@ -404,7 +445,7 @@ async fn exchange<C: ClientIo>(
     request_head: &[u8],
     mut conn: BackendConnection,
     ctx: &ShardContext,
-) -> Result<bool, ForwardError> {
+) -> Result<Delivered, ForwardError> {
     let response_timeout = ctx.limits.backend_response_timeout;
     // 1. The head and whatever body bytes already arrived, in one write.
     let mut framing = BodyFraming::for_request(head.body);
@@ -512,7 +553,7 @@ async fn exchange<C: ClientIo>(
         &rbuf,
         ClientConn {
             version: head.version,
-            keep_alive: head.keep_alive,
+            keep_alive: head.keep_alive && !ctx.draining.is_fired(),
         },
         &mut out,
     );
@@ -523,9 +564,12 @@ async fn exchange<C: ClientIo>(
             if backend_reusable && response.backend_keep_alive {
                 ctx.backends.put(conn);
             }
-            Ok(plan.keep_alive)
+            Ok(Delivered {
+                keep_alive: plan.keep_alive,
+                status: response.status,
+            })
         }
-        Err(_) => Err(ForwardError::Broken),
+        Err(_) => Err(ForwardError::Broken(response.status)),
     }
 }
 

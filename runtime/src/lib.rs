@@ -2,14 +2,18 @@
 //! HTTP/1.1. See `docs/architecture.md` for the flow objects -> translate -> compile ->
 //! publish -> shard -> connection.
 
+pub mod admin;
 pub mod backend;
 pub mod bufpool;
 pub mod conn;
 pub mod demo;
+pub mod drain;
 pub mod echo;
 pub mod http;
 pub mod limits;
+pub mod logging;
 pub mod manifest_source;
+pub mod metrics;
 pub mod pki;
 pub mod publish;
 pub mod serve;

@@ -4,11 +4,15 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use portcullis_runtime::admin::DEFAULT_ADMIN_ADDRESS;
 use portcullis_runtime::demo::{DemoFolder, GUIDE_GATEWAY_CLASS};
-use portcullis_runtime::limits::Limits;
+use portcullis_runtime::limits::{Limits, parse_duration};
+use portcullis_runtime::logging::{self, LogFormat};
 use portcullis_runtime::manifest_source::ManifestSource;
+use portcullis_runtime::serve::ServeOptions;
 use portcullis_runtime::shard::{DriverChoice, ShardOptions};
 use portcullis_runtime::{echo, serve};
 use tracing::error;
@@ -20,6 +24,9 @@ use tracing::error;
     about = "mTLS-terminating Gateway API data plane"
 )]
 struct Cli {
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,8 +81,26 @@ struct DataPlaneArgs {
     /// Event-loop driver.
     #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
     driver: DriverChoice,
+    /// Admin endpoint (health, readiness, metrics, config); "off" disables it.
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDRESS, value_parser = parse_admin)]
+    admin: AdminAddress,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take before connections are closed.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    drain_timeout: Duration,
     #[command(flatten)]
     limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AdminAddress(Option<SocketAddr>);
+
+fn parse_admin(s: &str) -> Result<AdminAddress, String> {
+    if s == "off" {
+        return Ok(AdminAddress(None));
+    }
+    s.parse()
+        .map(|a| AdminAddress(Some(a)))
+        .map_err(|e| format!("{s:?}: {e} (use ADDRESS:PORT or \"off\")"))
 }
 
 fn main() -> ExitCode {
@@ -100,20 +125,18 @@ fn main() -> ExitCode {
             gateway_class,
             data_plane,
         } => {
-            init_logging();
-            let (shards, options) = data_plane.into_options();
+            logging::init(cli.log_format);
             serve::serve_manifests(
                 ManifestSource::new(manifests, gateway_class),
-                shards,
-                options,
+                data_plane.into_options(),
             )
         }
         Command::Demo { dir, data_plane } => {
-            init_logging();
+            logging::init(cli.log_format);
             run_demo(&dir, data_plane)
         }
         Command::Echo { listen } => {
-            init_logging();
+            logging::init(cli.log_format);
             match echo::run_blocking(listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -126,15 +149,17 @@ fn main() -> ExitCode {
 }
 
 impl DataPlaneArgs {
-    fn into_options(self) -> (Option<usize>, ShardOptions) {
-        (
-            self.shards,
-            ShardOptions {
+    fn into_options(self) -> ServeOptions {
+        ServeOptions {
+            shard_count: self.shards,
+            shard: ShardOptions {
                 driver: self.driver,
                 bind_address: self.bind_address,
                 limits: self.limits,
             },
-        )
+            admin: self.admin.0,
+            drain_timeout: self.drain_timeout,
+        }
     }
 }
 
@@ -154,19 +179,8 @@ fn run_demo(dir: &std::path::Path, data_plane: DataPlaneArgs) -> ExitCode {
         }
     };
     println!("{}", folder.instructions());
-    let (shards, options) = data_plane.into_options();
     serve::serve_manifests(
         ManifestSource::new(folder.dir, Some(GUIDE_GATEWAY_CLASS.to_owned())),
-        shards,
-        options,
+        data_plane.into_options(),
     )
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -40,21 +40,19 @@ impl ManifestSource {
         }
     }
 
-    /// The new desired config when the folder changed since the last call and reads cleanly;
-    /// `None` when nothing changed or the change is broken (logged).
-    pub fn poll(&mut self) -> Option<DesiredConfig> {
+    /// `None` when nothing changed since the last call; else the new desired config, or why
+    /// the folder cannot be read (already logged: the caller keeps the last good config).
+    pub fn poll(&mut self) -> Option<Result<DesiredConfig, String>> {
         let stamps = stamp_dir(&self.dir);
         if self.stamps.as_ref() == Some(&stamps) {
             return None;
         }
         self.stamps = Some(stamps);
-        match self.load() {
-            Ok(desired) => Some(desired),
-            Err(message) => {
-                error!(dir = %self.dir.display(), error = %message, "manifests not applied; the last good configuration stays in force");
-                None
-            }
+        let loaded = self.load();
+        if let Err(message) = &loaded {
+            error!(dir = %self.dir.display(), error = %message, "manifests not applied; the last good configuration stays in force");
         }
+        Some(loaded)
     }
 
     /// Reads and translates the folder now.

@@ -65,12 +65,23 @@ fn validity(params: &mut CertificateParams) {
 impl Authority {
     /// A self-signed CA with the given common name.
     pub fn new(common_name: &str, kind: KeyKind) -> Result<Self, rcgen::Error> {
+        Self::new_with(common_name, kind, |_| {})
+    }
+
+    /// Like [`new`](Self::new), with a hook to adjust the parameters (a fixed serial number,
+    /// say, to make two CAs that differ only by their keys).
+    pub fn new_with(
+        common_name: &str,
+        kind: KeyKind,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Result<Self, rcgen::Error> {
         let key = key_pair(kind)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = name(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         validity(&mut params);
+        adjust(&mut params);
         let cert = params.self_signed(&key)?;
         let pem = CertKeyPem {
             cert: cert.pem(),

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
@@ -21,11 +21,14 @@ use portcullis_core::compile::{CompiledPort, Snapshot};
 use portcullis_core::desired::PortProtocol;
 use rustls::ServerConfig;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::BackendPool;
+use crate::drain::DrainSignal;
 use crate::limits::Limits;
+use crate::logging::RateLimiter;
+use crate::metrics::{ListenerMetrics, MetricsSample, PortMetrics, ShardMetrics};
 use crate::{conn, http};
 
 /// Pending connections the kernel queues per shard listener before refusing. Handshake storms
@@ -39,6 +42,14 @@ const IO_URING_ENTRIES: u32 = 4096;
 /// Pause after an accept error such as EMFILE before accepting again, so a full file table
 /// does not spin a core.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// While draining, how often a shard checks whether its last connection closed. Only runs
+/// during shutdown.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Failed-handshake log lines per second per shard (with a burst of twice that): a handshake
+/// storm from a misconfigured client must not flood the log or cost the shard its CPU.
+const HANDSHAKE_FAILURE_LOG_RATE: f64 = 10.0;
 
 /// Which event-loop driver to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,11 +113,67 @@ pub struct ShardOptions {
     pub limits: Limits,
 }
 
+/// A request from the control side to one shard (never on the connection path).
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// Send a copy of the shard's metrics.
+    SampleMetrics(std::sync::mpsc::Sender<MetricsSample>),
+    /// Stop accepting, close idle connections, let in-flight requests finish, then stop by
+    /// `deadline` whatever is still open.
+    Drain { deadline: Instant },
+}
+
+/// What the control side (admin endpoint, signal handling) holds to talk to the shards.
+#[derive(Debug, Clone)]
+pub struct ShardHandles {
+    pub status: Vec<Arc<ShardStatus>>,
+    commands: Vec<mpsc::UnboundedSender<ShardCommand>>,
+}
+
+impl ShardHandles {
+    /// Every shard's metrics, summed. A shard that does not answer within `timeout` (busy or
+    /// stopped) is left out rather than blocking the scrape.
+    pub fn sample_metrics(&self, timeout: Duration) -> MetricsSample {
+        let (reply, replies) = std::sync::mpsc::channel();
+        let asked = self
+            .commands
+            .iter()
+            .filter(|c| c.send(ShardCommand::SampleMetrics(reply.clone())).is_ok())
+            .count();
+        drop(reply);
+        let deadline = Instant::now() + timeout;
+        let mut total = MetricsSample::default();
+        for _ in 0..asked {
+            match replies.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(sample) => total.add(&sample),
+                Err(_) => break,
+            }
+        }
+        total
+    }
+
+    /// Starts a graceful drain on every shard.
+    pub fn drain(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for c in &self.commands {
+            let _ = c.send(ShardCommand::Drain { deadline });
+        }
+    }
+
+    /// Whether every shard applied a snapshot (generation >= 1).
+    pub fn all_applied(&self) -> bool {
+        self.status
+            .iter()
+            .all(|s| s.applied_generation.load(Ordering::Acquire) > 0)
+    }
+}
+
 /// A running set of shards.
 #[derive(Debug)]
 pub struct Shards {
     pub status: Vec<Arc<ShardStatus>>,
-    handles: Vec<thread::JoinHandle<()>>,
+    pub handles: ShardHandles,
+    threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Shards {
@@ -117,24 +184,43 @@ impl Shards {
         snapshots: watch::Receiver<Arc<Snapshot>>,
     ) -> io::Result<Shards> {
         let mut status = Vec::new();
-        let mut handles = Vec::new();
+        let mut commands = Vec::new();
+        let mut threads = Vec::new();
         for (index, core) in cores.into_iter().enumerate() {
             let shard_status = Arc::new(ShardStatus::default());
             status.push(Arc::clone(&shard_status));
+            let (command_sender, command_receiver) = mpsc::unbounded_channel();
+            commands.push(command_sender);
             let options = options.clone();
             let snapshots = snapshots.clone();
-            let handle = thread::Builder::new()
+            let thread = thread::Builder::new()
                 .name(format!("shard-{index}"))
-                .spawn(move || run_shard(index, core, options, snapshots, shard_status))?;
-            handles.push(handle);
+                .spawn(move || {
+                    run_shard(
+                        index,
+                        core,
+                        options,
+                        snapshots,
+                        command_receiver,
+                        shard_status,
+                    )
+                })?;
+            threads.push(thread);
         }
-        Ok(Shards { status, handles })
+        Ok(Shards {
+            handles: ShardHandles {
+                status: status.clone(),
+                commands,
+            },
+            status,
+            threads,
+        })
     }
 
-    /// Waits for every shard to stop (they stop when the snapshot sender is dropped).
+    /// Waits for every shard to stop (after a drain, or when the snapshot sender is dropped).
     pub fn join(self) {
-        for handle in self.handles {
-            let _ = handle.join();
+        for thread in self.threads {
+            let _ = thread.join();
         }
     }
 }
@@ -158,6 +244,7 @@ fn run_shard(
     core: Option<core_affinity::CoreId>,
     options: ShardOptions,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    commands: mpsc::UnboundedReceiver<ShardCommand>,
     status: Arc<ShardStatus>,
 ) {
     if let Some(core) = core
@@ -183,7 +270,7 @@ fn run_shard(
             Ok(mut rt) => {
                 status.set_driver(Driver::IoUring);
                 info!(shard = index, driver = "io_uring", core = ?core.map(|c| c.id), "shard started");
-                rt.block_on(shard_main(index, options, snapshots, status));
+                rt.block_on(shard_main(index, options, snapshots, commands, status));
                 return;
             }
             Err(e) if options.driver == DriverChoice::Auto => {
@@ -202,7 +289,7 @@ fn run_shard(
         Ok(mut rt) => {
             status.set_driver(Driver::Epoll);
             info!(shard = index, driver = "epoll", core = ?core.map(|c| c.id), "shard started");
-            rt.block_on(shard_main(index, options, snapshots, status));
+            rt.block_on(shard_main(index, options, snapshots, commands, status));
         }
         Err(e) => error!(shard = index, error = %e, "cannot build the epoll runtime"),
     }
@@ -215,6 +302,11 @@ pub struct ShardContext {
     pub limits: Limits,
     pub backends: BackendPool,
     pub open_connections: Cell<usize>,
+    pub metrics: ShardMetrics,
+    /// Fired when the shard starts draining.
+    pub draining: DrainSignal,
+    /// Rate limit of failed-handshake log lines.
+    pub handshake_log: RateLimiter,
 }
 
 /// One port as this shard serves it: the compiled port plus shard-local TLS configs.
@@ -225,17 +317,27 @@ pub struct ShardPort {
     pub server_configs: Vec<Option<Arc<ServerConfig>>>,
     pub routing: http::PortRouting,
     pub generation: u64,
+    pub metrics: Rc<PortMetrics>,
+    /// `listener_metrics[i]` belongs to `compiled.listeners[i]`.
+    pub listener_metrics: Vec<Rc<ListenerMetrics>>,
 }
 
 impl ShardPort {
-    fn new(compiled: Arc<CompiledPort>, generation: u64) -> Self {
+    fn new(compiled: Arc<CompiledPort>, generation: u64, metrics: &ShardMetrics) -> Self {
         let server_configs = compiled
             .listeners
             .iter()
             .map(|l| l.tls.as_ref().map(|t| t.shard_local_server_config()))
             .collect();
-        let routing = http::PortRouting::new(&compiled);
+        let routing = http::PortRouting::new(&compiled, metrics);
+        let listener_metrics = compiled
+            .listeners
+            .iter()
+            .map(|l| metrics.listener(compiled.port, &l.name))
+            .collect();
         ShardPort {
+            metrics: metrics.port(compiled.port),
+            listener_metrics,
             compiled,
             server_configs,
             routing,
@@ -261,6 +363,7 @@ async fn shard_main(
     index: usize,
     options: ShardOptions,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut commands: mpsc::UnboundedReceiver<ShardCommand>,
     status: Arc<ShardStatus>,
 ) {
     let ctx = Rc::new(ShardContext {
@@ -268,22 +371,56 @@ async fn shard_main(
         limits: options.limits.clone(),
         backends: BackendPool::default(),
         open_connections: Cell::new(0),
+        metrics: ShardMetrics::default(),
+        draining: DrainSignal::default(),
+        handshake_log: RateLimiter::new(HANDSHAKE_FAILURE_LOG_RATE),
     });
     let mut ports: HashMap<u16, Rc<PortSlot>> = HashMap::new();
-    loop {
-        let snapshot = Arc::clone(&snapshots.borrow_and_update());
-        apply_snapshot(&ctx, &options, &mut ports, &snapshot);
-        status
-            .applied_generation
-            .store(snapshot.generation, Ordering::Release);
-        if snapshots.changed().await.is_err() {
-            break;
+    let mut apply = true;
+    let drain_deadline = loop {
+        if apply {
+            let snapshot = Arc::clone(&snapshots.borrow_and_update());
+            apply_snapshot(&ctx, &options, &mut ports, &snapshot);
+            status
+                .applied_generation
+                .store(snapshot.generation, Ordering::Release);
         }
-    }
+        monoio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break None; // the control side is gone: stop now
+                }
+                apply = true;
+            }
+            command = commands.recv() => {
+                apply = false;
+                match command {
+                    Some(ShardCommand::SampleMetrics(reply)) => {
+                        let _ = reply.send(ctx.metrics.sample());
+                    }
+                    Some(ShardCommand::Drain { deadline }) => break Some(deadline),
+                    None => break None,
+                }
+            }
+        }
+    };
     for (_, slot) in ports.drain() {
         stop_accepting(&slot);
     }
-    debug!(shard = index, "shard stopped accepting");
+    ctx.draining.fire();
+    if let Some(deadline) = drain_deadline {
+        while ctx.open_connections.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(DRAIN_CHECK_INTERVAL).await;
+        }
+        if ctx.open_connections.get() > 0 {
+            warn!(
+                shard = index,
+                open = ctx.open_connections.get(),
+                "drain timeout: closing the remaining connections"
+            );
+        }
+    }
+    debug!(shard = index, "shard stopped");
 }
 
 fn apply_snapshot(
@@ -293,7 +430,11 @@ fn apply_snapshot(
     snapshot: &Snapshot,
 ) {
     for compiled in &snapshot.ports {
-        let port = Rc::new(ShardPort::new(Arc::clone(compiled), snapshot.generation));
+        let port = Rc::new(ShardPort::new(
+            Arc::clone(compiled),
+            snapshot.generation,
+            &ctx.metrics,
+        ));
         match ports.get(&compiled.port) {
             Some(slot) => {
                 *slot.current.borrow_mut() = port;
@@ -382,7 +523,7 @@ async fn accept_loop(
 }
 
 async fn serve(tcp: TcpStream, peer: SocketAddr, port: Rc<ShardPort>, ctx: Rc<ShardContext>) {
-    let _guard = ConnectionGuard::new(&ctx);
+    let _guard = ConnectionGuard::new(&ctx, &port.metrics);
     let _ = tcp.set_nodelay(true);
     match port.compiled.protocol {
         PortProtocol::Https => conn::serve_tls(tcp, peer, &port, &ctx).await,
@@ -390,15 +531,18 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, port: Rc<ShardPort>, ctx: Rc<Sh
     }
 }
 
-/// Counts a shard's open connections (a `Cell`: per core, never shared).
+/// Counts a shard's (and a port's) open connections (`Cell`s: per core, never shared).
 struct ConnectionGuard<'a> {
     ctx: &'a ShardContext,
+    port: &'a PortMetrics,
 }
 
 impl<'a> ConnectionGuard<'a> {
-    fn new(ctx: &'a ShardContext) -> Self {
+    fn new(ctx: &'a ShardContext, port: &'a PortMetrics) -> Self {
         ctx.open_connections.set(ctx.open_connections.get() + 1);
-        Self { ctx }
+        port.active_connections
+            .set(port.active_connections.get() + 1);
+        Self { ctx, port }
     }
 }
 
@@ -407,6 +551,9 @@ impl Drop for ConnectionGuard<'_> {
         self.ctx
             .open_connections
             .set(self.ctx.open_connections.get().saturating_sub(1));
+        self.port
+            .active_connections
+            .set(self.port.active_connections.get() - 1);
     }
 }
 

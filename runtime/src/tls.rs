@@ -13,6 +13,7 @@ use std::sync::Arc;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use portcullis_core::client_auth::{self, RejectedCertificate};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{Acceptor, ServerConnection};
 use rustls::{HandshakeKind, ServerConfig};
@@ -109,8 +110,21 @@ pub enum HandshakeError {
     Io(#[from] io::Error),
     #[error("no listener for server name {0:?}")]
     UnknownServerName(Option<String>),
-    #[error("TLS: {0}")]
-    Tls(rustls::Error),
+    #[error("TLS: {error}")]
+    Tls {
+        error: rustls::Error,
+        /// The client certificate the verifier refused, when that was the failure.
+        rejected: Option<RejectedCertificate>,
+    },
+}
+
+impl HandshakeError {
+    fn tls(error: rustls::Error) -> Self {
+        HandshakeError::Tls {
+            error,
+            rejected: None,
+        }
+    }
 }
 
 /// A completed server-side TLS connection.
@@ -132,11 +146,32 @@ pub struct Accepted {
     pub server_name: Option<String>,
 }
 
+/// A failed handshake, and the listener the SNI had selected when it failed after that.
+#[derive(Debug)]
+pub struct HandshakeFailure {
+    pub listener: Option<usize>,
+    pub error: HandshakeError,
+}
+
 /// Runs the server handshake. `choose` maps the ClientHello's SNI to a listener index and its
 /// config; `None` refuses the connection with `unrecognized_name`.
 pub async fn accept(
+    tcp: TcpStream,
+    choose: impl FnOnce(Option<&str>) -> Option<(usize, Arc<ServerConfig>)>,
+) -> Result<Accepted, HandshakeFailure> {
+    let mut chosen = None;
+    accept_inner(tcp, choose, &mut chosen)
+        .await
+        .map_err(|error| HandshakeFailure {
+            listener: chosen,
+            error,
+        })
+}
+
+async fn accept_inner(
     mut tcp: TcpStream,
     choose: impl FnOnce(Option<&str>) -> Option<(usize, Arc<ServerConfig>)>,
+    chosen: &mut Option<usize>,
 ) -> Result<Accepted, HandshakeError> {
     let mut acceptor = Acceptor::default();
     let mut rx = bufpool::take();
@@ -156,7 +191,7 @@ pub async fn accept(
                 let _ = alert.write_all(&mut out);
                 let _ = tcp.write_all(out).await;
                 bufpool::give(rx);
-                return Err(HandshakeError::Tls(err));
+                return Err(HandshakeError::tls(err));
             }
         }
     };
@@ -166,6 +201,7 @@ pub async fn accept(
         bufpool::give(rx);
         return Err(HandshakeError::UnknownServerName(server_name));
     };
+    *chosen = Some(listener);
     let tls = match accepted.into_connection(config) {
         Ok(tls) => tls,
         Err((err, mut alert)) => {
@@ -173,7 +209,7 @@ pub async fn accept(
             let _ = alert.write_all(&mut out);
             let _ = tcp.write_all(out).await;
             bufpool::give(rx);
-            return Err(HandshakeError::Tls(err));
+            return Err(HandshakeError::tls(err));
         }
     };
     rx.clear();
@@ -204,7 +240,7 @@ impl TlsStream {
                 return Err(HandshakeError::Eof);
             }
             self.feed_rx().await.map_err(|e| match e {
-                FeedError::Tls(e) => HandshakeError::Tls(e),
+                FeedError::Tls { error, rejected } => HandshakeError::Tls { error, rejected },
                 FeedError::Io(e) => HandshakeError::Io(e),
             })?;
         }
@@ -242,9 +278,11 @@ impl TlsStream {
         fed.map_err(FeedError::Io)?;
         match self.tls.process_new_packets() {
             Ok(_) => Ok(()),
-            Err(err) => {
+            Err(error) => {
+                // Read before the next await: another connection's handshake may run then.
+                let rejected = client_auth::take_rejected_certificate();
                 let _ = self.flush_tls().await;
-                Err(FeedError::Tls(err))
+                Err(FeedError::Tls { error, rejected })
             }
         }
     }
@@ -292,7 +330,10 @@ impl TlsStream {
 
 enum FeedError {
     Io(io::Error),
-    Tls(rustls::Error),
+    Tls {
+        error: rustls::Error,
+        rejected: Option<RejectedCertificate>,
+    },
 }
 
 impl ClientIo for TlsStream {
@@ -308,7 +349,7 @@ impl ClientIo for TlsStream {
             }
             self.feed_rx().await.map_err(|e| match e {
                 FeedError::Io(e) => e,
-                FeedError::Tls(e) => io::Error::new(io::ErrorKind::InvalidData, e),
+                FeedError::Tls { error, .. } => io::Error::new(io::ErrorKind::InvalidData, error),
             })?;
         }
     }
@@ -322,7 +363,9 @@ impl ClientIo for TlsStream {
     }
 
     async fn wait_readable(&mut self) -> io::Result<()> {
-        if self.rx_pos < self.rx.len() || self.tls.wants_read() && self.tls_has_plaintext() {
+        // Bytes may already be here: unprocessed ciphertext, or plaintext rustls decrypted
+        // along with the handshake's last flight (the first request often arrives with it).
+        if self.rx_pos < self.rx.len() || self.tls_has_plaintext() {
             return Ok(());
         }
         self.release_idle_buffers();

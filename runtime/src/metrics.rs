@@ -1,0 +1,563 @@
+//! Metrics, counted per shard without sharing and summed on scrape.
+//!
+//! Every counter is a plain `Cell` owned by one shard: counting a handshake or a request is a
+//! non-atomic add on memory no other core touches. The handles a connection increments are
+//! looked up when the shard builds its copy of a port (once per config change), not per
+//! connection or request. A scrape asks each shard, over its command channel, for a copy of
+//! its counters ([`ShardMetrics::sample`]); the admin thread sums the copies and renders the
+//! Prometheus text format. So the hot path has no atomics and no cross-core traffic; only a
+//! scrape crosses cores, once per shard.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the duration histograms' buckets: from a resumed handshake on
+/// loopback (~100 µs) to a stalled client or backend (10 s).
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+/// How a TLS handshake ended, as the `outcome` label says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeOutcome {
+    /// Completed; the client is verified or no certificate was asked for.
+    Ok,
+    /// Refused: no client certificate where one is required.
+    NoClientCert,
+    /// Refused: the certificate did not verify (chain, dates, usage).
+    InvalidClientCert,
+    /// Refused: verified, but carries none of the listener's allowed SANs.
+    SanMismatch,
+    /// Refused: verified, but its hash is not one of the listener's allowed hashes.
+    HashMismatch,
+    /// Completed in AllowInsecureFallback without a verified certificate.
+    UnverifiedAccepted,
+    /// Any other failure (protocol error, unknown SNI, timeout, client went away).
+    Error,
+}
+
+impl HandshakeOutcome {
+    const ALL: [HandshakeOutcome; 7] = [
+        HandshakeOutcome::Ok,
+        HandshakeOutcome::NoClientCert,
+        HandshakeOutcome::InvalidClientCert,
+        HandshakeOutcome::SanMismatch,
+        HandshakeOutcome::HashMismatch,
+        HandshakeOutcome::UnverifiedAccepted,
+        HandshakeOutcome::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeOutcome::Ok => "ok",
+            HandshakeOutcome::NoClientCert => "no_client_cert",
+            HandshakeOutcome::InvalidClientCert => "invalid_client_cert",
+            HandshakeOutcome::SanMismatch => "san_mismatch",
+            HandshakeOutcome::HashMismatch => "hash_mismatch",
+            HandshakeOutcome::UnverifiedAccepted => "unverified_accepted",
+            HandshakeOutcome::Error => "error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A duration histogram of one shard.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [Cell<u64>; DURATION_BUCKETS.len()],
+    count: Cell<u64>,
+    sum_seconds: Cell<f64>,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|b| s <= *b)
+            && let Some(bucket) = self.buckets.get(i)
+        {
+            bucket.set(bucket.get() + 1);
+        }
+        self.count.set(self.count.get() + 1);
+        self.sum_seconds.set(self.sum_seconds.get() + s);
+    }
+
+    fn sample(&self) -> HistogramSample {
+        HistogramSample {
+            buckets: self.buckets.iter().map(Cell::get).collect(),
+            count: self.count.get(),
+            sum_seconds: self.sum_seconds.get(),
+        }
+    }
+}
+
+/// Counters of one listener on one shard.
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    handshakes: [Cell<u64>; HandshakeOutcome::ALL.len()],
+    pub handshake_duration: Histogram,
+}
+
+impl ListenerMetrics {
+    pub fn handshake(&self, outcome: HandshakeOutcome) {
+        if let Some(c) = self.handshakes.get(outcome.index()) {
+            c.set(c.get() + 1);
+        }
+    }
+}
+
+/// Counters of one route (or of requests no route took) on one port on one shard.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    /// By status code; a route answers with few distinct codes, so a short list beats a map.
+    codes: RefCell<Vec<(u16, u64)>>,
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn request(&self, code: u16, took: Duration) {
+        let mut codes = self.codes.borrow_mut();
+        match codes.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => codes.push((code, 1)),
+        }
+        drop(codes);
+        self.duration.observe(took);
+    }
+}
+
+/// Counters of one port on one shard.
+#[derive(Debug, Default)]
+pub struct PortMetrics {
+    pub active_connections: Cell<i64>,
+    /// Handshakes that failed before a listener was chosen (bad ClientHello, unknown SNI).
+    pub unlistened: ListenerMetrics,
+    /// Requests answered without a route (400, 404, 421, 431).
+    pub unrouted: RouteMetrics,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct BackendCounters {
+    connect_errors: u64,
+    connect_timeouts: u64,
+    response_timeouts: u64,
+}
+
+/// One shard's metrics registry. Entries are created when a shard builds a port and are kept
+/// when the port or route goes away (counters never go backwards).
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    ports: RefCell<BTreeMap<u16, Rc<PortMetrics>>>,
+    listeners: RefCell<BTreeMap<(u16, String), Rc<ListenerMetrics>>>,
+    routes: RefCell<BTreeMap<(u16, String), Rc<RouteMetrics>>>,
+    backends: RefCell<HashMap<SocketAddr, BackendCounters>>,
+}
+
+/// Which backend failure to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendFailure {
+    ConnectError,
+    ConnectTimeout,
+    ResponseTimeout,
+}
+
+impl ShardMetrics {
+    pub fn port(&self, port: u16) -> Rc<PortMetrics> {
+        Rc::clone(self.ports.borrow_mut().entry(port).or_default())
+    }
+
+    pub fn listener(&self, port: u16, listener: &str) -> Rc<ListenerMetrics> {
+        Rc::clone(
+            self.listeners
+                .borrow_mut()
+                .entry((port, listener.to_owned()))
+                .or_default(),
+        )
+    }
+
+    pub fn route(&self, port: u16, route: &str) -> Rc<RouteMetrics> {
+        Rc::clone(
+            self.routes
+                .borrow_mut()
+                .entry((port, route.to_owned()))
+                .or_default(),
+        )
+    }
+
+    /// Backend failures are rare (and the endpoint set is open-ended), so a map is fine here.
+    pub fn backend_failure(&self, endpoint: SocketAddr, failure: BackendFailure) {
+        let mut backends = self.backends.borrow_mut();
+        let c = backends.entry(endpoint).or_default();
+        match failure {
+            BackendFailure::ConnectError => c.connect_errors += 1,
+            BackendFailure::ConnectTimeout => c.connect_timeouts += 1,
+            BackendFailure::ResponseTimeout => c.response_timeouts += 1,
+        }
+    }
+
+    /// A copy of every counter, to send to the admin thread.
+    pub fn sample(&self) -> MetricsSample {
+        let mut sample = MetricsSample::default();
+        for (port, m) in self.ports.borrow().iter() {
+            sample.active.insert(*port, m.active_connections.get());
+            sample
+                .handshakes
+                .insert((*port, String::new()), listener_sample(&m.unlistened));
+            sample
+                .requests
+                .insert((*port, String::new()), route_sample(&m.unrouted));
+        }
+        for (key, m) in self.listeners.borrow().iter() {
+            sample.handshakes.insert(key.clone(), listener_sample(m));
+        }
+        for (key, m) in self.routes.borrow().iter() {
+            sample.requests.insert(key.clone(), route_sample(m));
+        }
+        for (endpoint, c) in self.backends.borrow().iter() {
+            sample.backends.insert(
+                *endpoint,
+                [c.connect_errors, c.connect_timeouts, c.response_timeouts],
+            );
+        }
+        sample
+    }
+}
+
+fn listener_sample(m: &ListenerMetrics) -> (Vec<u64>, HistogramSample) {
+    (
+        m.handshakes.iter().map(Cell::get).collect(),
+        m.handshake_duration.sample(),
+    )
+}
+
+fn route_sample(m: &RouteMetrics) -> (BTreeMap<u16, u64>, HistogramSample) {
+    (
+        m.codes.borrow().iter().copied().collect(),
+        m.duration.sample(),
+    )
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSample {
+    buckets: Vec<u64>,
+    count: u64,
+    sum_seconds: f64,
+}
+
+impl HistogramSample {
+    fn add(&mut self, other: &HistogramSample) {
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_seconds += other.sum_seconds;
+    }
+}
+
+/// Plain data copied out of a shard (or summed over shards).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSample {
+    /// `(port, listener)` -> (counts by outcome, duration). Listener `""`: none chosen.
+    pub handshakes: BTreeMap<(u16, String), (Vec<u64>, HistogramSample)>,
+    /// `(port, route)` -> (counts by code, duration). Route `""`: answered without a route.
+    pub requests: BTreeMap<(u16, String), (BTreeMap<u16, u64>, HistogramSample)>,
+    pub active: BTreeMap<u16, i64>,
+    /// endpoint -> [connect errors, connect timeouts, response timeouts]
+    pub backends: BTreeMap<SocketAddr, [u64; 3]>,
+}
+
+impl MetricsSample {
+    /// Adds another shard's sample to this one.
+    pub fn add(&mut self, other: &MetricsSample) {
+        for (key, (counts, hist)) in &other.handshakes {
+            let entry = self.handshakes.entry(key.clone()).or_default();
+            if entry.0.len() < counts.len() {
+                entry.0.resize(counts.len(), 0);
+            }
+            for (a, b) in entry.0.iter_mut().zip(counts) {
+                *a += b;
+            }
+            entry.1.add(hist);
+        }
+        for (key, (codes, hist)) in &other.requests {
+            let entry = self.requests.entry(key.clone()).or_default();
+            for (code, n) in codes {
+                *entry.0.entry(*code).or_default() += n;
+            }
+            entry.1.add(hist);
+        }
+        for (port, n) in &other.active {
+            *self.active.entry(*port).or_default() += n;
+        }
+        for (endpoint, c) in &other.backends {
+            let entry = self.backends.entry(*endpoint).or_default();
+            for (a, b) in entry.iter_mut().zip(c) {
+                *a += b;
+            }
+        }
+    }
+
+    /// The handshake count for one label set (tests and the admin summary).
+    pub fn handshakes(&self, port: u16, listener: &str, outcome: HandshakeOutcome) -> u64 {
+        self.handshakes
+            .get(&(port, listener.to_owned()))
+            .and_then(|(c, _)| c.get(outcome.index()).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// What the control side adds to the shards' samples.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessMetrics {
+    pub published_generation: u64,
+    /// Per shard: (applied generation, driver name).
+    pub shards: Vec<(u64, Option<&'static str>)>,
+    pub reloads_applied: u64,
+    pub reloads_rejected: u64,
+    pub draining: bool,
+}
+
+/// Renders the Prometheus text exposition format (version 0.0.4).
+pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
+    let mut out = String::with_capacity(4096);
+    family(
+        &mut out,
+        "portcullis_tls_handshakes_total",
+        "counter",
+        "TLS handshakes by port, listener (empty: none chosen) and outcome.",
+    );
+    for ((port, listener), (counts, _)) in &sample.handshakes {
+        for outcome in HandshakeOutcome::ALL {
+            let n = counts.get(outcome.index()).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "portcullis_tls_handshakes_total{{port=\"{port}\",listener=\"{}\",outcome=\"{}\"}} {n}",
+                escape(listener),
+                outcome.label()
+            );
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_tls_handshake_duration_seconds",
+        "histogram",
+        "Time from accept to the end of the TLS handshake.",
+    );
+    for ((port, listener), (_, hist)) in &sample.handshakes {
+        histogram(
+            &mut out,
+            "portcullis_tls_handshake_duration_seconds",
+            &format!("port=\"{port}\",listener=\"{}\"", escape(listener)),
+            hist,
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_http_requests_total",
+        "counter",
+        "HTTP requests by port, route (namespace/name; empty: none matched) and status code.",
+    );
+    for ((port, route), (codes, _)) in &sample.requests {
+        for (code, n) in codes {
+            let _ = writeln!(
+                out,
+                "portcullis_http_requests_total{{port=\"{port}\",route=\"{}\",code=\"{code}\"}} {n}",
+                escape(route)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_http_request_duration_seconds",
+        "histogram",
+        "Time from a complete request head to the end of its response.",
+    );
+    for ((port, route), (_, hist)) in &sample.requests {
+        histogram(
+            &mut out,
+            "portcullis_http_request_duration_seconds",
+            &format!("port=\"{port}\",route=\"{}\"", escape(route)),
+            hist,
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_active_connections",
+        "gauge",
+        "Open client connections by port.",
+    );
+    for (port, n) in &sample.active {
+        let _ = writeln!(out, "portcullis_active_connections{{port=\"{port}\"}} {n}");
+    }
+    family(
+        &mut out,
+        "portcullis_backend_connect_errors_total",
+        "counter",
+        "Failed connections to backend endpoints.",
+    );
+    for (endpoint, c) in &sample.backends {
+        let _ = writeln!(
+            out,
+            "portcullis_backend_connect_errors_total{{endpoint=\"{endpoint}\"}} {}",
+            c[0]
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_backend_timeouts_total",
+        "counter",
+        "Backend timeouts by endpoint and phase (connect or response).",
+    );
+    for (endpoint, c) in &sample.backends {
+        let _ = writeln!(
+            out,
+            "portcullis_backend_timeouts_total{{endpoint=\"{endpoint}\",phase=\"connect\"}} {}",
+            c[1]
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_backend_timeouts_total{{endpoint=\"{endpoint}\",phase=\"response\"}} {}",
+            c[2]
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_config_generation",
+        "gauge",
+        "Generation of the last published configuration snapshot.",
+    );
+    let _ = writeln!(
+        out,
+        "portcullis_config_generation {}",
+        process.published_generation
+    );
+    family(
+        &mut out,
+        "portcullis_shard_config_generation",
+        "gauge",
+        "Generation of the snapshot each shard applied.",
+    );
+    for (i, (generation, _)) in process.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "portcullis_shard_config_generation{{shard=\"{i}\"}} {generation}"
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_config_reloads_total",
+        "counter",
+        "Configuration reloads by outcome (rejected: the input was broken, the last good config stayed).",
+    );
+    let _ = writeln!(
+        out,
+        "portcullis_config_reloads_total{{outcome=\"applied\"}} {}",
+        process.reloads_applied
+    );
+    let _ = writeln!(
+        out,
+        "portcullis_config_reloads_total{{outcome=\"rejected\"}} {}",
+        process.reloads_rejected
+    );
+    family(
+        &mut out,
+        "portcullis_shard_driver",
+        "gauge",
+        "The event-loop driver each shard runs (1 for the driver in use).",
+    );
+    for (i, (_, driver)) in process.shards.iter().enumerate() {
+        if let Some(driver) = driver {
+            let _ = writeln!(
+                out,
+                "portcullis_shard_driver{{shard=\"{i}\",driver=\"{driver}\"}} 1"
+            );
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_draining",
+        "gauge",
+        "1 while shutting down gracefully.",
+    );
+    let _ = writeln!(out, "portcullis_draining {}", u8::from(process.draining));
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, hist: &HistogramSample) {
+    let mut cumulative = 0u64;
+    for (bound, n) in DURATION_BUCKETS.iter().zip(&hist.buckets) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", hist.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", hist.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", hist.count);
+}
+
+/// Label values escape `\`, `"` and newlines.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_sum_over_shards() {
+        let a = ShardMetrics::default();
+        let b = ShardMetrics::default();
+        a.listener(443, "l").handshake(HandshakeOutcome::Ok);
+        b.listener(443, "l").handshake(HandshakeOutcome::Ok);
+        b.listener(443, "l")
+            .handshake(HandshakeOutcome::NoClientCert);
+        a.route(443, "ns/r").request(200, Duration::from_millis(1));
+        b.route(443, "ns/r").request(200, Duration::from_millis(3));
+        let mut total = a.sample();
+        total.add(&b.sample());
+        assert_eq!(total.handshakes(443, "l", HandshakeOutcome::Ok), 2);
+        assert_eq!(
+            total.handshakes(443, "l", HandshakeOutcome::NoClientCert),
+            1
+        );
+        let text = render(&total, &ProcessMetrics::default());
+        assert!(text.contains(
+            "portcullis_http_requests_total{port=\"443\",route=\"ns/r\",code=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "portcullis_http_request_duration_seconds_bucket{port=\"443\",route=\"ns/r\",le=\"+Inf\"} 2"
+        ));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(50));
+        h.observe(Duration::from_millis(2));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        histogram(&mut out, "h", "a=\"b\"", &h.sample());
+        assert!(out.contains("h_bucket{a=\"b\",le=\"0.0001\"} 1\n"));
+        assert!(out.contains("h_bucket{a=\"b\",le=\"0.0025\"} 2\n"));
+        assert!(out.contains("h_bucket{a=\"b\",le=\"10\"} 2\n"));
+        assert!(out.contains("h_bucket{a=\"b\",le=\"+Inf\"} 3\n"));
+        assert!(out.contains("h_count{a=\"b\"} 3\n"));
+    }
+}

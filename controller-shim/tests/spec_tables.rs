@@ -1213,7 +1213,7 @@ fn passthrough_bad_options_bad_ports_and_hostnames_are_not_accepted() {
     let mut bad_option = https("opt", 8444);
     bad_option["tls"]["options"] = json!({"portcullis.dev/no-such-option": "1"});
     let mut good_option = https("good", 8445);
-    good_option["tls"]["options"] = json!({"portcullis.dev/verify-subject-alt-names": "client.example.com",
+    good_option["tls"]["options"] = json!({"portcullis.dev/tls-session-resumption": "off",
                "example.com/someone-elses": "x"});
     add_gateway(
         &mut w.store,
@@ -1246,7 +1246,7 @@ fn passthrough_bad_options_bad_ports_and_hostnames_are_not_accepted() {
     );
     assert_listener_healthy(listener(g, "good"));
     let options = &port(&t, 8445).listeners[0].tls.as_ref().unwrap().options;
-    assert_eq!(options.client_identity.subject_alt_names.len(), 1);
+    assert!(!options.session_resumption);
     for name in ["zero", "huge"] {
         assert_condition(
             &listener(g, name).conditions,
@@ -1817,4 +1817,32 @@ fn a_listener_that_is_not_programmed_still_counts_attached_routes() {
     assert_condition(&l.conditions, "Programmed", false, "Invalid");
     assert_eq!(route_accepted(&t, NS, "r", None).0, "True");
     assert!(t.desired.ports.is_empty());
+}
+
+#[test]
+fn client_identity_rules_need_frontend_validation_on_their_port() {
+    let mut w = world();
+    let restricted = || {
+        let mut l = https("restricted", 8443);
+        l["tls"]["options"] =
+            json!({"portcullis.dev/verify-subject-alt-names": "client.example.com"});
+        l
+    };
+    add_gateway(&mut w.store, "unverified", vec![restricted()], None);
+    let t = run(&w.store);
+    let conditions = &listener(gw(&t, "unverified"), "restricted").conditions;
+    assert_condition(conditions, "Accepted", false, "UnsupportedValue");
+    assert!(t.desired.port(8443).is_none(), "fail closed: not served");
+
+    let mut w = world();
+    add_gateway(
+        &mut w.store,
+        "verified",
+        vec![restricted()],
+        Some(frontend(Some(validation(None, vec![cm("ca-a")])), vec![])),
+    );
+    let t = run(&w.store);
+    assert_listener_healthy(listener(gw(&t, "verified"), "restricted"));
+    let options = &port(&t, 8443).listeners[0].tls.as_ref().unwrap().options;
+    assert_eq!(options.client_identity.subject_alt_names.len(), 1);
 }

@@ -232,6 +232,22 @@ impl<'s> GatewayState<'s> {
                         ClientValidation::RefuseAll { reason } => Some(reason.clone()),
                         ClientValidation::NotRequested | ClientValidation::Verify { .. } => None,
                     };
+                    // Fail closed: client-identity rules with no CA to verify against would
+                    // silently check nothing.
+                    let restricts_clients = listener
+                        .tls_options
+                        .as_ref()
+                        .is_some_and(|o| !o.client_identity.is_empty());
+                    if restricts_clients
+                        && matches!(policy.validation, ClientValidation::NotRequested)
+                    {
+                        listener.accept_problems.push(Problem::new(
+                            reasons::UNSUPPORTED_VALUE,
+                            format!(
+                                "tls.options restrict client certificates (verify-subject-alt-names / verify-certificate-hash), but no spec.tls.frontend validation covers port {port}, so nothing would verify them"
+                            ),
+                        ));
+                    }
                 }
             }
             self.port_policies.insert(port, policy);

@@ -124,14 +124,17 @@ async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, head: &RequestHead) -
         if !done && !rest.is_empty() {
             let (consumed, finished) = if let Some(l) = &mut length {
                 let p = l.advance(&rest);
+                total += p.consumed as u64;
                 (p.consumed, p.done)
             } else if let Some(c) = &mut chunked {
-                let p = c.advance(&rest).ok()?;
+                // Count the chunk data only, not the chunk framing.
+                let p = c
+                    .advance_with(&rest, |data| total += data.len() as u64)
+                    .ok()?;
                 (p.consumed, p.done)
             } else {
                 (0, true)
             };
-            total += consumed as u64;
             rest.drain(..consumed);
             done = finished;
         }

@@ -595,7 +595,7 @@ async fn relay_response_body<C: ClientIo>(
         ClientBody::Chunked | ClientBody::Dechunk => Some(ChunkedDecoder::new()),
         _ => None,
     };
-    let mut done = matches!(body, ClientBody::None);
+    let mut done = matches!(body, ClientBody::None | ClientBody::ContentLength(0));
     loop {
         if !rbuf.is_empty() && !done {
             let consumed = match (&mut length, &mut chunked, body) {

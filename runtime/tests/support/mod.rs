@@ -1,10 +1,17 @@
 //! Test harness for loopback integration tests: a real data plane (shards, sockets, rustls) in
-//! this process, configured from manifests through the real translate and compile, and a
-//! blocking rustls client.
+//! this process, configured from manifests through the real translate and compile, blocking
+//! rustls clients, and small backends.
+//!
+//! - [`manifests`]: YAML for Gateways, routes, Secrets, ConfigMaps and Services.
+//! - [`backends`]: the echo backend and hand-written raw HTTP/1.1 backends.
+//! - here: the in-process [`Gateway`], TLS clients, and an HTTP/1.1 response reader.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod backends;
+pub mod manifests;
+
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,18 +20,24 @@ use std::time::{Duration, Instant};
 use portcullis_controller_shim::manifests::{LoadedManifests, load_text};
 use portcullis_controller_shim::{TranslateOptions, translate};
 use portcullis_core::desired::DesiredConfig;
-use portcullis_runtime::demo;
 use portcullis_runtime::limits::Limits;
 use portcullis_runtime::pki::CertKeyPem;
 use portcullis_runtime::publish::Publisher;
 use portcullis_runtime::shard::{DriverChoice, ShardOptions, Shards};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    AlertDescription, ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind,
+    RootCertStore, SignatureScheme, StreamOwned, SupportedProtocolVersion,
+};
+
+#[allow(unused_imports)] // not every test file writes manifests
+pub use manifests::*;
 
 /// How long a test waits for something that should happen at once (a snapshot applied, a
-/// socket accepting). Not a timing assertion: only a bound so a broken build fails instead of
-/// hanging.
+/// socket accepting, a response). Not a timing assertion: only a bound so a broken build fails
+/// instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A port nobody listens on right now (bound then released).
@@ -48,6 +61,11 @@ pub fn translate_yaml(docs: &[&str], gateway_class: &str) -> DesiredConfig {
     translate(&loaded.store, &options).desired
 }
 
+/// Translates documents of the test gateway class ([`manifests::CLASS`]).
+pub fn desired(docs: &[String]) -> DesiredConfig {
+    translate_yaml(&refs(docs), manifests::CLASS)
+}
+
 /// A running data plane.
 pub struct Gateway {
     publisher: Publisher,
@@ -55,8 +73,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// One shard, the default driver and limits.
     pub fn start(desired: DesiredConfig) -> Gateway {
         Self::start_with(desired, 1, DriverChoice::Auto, Limits::default())
+    }
+
+    /// One shard and the default driver, with these limits.
+    pub fn start_with_limits(desired: DesiredConfig, limits: Limits) -> Gateway {
+        Self::start_with(desired, 1, DriverChoice::Auto, limits)
     }
 
     pub fn start_with(
@@ -93,19 +117,19 @@ impl Gateway {
     }
 
     pub fn wait_applied(&self, generation: u64) {
-        let deadline = Instant::now() + PATIENCE;
         let shards = self.shards.as_ref().unwrap();
-        while shards
-            .status
-            .iter()
-            .any(|s| s.applied_generation.load(Ordering::Acquire) < generation)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "shards did not apply generation {generation}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("every shard applies the snapshot", || {
+            shards
+                .status
+                .iter()
+                .all(|s| s.applied_generation.load(Ordering::Acquire) >= generation)
+        });
+    }
+
+    /// The drivers the shards run (`None` for a shard not started yet).
+    pub fn drivers(&self) -> Vec<Option<portcullis_runtime::shard::Driver>> {
+        let shards = self.shards.as_ref().unwrap();
+        shards.status.iter().map(|s| s.driver()).collect()
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -124,15 +148,26 @@ impl Drop for Gateway {
     }
 }
 
+/// Polls `condition` until it holds; panics after [`PATIENCE`] (a bound against hangs, not a
+/// timing assertion).
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The guide's manifests for the given ports, CA and server certificate, routing
 /// `example.com` to `backend`.
 pub fn guide_manifests(
     ports: (u16, u16),
     ca_pem: &str,
     server: &CertKeyPem,
-    backend: SocketAddr,
+    backend: std::net::SocketAddr,
     per_port: bool,
 ) -> Vec<String> {
+    use portcullis_runtime::demo;
     let gateway = if per_port {
         demo::guide_gateway_per_port()
     } else {
@@ -159,13 +194,40 @@ pub fn refs(docs: &[String]) -> Vec<&str> {
     docs.iter().map(String::as_str).collect()
 }
 
-/// A rustls client config trusting `ca_pem`, presenting `client` if given.
-pub fn client_config(ca_pem: &str, client: Option<&CertKeyPem>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let builder = ClientConfig::builder().with_root_certificates(roots);
+// ---------------------------------------------------------------------------------------------
+// TLS clients
+// ---------------------------------------------------------------------------------------------
+
+/// How the client checks the server's certificate.
+enum ServerCheck<'a> {
+    /// Against these CAs (PEM) and the server name.
+    Roots(&'a str),
+    /// Not at all, as `curl -k` (the tests look at which certificate came instead).
+    Any,
+}
+
+fn build_client(
+    server: ServerCheck<'_>,
+    client: Option<&CertKeyPem>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap();
+    let builder = match server {
+        ServerCheck::Roots(ca_pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            builder.with_root_certificates(roots)
+        }
+        ServerCheck::Any => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert)),
+    };
     let mut config = match client {
         Some(c) => {
             let chain: Vec<CertificateDer<'static>> =
@@ -179,6 +241,82 @@ pub fn client_config(ca_pem: &str, client: Option<&CertKeyPem>) -> Arc<ClientCon
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
+}
+
+/// A rustls client config trusting `ca_pem`, presenting `client` if given (TLS 1.3 or 1.2).
+pub fn client_config(ca_pem: &str, client: Option<&CertKeyPem>) -> Arc<ClientConfig> {
+    build_client(ServerCheck::Roots(ca_pem), client, rustls::DEFAULT_VERSIONS)
+}
+
+/// Like [`client_config`], TLS 1.2 only.
+pub fn client_config_tls12(ca_pem: &str, client: Option<&CertKeyPem>) -> Arc<ClientConfig> {
+    build_client(
+        ServerCheck::Roots(ca_pem),
+        client,
+        &[&rustls::version::TLS12],
+    )
+}
+
+/// A client that accepts any server certificate (as `curl -k`), presenting `client` if given.
+pub fn any_server_client_config(client: Option<&CertKeyPem>) -> Arc<ClientConfig> {
+    build_client(ServerCheck::Any, client, rustls::DEFAULT_VERSIONS)
+}
+
+/// The same client config without the SNI extension in its ClientHello.
+pub fn without_sni(config: &Arc<ClientConfig>) -> Arc<ClientConfig> {
+    let mut config = (**config).clone();
+    config.enable_sni = false;
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AcceptAnyServerCert;
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
@@ -196,6 +334,25 @@ pub fn connect(port: u16, sni: &str, config: &Arc<ClientConfig>) -> io::Result<T
     }
     Ok(stream)
 }
+
+/// The leaf certificate the server presented on `stream`.
+pub fn server_leaf(stream: &TlsStream) -> CertificateDer<'static> {
+    stream.conn.peer_certificates().unwrap()[0].clone()
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn der_of(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// Whether the handshake on `stream` resumed a session.
+pub fn resumed(stream: &TlsStream) -> bool {
+    stream.conn.handshake_kind() == Some(HandshakeKind::Resumed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 over any stream
+// ---------------------------------------------------------------------------------------------
 
 /// A parsed HTTP/1.1 response.
 #[derive(Debug)]
@@ -216,107 +373,217 @@ impl Response {
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
-}
 
-/// Sends `request` (raw bytes) and reads one response (Content-Length or chunked bodies, or
-/// until close).
-pub fn exchange<S: Read + Write>(stream: &mut S, request: &[u8]) -> io::Result<Response> {
-    stream.write_all(request)?;
-    stream.flush()?;
-    read_response(stream)
-}
+    /// The echo backend's JSON answer.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_text()))
+    }
 
-pub fn read_response<S: Read>(stream: &mut S) -> io::Result<Response> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("bad status line {status_line:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut body = buf[head_end..].to_vec();
-    let header = |name: &str| {
+    /// A request header as the echo backend received it (names compared case-insensitively).
+    pub fn echoed_header(&self, name: &str) -> Option<String> {
+        let json = self.json();
+        let headers = json["headers"].as_object()?;
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    if status == 204 || status == 304 || (100..200).contains(&status) {
-        return Ok(Response {
+            .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Whether the server said it closes the connection after this response.
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// One HTTP/1.1 client connection: writes raw requests, reads responses, keeping bytes that
+/// arrived early (a pipelined response) for the next read.
+pub struct Http<S> {
+    pub stream: S,
+    pending: Vec<u8>,
+}
+
+impl<S: Read + Write> Http<S> {
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Sends `request` (raw bytes) and reads one response.
+    pub fn request(&mut self, request: &[u8]) -> io::Result<Response> {
+        self.send(request)?;
+        self.read_response()
+    }
+
+    /// `GET path` with `Host: host`.
+    pub fn get(&mut self, host: &str, path: &str) -> io::Result<Response> {
+        self.request(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+    }
+
+    /// Reads more bytes into `pending`; `Ok(false)` at end of stream.
+    fn fill(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.pending.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn fill_or_eof(&mut self) -> io::Result<()> {
+        if self.fill()? {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::UnexpectedEof.into())
+        }
+    }
+
+    /// Reads one response (Content-Length or chunked bodies, or until close). A response to
+    /// HEAD must be read with [`read_head_response`](Self::read_head_response).
+    pub fn read_response(&mut self) -> io::Result<Response> {
+        self.read_response_to(false)
+    }
+
+    /// Reads the response to a HEAD request (no body whatever its framing headers say).
+    pub fn read_head_response(&mut self) -> io::Result<Response> {
+        self.read_response_to(true)
+    }
+
+    fn read_response_to(&mut self, head_request: bool) -> io::Result<Response> {
+        let head_end = loop {
+            if let Some(i) = find(&self.pending, b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill_or_eof()?;
+        };
+        let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
+        self.pending.drain(..head_end);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {status_line:?}")))?;
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let mut response = Response {
             status,
             headers,
             body: Vec::new(),
-        });
+        };
+        if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+            return Ok(response);
+        }
+        if let Some(len) = response.header("content-length") {
+            let len: usize = len.parse().map_err(io::Error::other)?;
+            while self.pending.len() < len {
+                self.fill_or_eof()?;
+            }
+            response.body = self.pending.drain(..len).collect();
+        } else if response
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            response.body = self.read_chunked()?;
+        } else {
+            loop {
+                match self.fill() {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            response.body = std::mem::take(&mut self.pending);
+        }
+        Ok(response)
     }
-    if let Some(len) = header("content-length") {
-        let len: usize = len.parse().map_err(io::Error::other)?;
-        while body.len() < len {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        body.truncate(len);
-    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+
+    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
         loop {
-            if find(&body, b"0\r\n\r\n").is_some_and(|i| i == 0 || body[..i].ends_with(b"\r\n")) {
-                break;
+            let line_end = loop {
+                if let Some(i) = find(&self.pending, b"\r\n") {
+                    break i;
+                }
+                self.fill_or_eof()?;
+            };
+            let size_text = String::from_utf8_lossy(&self.pending[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+                .map_err(|e| io::Error::other(format!("bad chunk size {size_text:?}: {e}")))?;
+            self.pending.drain(..line_end + 2);
+            if size == 0 {
+                // Trailer section: lines until an empty one.
+                loop {
+                    let end = loop {
+                        if let Some(i) = find(&self.pending, b"\r\n") {
+                            break i;
+                        }
+                        self.fill_or_eof()?;
+                    };
+                    self.pending.drain(..end + 2);
+                    if end == 0 {
+                        return Ok(body);
+                    }
+                }
             }
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            while self.pending.len() < size + 2 {
+                self.fill_or_eof()?;
             }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        body = dechunk(&body);
-    } else {
-        loop {
-            match stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(e),
-            }
+            body.extend_from_slice(&self.pending[..size]);
+            self.pending.drain(..size + 2);
         }
     }
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+
+    /// Asserts that the server closes the connection now: nothing more arrives and the read
+    /// ends (clean close or reset), instead of hanging until [`PATIENCE`] runs out.
+    pub fn assert_closed(&mut self) {
+        match self.fill() {
+            Ok(true) => panic!(
+                "expected the connection to close, got more bytes: {:?}",
+                String::from_utf8_lossy(&self.pending)
+            ),
+            Ok(false) => {}
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                ),
+                "expected the connection to close, got {e} ({:?})",
+                e.kind()
+            ),
+        }
+    }
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = find(data, b"\r\n") {
-        let size_text = String::from_utf8_lossy(&data[..i]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&data[i + 2..i + 2 + size]);
-        data = &data[i + 2 + size + 2..];
+impl Http<TlsStream> {
+    /// A TLS connection to `port` with this SNI.
+    pub fn connect(port: u16, sni: &str, config: &Arc<ClientConfig>) -> io::Result<Self> {
+        Ok(Http::new(connect(port, sni, config)?))
     }
-    out
+}
+
+/// Sends `request` (raw bytes) and reads one response.
+pub fn exchange<S: Read + Write>(stream: &mut S, request: &[u8]) -> io::Result<Response> {
+    let mut http = Http::new(stream);
+    http.request(request)
 }
 
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -331,18 +598,28 @@ pub fn https_get(
     path: &str,
     config: &Arc<ClientConfig>,
 ) -> io::Result<Response> {
-    let mut stream = connect(port, sni, config)?;
-    exchange(
-        &mut stream,
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
-    )
+    Http::connect(port, sni, config)?.get(host, path)
 }
 
 /// The TLS alert a failed exchange ended with, if that is why it failed.
-pub fn alert_of(err: &io::Error) -> Option<rustls::AlertDescription> {
+pub fn alert_of(err: &io::Error) -> Option<AlertDescription> {
     let inner = err.get_ref()?.downcast_ref::<rustls::Error>()?;
     match inner {
         rustls::Error::AlertReceived(alert) => Some(*alert),
         _ => None,
+    }
+}
+
+/// Asserts that a request was refused at the TLS layer (never with an HTTP response) and
+/// returns the alert the server sent.
+pub fn expect_alert(result: io::Result<Response>) -> AlertDescription {
+    match result {
+        Ok(response) => panic!(
+            "expected a TLS alert, got an HTTP response {}: {}",
+            response.status,
+            response.body_text()
+        ),
+        Err(err) => alert_of(&err)
+            .unwrap_or_else(|| panic!("expected a TLS alert, got {err} ({:?})", err.kind())),
     }
 }

@@ -373,12 +373,76 @@ fn an_http10_request_is_answered_and_the_connection_closes() {
 }
 
 #[test]
-fn garbage_instead_of_a_request_gets_400() {
+fn malformed_or_ambiguous_request_heads_get_400_and_the_connection_closes() {
+    let gw = forwarding();
+    let cases = [
+        ("garbage", "\x16\x03\x01 not http at all\n\n"),
+        ("no Host", "GET /get HTTP/1.1\n\n"),
+        ("two Hosts", "GET /get HTTP/1.1\nHost: a\nHost: b\n\n"),
+        (
+            "space before colon",
+            "POST /anything HTTP/1.1\nHost: a\nContent-Length : 5\n\nhello",
+        ),
+        (
+            "obsolete line folding",
+            "GET /get HTTP/1.1\nHost: a\nX-Fold: a\n b\n\n",
+        ),
+        (
+            "TE not ending in chunked",
+            "POST /anything HTTP/1.1\nHost: a\nTransfer-Encoding: chunked, gzip\n\n",
+        ),
+        (
+            "TE identity",
+            "POST /anything HTTP/1.1\nHost: a\nTransfer-Encoding: identity\n\n",
+        ),
+        (
+            "bad chunk size",
+            "POST /anything HTTP/1.1\nHost: a\nTransfer-Encoding: chunked\n\nzz\nhello\n0\n\n",
+        ),
+    ];
+    for (what, request) in cases {
+        let mut plain = gw.plain();
+        let response = plain.request(&crlf(request)).unwrap();
+        assert_eq!(response.status, 400, "{what}");
+        assert!(response.closes(), "{what}");
+        plain.assert_closed();
+    }
+}
+
+#[test]
+fn a_transfer_coding_other_than_chunked_gets_501_and_the_connection_closes() {
     let gw = forwarding();
     let mut plain = gw.plain();
     let response = plain
-        .request(b"\x16\x03\x01 not http at all\r\n\r\n")
+        .request(&crlf(
+            "POST /anything HTTP/1.1\nHost: a\nTransfer-Encoding: gzip, chunked\n\n0\n\n",
+        ))
         .unwrap();
-    assert_eq!(response.status, 400);
+    assert_eq!(response.status, 501);
     plain.assert_closed();
+}
+
+#[test]
+fn connection_close_from_the_client_is_honoured() {
+    let gw = forwarding();
+    let mut http = gw.tls();
+    let response = http
+        .request(&crlf(
+            "GET /get HTTP/1.1\nHost: example.com\nConnection: close\n\n",
+        ))
+        .unwrap();
+    assert_eq!(response.status, 200);
+    assert!(response.closes());
+    http.assert_closed();
+}
+
+#[test]
+fn a_large_response_body_is_streamed_whole() {
+    let gw = forwarding();
+    let mut http = gw.tls();
+    let response = http.get("example.com", "/bytes/4000000").unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), 4_000_000);
+    assert!(response.body.iter().all(|b| *b == b'x'));
+    assert_eq!(http.get("example.com", "/get").unwrap().status, 200);
 }

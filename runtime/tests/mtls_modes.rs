@@ -244,6 +244,22 @@ fn insecure_fallback_serves_tls12_clients_without_certificate() {
 }
 
 #[test]
+fn a_copied_certificate_without_its_private_key_is_refused_in_both_modes() {
+    let clients = Clients::generate();
+    let gw = two_modes(&clients);
+    // The valid client certificate, signed for with another client's key (same key type).
+    let impostor = impostor_client_config(
+        &clients.pki.ca.pem.cert,
+        &clients.pki.client,
+        &clients.expired,
+    );
+    for port in [gw.strict, gw.fallback] {
+        let alert = expect_alert(get_with_spoofed_identity(port, &impostor));
+        assert_eq!(alert, AlertDescription::DecryptError, "port {port}");
+    }
+}
+
+#[test]
 fn guide_default_step_requires_a_valid_client_certificate_on_both_ports() {
     let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
     let ports = (free_port(), free_port());

@@ -153,6 +153,7 @@ fn routing_follows_the_host_header_with_its_port_stripped() {
         ("a.example.com", "a.example.com", "a"),
         ("a.example.com", &format!("a.example.com:{port}"), "a"),
         ("a.example.com", "A.Example.COM", "a"),
+        ("a.example.com", "a.example.com.", "a"),
         ("www.example.com", "www.example.com", "wildcard"),
         (
             "www.example.com",
@@ -198,6 +199,37 @@ fn a_421_or_404_leaves_the_connection_usable() {
     assert_eq!(http.get("unrelated.test", "/").unwrap().status, 404);
     let ok = http.get("a.example.com", "/").unwrap();
     assert_eq!((ok.status, ok.body_text().as_str()), (200, "a"));
+}
+
+#[test]
+fn an_absolute_form_target_is_routed_by_its_authority() {
+    let (_gw, port) = host_port();
+    let any = any_server_client_config(None);
+    let mut http = Http::connect(port, "a.example.com", &any).unwrap();
+    let ok = http
+        .request(b"GET https://a.example.com/ HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        .unwrap();
+    assert_eq!((ok.status, ok.body_text().as_str()), (200, "a"));
+    let misdirected = http
+        .request(b"GET https://www.example.com/ HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+        .unwrap();
+    assert_eq!(misdirected.status, 421);
+}
+
+#[test]
+fn a_rejected_request_with_a_body_closes_the_connection() {
+    let (_gw, port) = host_port();
+    let any = any_server_client_config(None);
+    let mut http = Http::connect(port, "a.example.com", &any).unwrap();
+    let response = http
+        .request(b"POST / HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    assert_eq!(response.status, 421);
+    assert!(
+        response.closes(),
+        "the unread body would be taken for the next request"
+    );
+    http.assert_closed();
 }
 
 /// One listener without hostname; a route for `api.example.com` with one rule per kind of

@@ -45,7 +45,15 @@ pub enum After {
 pub fn raw_backend(
     answer: impl Fn(&RawRequest, &mut TcpStream) -> After + Send + Sync + 'static,
 ) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    raw_backend_on(SocketAddr::from(([127, 0, 0, 1], 0)), answer)
+}
+
+/// [`raw_backend`] listening on `addr`.
+pub fn raw_backend_on(
+    addr: SocketAddr,
+    answer: impl Fn(&RawRequest, &mut TcpStream) -> After + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = TcpListener::bind(addr).unwrap();
     let addr = listener.local_addr().unwrap();
     let answer = Arc::new(answer);
     thread::spawn(move || {
@@ -95,7 +103,12 @@ fn serve_raw(mut tcp: TcpStream, answer: &dyn Fn(&RawRequest, &mut TcpStream) ->
 
 /// A keep-alive backend answering every request `200` with `body`.
 pub fn named_backend(body: &'static str) -> SocketAddr {
-    raw_backend(move |_, tcp| {
+    named_backend_on(SocketAddr::from(([127, 0, 0, 1], 0)), body)
+}
+
+/// [`named_backend`] listening on `addr`.
+pub fn named_backend_on(addr: SocketAddr, body: &'static str) -> SocketAddr {
+    raw_backend_on(addr, move |_, tcp| {
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()

@@ -10,11 +10,12 @@
 pub mod backends;
 pub mod manifests;
 
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_controller_shim::manifests::{LoadedManifests, load_text};
@@ -40,13 +41,45 @@ pub use manifests::*;
 /// instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A port nobody listens on right now (bound then released).
+/// A port for a gateway listener: nobody listens on it now, and it was never handed out
+/// before in this process.
+///
+/// Shards bind with `SO_REUSEPORT`, so a port handed out twice (to concurrent tests, or to
+/// test suites running side by side on one machine) would be bound by both gateways, which
+/// would then share its connections. And a port released by a `bind(0)` probe can be taken by
+/// the next `bind(0)` (a test backend) before the gateway binds it. Hence ports come from
+/// below the kernel's ephemeral range, where no `bind(0)` and no outgoing connection ever
+/// lands, starting at a random point and skipping ports something listens on.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let range = listener_port_range();
+    let span = u64::from(range.end - range.start);
+    let mut next = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    loop {
+        let port = range.start + u16::try_from(next % span).unwrap();
+        next = next.wrapping_add(1);
+        if HANDED_OUT.lock().unwrap().contains(&port)
+            || TcpListener::bind(("127.0.0.1", port)).is_err()
+        {
+            continue;
+        }
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Up to 12,000 ports just below the kernel's ephemeral port range.
+fn listener_port_range() -> std::ops::Range<u16> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let start = ephemeral_start.saturating_sub(12_000).max(1024);
+    start..ephemeral_start.max(start + 1000)
 }
 
 /// Translates YAML documents as `portcullis serve` would (`gateway_class` served without a
@@ -260,6 +293,52 @@ pub fn client_config_tls12(ca_pem: &str, client: Option<&CertKeyPem>) -> Arc<Cli
 /// A client that accepts any server certificate (as `curl -k`), presenting `client` if given.
 pub fn any_server_client_config(client: Option<&CertKeyPem>) -> Arc<ClientConfig> {
     build_client(ServerCheck::Any, client, rustls::DEFAULT_VERSIONS)
+}
+
+/// A client that presents `cert` but signs the handshake with `key`, which does not belong to
+/// it: someone replaying a certificate they copied without its private key.
+pub fn impostor_client_config(
+    ca_pem: &str,
+    cert: &CertKeyPem,
+    key: &CertKeyPem,
+) -> Arc<ClientConfig> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing_key = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::from_pem_slice(key.key.as_bytes()).unwrap())
+        .unwrap();
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signing_key));
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(PresentAlways(certified)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct PresentAlways(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for PresentAlways {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// The same client config without the SNI extension in its ClientHello.

@@ -123,6 +123,27 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn requests_pipelined_behind_request_bodies_are_answered_in_order() {
+    let gw = forwarding();
+    let mut http = gw.tls();
+    http.send(&crlf(
+        "POST /anything HTTP/1.1\nHost: example.com\nContent-Length: 5\n\nhelloPOST /anything HTTP/1.1\nHost: example.com\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\nGET /status/202 HTTP/1.1\nHost: example.com\n\n",
+    ))
+    .unwrap();
+    let first = http.read_response().unwrap();
+    assert_eq!(
+        (first.status, first.json()["body_bytes"].as_u64()),
+        (200, Some(5))
+    );
+    let second = http.read_response().unwrap();
+    assert_eq!(
+        (second.status, second.json()["body_bytes"].as_u64()),
+        (200, Some(3))
+    );
+    assert_eq!(http.read_response().unwrap().status, 202);
+}
+
+#[test]
 fn a_content_length_request_body_reaches_the_backend_whole() {
     let gw = forwarding();
     let mut http = gw.tls();
@@ -223,6 +244,19 @@ fn a_chunked_response_is_relayed_and_the_connection_stays_in_step() {
     assert_eq!(response.header("transfer-encoding"), Some("chunked"));
     assert_eq!(response.body_text(), "hello, world");
     assert_eq!(http.get("example.com", "/get").unwrap().status, 200);
+}
+
+#[test]
+fn an_http10_client_gets_a_chunked_response_de_chunked_then_the_connection_closes() {
+    let gw = forwarding();
+    let mut http = gw.tls();
+    let response = http
+        .request(&crlf("GET /chunked HTTP/1.0\nHost: example.com\n\n"))
+        .unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("transfer-encoding"), None);
+    assert_eq!(response.body_text(), "hello, world");
+    http.assert_closed();
 }
 
 #[test]

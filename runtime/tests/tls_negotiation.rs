@@ -1,0 +1,81 @@
+//! What the handshake negotiates besides certificates: ALPN (`http/1.1` only; clients without
+//! ALPN get HTTP/1.1 too) and both TLS versions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+
+use portcullis_runtime::pki::{GuidePki, KeyKind};
+use rustls::{AlertDescription, ClientConfig, ProtocolVersion};
+use support::backends::echo;
+use support::*;
+
+fn gateway() -> (Gateway, u16, GuidePki) {
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let port = free_port();
+    let docs = vec![
+        GatewayYaml::new()
+            .listener(https("https", port, "server-cert"))
+            .yaml(),
+        route("all", &[], &rule_to("echo")),
+        server_secret("server-cert", &pki.server),
+        service("echo", echo()),
+    ];
+    (Gateway::start(desired(&docs)), port, pki)
+}
+
+fn with_alpn(protocols: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut config = (*any_server_client_config(None)).clone();
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+#[test]
+fn alpn_selects_http11_among_the_clients_offers() {
+    let (_gw, port, _) = gateway();
+    let mut http = Http::connect(port, "example.com", &with_alpn(&[b"h2", b"http/1.1"])).unwrap();
+    assert_eq!(http.stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    assert_eq!(http.get("example.com", "/get").unwrap().status, 200);
+}
+
+#[test]
+fn a_client_without_alpn_gets_http11() {
+    let (_gw, port, _) = gateway();
+    let mut http = Http::connect(port, "example.com", &with_alpn(&[])).unwrap();
+    assert_eq!(http.stream.conn.alpn_protocol(), None);
+    assert_eq!(http.get("example.com", "/get").unwrap().status, 200);
+}
+
+#[test]
+fn a_client_offering_only_h2_is_refused_with_no_application_protocol() {
+    let (_gw, port, _) = gateway();
+    let refused = Http::connect(port, "example.com", &with_alpn(&[b"h2"]))
+        .and_then(|mut http| http.get("example.com", "/get"));
+    assert_eq!(
+        expect_alert(refused),
+        AlertDescription::NoApplicationProtocol
+    );
+}
+
+#[test]
+fn tls13_is_preferred_and_tls12_is_served() {
+    let (_gw, port, pki) = gateway();
+    let modern = connect(port, "example.com", &any_server_client_config(None)).unwrap();
+    assert_eq!(
+        modern.conn.protocol_version(),
+        Some(ProtocolVersion::TLSv1_3)
+    );
+
+    let mut legacy = Http::connect(
+        port,
+        "example.com",
+        &client_config_tls12(&pki.ca.pem.cert, None),
+    )
+    .unwrap();
+    assert_eq!(
+        legacy.stream.conn.protocol_version(),
+        Some(ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(legacy.get("example.com", "/get").unwrap().status, 200);
+}

@@ -121,8 +121,9 @@ pub fn load(path: &Path) -> Result<LoadedManifests, ManifestError> {
     Ok(loaded)
 }
 
-/// The manifest files directly in `dir`, sorted by name.
-fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The manifest files directly in `dir` (`.yaml`, `.yml`, `.json`), sorted by name: what
+/// [`load`] reads, and what a watcher of the folder should look at.
+pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();

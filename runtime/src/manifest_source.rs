@@ -73,23 +73,21 @@ impl ManifestSource {
     }
 }
 
+/// Stamps of the files [`manifests::load`] would read (other files, such as a log written
+/// next to the manifests, never trigger a reload).
 fn stamp_dir(dir: &Path) -> Vec<FileStamp> {
     use std::os::unix::fs::MetadataExt;
-    let mut stamps: Vec<FileStamp> = std::fs::read_dir(dir)
+    manifests::manifest_files(dir)
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let path = entry.path();
+        .filter_map(|path| {
             let meta = std::fs::metadata(&path).ok()?;
-            meta.is_file().then(|| FileStamp {
+            Some(FileStamp {
                 len: meta.len(),
                 modified: meta.modified().ok(),
                 inode: meta.ino(),
                 path,
             })
         })
-        .collect();
-    stamps.sort_by(|a, b| a.path.cmp(&b.path));
-    stamps
+        .collect()
 }

@@ -357,6 +357,8 @@ impl ShardPort {
 struct PortSlot {
     current: RefCell<Rc<ShardPort>>,
     stop: RefCell<Option<Canceller>>,
+    /// The accept loop; it owns the listening socket.
+    accepting: RefCell<Option<monoio::task::JoinHandle<()>>>,
 }
 
 async fn shard_main(
@@ -404,9 +406,21 @@ async fn shard_main(
             }
         }
     };
-    for (_, slot) in ports.drain() {
-        stop_accepting(&slot);
+    // Close every listening socket before anything else: with io_uring, a socket whose accept
+    // is still in flight stays open (and keeps taking connections) until that accept is
+    // cancelled, and a runtime dropped with the close still queued would leak it.
+    let slots: Vec<Rc<PortSlot>> = ports.drain().map(|(_, slot)| slot).collect();
+    for slot in &slots {
+        stop_accepting(slot);
     }
+    for slot in &slots {
+        let accepting = slot.accepting.borrow_mut().take();
+        if let Some(accepting) = accepting {
+            accepting.await;
+        }
+    }
+    // Let the driver submit the queued closes.
+    monoio::time::sleep(Duration::ZERO).await;
     ctx.draining.fire();
     if let Some(deadline) = drain_deadline {
         while ctx.open_connections.get() > 0 && Instant::now() < deadline {
@@ -445,14 +459,16 @@ fn apply_snapshot(
                     let slot = Rc::new(PortSlot {
                         current: RefCell::new(port),
                         stop: RefCell::new(None),
+                        accepting: RefCell::new(None),
                     });
-                    monoio::spawn(accept_loop(
+                    let accepting = monoio::spawn(accept_loop(
                         listener,
                         canceller.handle(),
                         Rc::clone(&slot),
                         Rc::clone(ctx),
                     ));
                     *slot.stop.borrow_mut() = Some(canceller);
+                    *slot.accepting.borrow_mut() = Some(accepting);
                     ports.insert(compiled.port, slot);
                     if ctx.index == 0 {
                         info!(port = compiled.port, "listening");

@@ -310,7 +310,7 @@ fn resolve_endpoints(
         else {
             continue;
         };
-        for endpoint in &slice.endpoints {
+        for endpoint in slice.endpoints.iter().flatten() {
             let ready = endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(false);
             if !ready {
                 continue;

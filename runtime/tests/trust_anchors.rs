@@ -11,7 +11,10 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use portcullis_runtime::pki::{Authority, CertKeyPem, KeyKind};
-use rcgen::SerialNumber;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SerialNumber,
+};
 use rustls::{AlertDescription, ClientConfig};
 use support::backends::echo;
 use support::*;
@@ -262,4 +265,72 @@ fn a_fallback_port_whose_ca_refs_are_all_invalid_fails_closed_too() {
     assert_eq!(expect_alert(refused), AlertDescription::CertificateRequired);
     let anonymous = get_as(&server, healthy, None).unwrap();
     assert_eq!(anonymous.status, 200, "the fallback port still serves");
+}
+
+/// A root CA, an intermediate CA under it, and a client leaf issued by the intermediate.
+struct Chain {
+    root_pem: String,
+    intermediate_pem: String,
+    /// The leaf alone.
+    leaf: CertKeyPem,
+}
+
+fn chain() -> Chain {
+    let ca_params = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca_params("Root CA");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root_params, root_key);
+    let intermediate_key = KeyPair::generate().unwrap();
+    let intermediate_params = ca_params("Intermediate CA");
+    let intermediate = intermediate_params
+        .signed_by(&intermediate_key, &root_issuer)
+        .unwrap();
+    let intermediate_issuer = Issuer::new(intermediate_params, intermediate_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["client.example.com".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &intermediate_issuer)
+        .unwrap();
+    Chain {
+        root_pem: root.pem(),
+        intermediate_pem: intermediate.pem(),
+        leaf: CertKeyPem {
+            cert: leaf.pem(),
+            key: leaf_key.serialize_pem(),
+        },
+    }
+}
+
+#[test]
+fn a_client_sending_its_intermediate_verifies_against_the_root() {
+    let server = server();
+    let chain = chain();
+    let port = free_port();
+    let gateway = GatewayYaml::new()
+        .default_validation(valid_only(&["root"]))
+        .listener(https("https", port, "server-cert"));
+    let _gw = Gateway::start(desired(&docs(
+        &server,
+        gateway,
+        vec![ca_config_map("root", &chain.root_pem)],
+    )));
+
+    let with_intermediate = CertKeyPem {
+        cert: format!("{}{}", chain.leaf.cert, chain.intermediate_pem),
+        key: chain.leaf.key.clone(),
+    };
+    let ok = get_as(&server, port, Some(&with_intermediate)).unwrap();
+    assert_eq!(ok.status, 200);
+    assert!(ok.echoed_header("x-forwarded-client-cert").is_some());
+
+    // Without the intermediate there is no path to the root.
+    let refused = get_as(&server, port, Some(&chain.leaf));
+    assert_eq!(expect_alert(refused), AlertDescription::UnknownCA);
 }

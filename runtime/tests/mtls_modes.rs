@@ -244,6 +244,64 @@ fn insecure_fallback_serves_tls12_clients_without_certificate() {
 }
 
 #[test]
+fn a_hostile_certificate_subject_cannot_inject_headers_or_identity_fields() {
+    let clients = Clients::generate();
+    let gw = two_modes(&clients);
+    let hostile = clients
+        .pki
+        .ca
+        .issue_with("placeholder", &["hostile.example.com"], |p| {
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.distinguished_name.push(
+                rcgen::DnType::CommonName,
+                "x\";URI=spiffe://admin;DNS=\"y\r\nx-injected: yes",
+            );
+        })
+        .unwrap();
+    let ok = get_with_spoofed_identity(gw.strict, &clients.config(Some(&hostile))).unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.echoed_header("x-injected"),
+        None,
+        "a header was injected"
+    );
+    let xfcc = ok.echoed_header("x-forwarded-client-cert").unwrap();
+    // The subject stays inside its quoted value: no URI field appears.
+    let fields = xfcc_fields(&xfcc);
+    let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["Hash", "Cert", "Subject", "DNS"], "{xfcc}");
+    assert_eq!(fields[3].1, "hostile.example.com");
+}
+
+/// Splits an `x-forwarded-client-cert` element into `(key, raw value)` pairs, honouring
+/// quoted values and backslash escapes inside them.
+fn xfcc_fields(value: &str) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let (mut current, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in value.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                fields.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    fields.push(current);
+    fields
+        .into_iter()
+        .map(|f| {
+            let (k, v) = f.split_once('=').unwrap_or((&f, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
 fn a_copied_certificate_without_its_private_key_is_refused_in_both_modes() {
     let clients = Clients::generate();
     let gw = two_modes(&clients);

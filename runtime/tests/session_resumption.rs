@@ -195,3 +195,59 @@ fn sessions_resume_whichever_shard_takes_the_connection() {
         assert!(resumes(f.ports.0, &client));
     }
 }
+
+#[test]
+fn a_session_whose_certificate_expired_since_resumes_without_its_identity_or_not_at_all() {
+    let f = Fixture::new();
+    let (strict, fallback) = f.ports;
+    let _gw = Gateway::start(desired(&[
+        GatewayYaml::new()
+            .default_validation(valid_only(&["ca"]))
+            .per_port(fallback, insecure_fallback(&["ca"]))
+            .listener(https("strict", strict, "server-cert"))
+            .listener(https("fallback", fallback, "server-cert"))
+            .yaml(),
+        route("echo", &["example.com"], &rule_to("echo")),
+        server_secret("server-cert", &f.pki.server),
+        ca_config_map("ca", &f.pki.ca.pem.cert),
+        service("echo", f.echo),
+    ]));
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let short_lived = f
+        .pki
+        .ca
+        .issue_with("short-lived", &["short-lived.example.com"], |p| {
+            p.not_after = expires;
+        })
+        .unwrap();
+    // One client (one session cache) per port.
+    let to_strict = client_config(&f.pki.ca.pem.cert, Some(&short_lived));
+    let to_fallback = client_config(&f.pki.ca.pem.cert, Some(&short_lived));
+    for (port, client) in [(strict, &to_strict), (fallback, &to_fallback)] {
+        let (resumed, response) = visit(port, client).unwrap();
+        assert!(!resumed);
+        assert!(response.echoed_header("x-forwarded-client-cert").is_some());
+    }
+    // Not a timing assertion: the precondition is a certificate that has expired.
+    wait_until("the client certificate expires", || {
+        time::OffsetDateTime::now_utc() > expires + time::Duration::seconds(1)
+    });
+
+    // AllowValidOnly: the resumed session is closed before any HTTP exchange (close_notify:
+    // rustls cannot send an alert once the resumed handshake completed).
+    match visit(strict, &to_strict) {
+        Ok((resumed, response)) => panic!(
+            "served an expired certificate's session (resumed: {resumed}): {}",
+            response.status
+        ),
+        Err(e) => assert!(
+            alert_of(&e).is_some() || e.kind() == io::ErrorKind::UnexpectedEof,
+            "{e}"
+        ),
+    }
+    // AllowInsecureFallback: served, the expired certificate no longer an identity.
+    let (resumed, response) = visit(fallback, &to_fallback).unwrap();
+    assert!(resumed);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.echoed_header("x-forwarded-client-cert"), None);
+}

@@ -6,8 +6,11 @@
 //! - [`translate`]: the pure translation, objects in, [`portcullis_core::desired::DesiredConfig`]
 //!   and Gateway API statuses out.
 //! - [`check`]: the `portcullis check` command.
+//! - [`kube`]: Kubernetes mode (the only module using kube-rs): watchers, the controller
+//!   (`portcullis controller`), and the data plane's watcher (`portcullis serve --kube`).
 
 pub mod check;
+pub mod kube;
 pub mod manifests;
 pub mod store;
 pub mod translate;

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod drain;
 pub mod echo;
 pub mod http;
+pub mod kube_source;
 pub mod limits;
 pub mod logging;
 pub mod manifest_source;

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use portcullis_core::desired::ObjectRef;
 use portcullis_runtime::admin::DEFAULT_ADMIN_ADDRESS;
 use portcullis_runtime::demo::{DemoFolder, GUIDE_GATEWAY_CLASS};
+use portcullis_runtime::kube_source::KubeSource;
 use portcullis_runtime::limits::{Limits, parse_duration};
 use portcullis_runtime::logging::{self, LogFormat};
 use portcullis_runtime::manifest_source::ManifestSource;
@@ -42,16 +44,29 @@ enum Command {
         #[arg(long = "gateway-class")]
         gateway_class: Option<String>,
     },
-    /// Serve the Gateways of a folder of manifests; the folder is watched for changes.
+    /// Serve the Gateways of a folder of manifests (watched for changes), or with `--kube` one
+    /// Gateway from the API server.
     Serve {
         /// Folder of `.yaml`/`.yml`/`.json` manifests, read as `kubectl apply -f DIR` would.
-        #[arg(long)]
-        manifests: PathBuf,
+        #[arg(long, required_unless_present = "kube")]
+        manifests: Option<PathBuf>,
         /// Also serve Gateways of this `gatewayClassName`, with or without a GatewayClass object.
-        #[arg(long = "gateway-class")]
+        #[arg(long = "gateway-class", conflicts_with = "kube")]
         gateway_class: Option<String>,
+        /// Take the configuration from the API server (kubeconfig or in-cluster config).
+        #[arg(long, requires = "gateway", conflicts_with = "manifests")]
+        kube: bool,
+        /// With `--kube`: the Gateway to serve, `NAMESPACE/NAME`.
+        #[arg(long, requires = "kube", value_parser = parse_gateway)]
+        gateway: Option<ObjectRef>,
         #[command(flatten)]
         data_plane: DataPlaneArgs,
+    },
+    /// Run the Kubernetes controller: statuses, and a data plane per Gateway of our classes.
+    Controller {
+        /// Configuration file, YAML or JSON (see docs/kubernetes-mode.md); defaults without.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run the user guide's mTLS gateway locally: certificates, manifests, an echo backend.
     Demo {
@@ -103,6 +118,18 @@ fn parse_admin(s: &str) -> Result<AdminAddress, String> {
         .map_err(|e| format!("{s:?}: {e} (use ADDRESS:PORT or \"off\")"))
 }
 
+/// `NAMESPACE/NAME`.
+fn parse_gateway(s: &str) -> Result<ObjectRef, String> {
+    match s.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(ObjectRef::new(namespace, name))
+        }
+        _ => Err(format!("{s:?}: expected NAMESPACE/NAME")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -123,13 +150,32 @@ fn main() -> ExitCode {
         Command::Serve {
             manifests,
             gateway_class,
+            kube: _,
+            gateway,
             data_plane,
         } => {
             logging::init(cli.log_format);
-            serve::serve_manifests(
-                ManifestSource::new(manifests, gateway_class),
-                data_plane.into_options(),
-            )
+            match (gateway, manifests) {
+                (Some(gateway), _) => match KubeSource::connect(gateway) {
+                    Ok(source) => serve::serve(source, data_plane.into_options()),
+                    Err(e) => {
+                        error!(error = %e, "cannot watch the API server");
+                        ExitCode::FAILURE
+                    }
+                },
+                (None, Some(manifests)) => serve::serve_manifests(
+                    ManifestSource::new(manifests, gateway_class),
+                    data_plane.into_options(),
+                ),
+                // clap requires one of the two.
+                (None, None) => ExitCode::from(2),
+            }
+        }
+        Command::Controller { config } => {
+            logging::init(cli.log_format);
+            ExitCode::from(portcullis_controller_shim::kube::controller::main(
+                config.as_deref(),
+            ))
         }
         Command::Demo { dir, data_plane } => {
             logging::init(cli.log_format);

@@ -1,5 +1,6 @@
-//! Running the data plane from a folder of manifests: the control loop on the calling thread,
-//! shards on their own, the admin endpoint on another, and a graceful drain on SIGTERM/SIGINT.
+//! Running the data plane: the control loop on the calling thread, shards on their own, the
+//! admin endpoint on another, and a graceful drain on SIGTERM/SIGINT. One loop for every
+//! config source ([`ConfigSource`]): a folder of manifests, or the API server (`serve --kube`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -7,12 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use portcullis_core::desired::DesiredConfig;
 use tracing::{error, info};
 
 use crate::admin::{self, AdminContext, ControlState};
 use crate::manifest_source::{ManifestSource, POLL_INTERVAL};
 use crate::publish::Publisher;
 use crate::shard::{self, ShardOptions, Shards};
+
+/// How long the control loop waits for a config change before it checks for shutdown and
+/// ticket-key rotation again: the manifest folder's poll interval (a kube source answers as
+/// soon as a change arrives).
+const CONTROL_LOOP_WAIT: Duration = POLL_INTERVAL;
 
 /// Exit status after a second SIGTERM/SIGINT cut a drain short (as a shell reports SIGINT).
 const EXIT_INTERRUPTED: i32 = 130;
@@ -31,9 +38,74 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
 }
 
-/// Serves `source` until SIGTERM/SIGINT, then drains. The first load must succeed (there is
-/// no last good configuration to fall back to); later broken edits keep the last good one.
-pub fn serve_manifests(mut source: ManifestSource, options: ServeOptions) -> ExitCode {
+/// What the control loop heard from its config source.
+#[derive(Debug)]
+pub enum SourceUpdate {
+    /// Nothing changed.
+    Unchanged,
+    /// A new desired config.
+    Changed(DesiredConfig),
+    /// A change that cannot be applied (already logged); the last good config stays.
+    Rejected,
+    /// The source stopped for good (already logged): serving stale config forever would hide
+    /// it, so the process drains and exits with a failure status.
+    Lost,
+}
+
+/// How waiting for the first configuration ended.
+#[derive(Debug, PartialEq)]
+pub enum Initial {
+    Config(DesiredConfig),
+    /// Shutdown was asked for while waiting.
+    Terminated,
+    /// Nothing to serve (already logged).
+    Unavailable,
+}
+
+/// Where the control loop takes its configuration from: a folder of manifests, or the API
+/// server (`serve --kube`).
+pub trait ConfigSource {
+    /// The first configuration; `terminate` turns true on SIGTERM/SIGINT.
+    fn initial(&mut self, terminate: &AtomicBool) -> Initial;
+
+    /// Waits at most `wait` for a change.
+    fn next_update(&mut self, wait: Duration) -> SourceUpdate;
+}
+
+/// File mode: the folder is polled every `wait`.
+impl ConfigSource for ManifestSource {
+    fn initial(&mut self, _terminate: &AtomicBool) -> Initial {
+        match self.poll() {
+            Some(Ok(desired)) => Initial::Config(desired),
+            _ => {
+                error!("the manifests could not be loaded; nothing to serve");
+                Initial::Unavailable
+            }
+        }
+    }
+
+    fn next_update(&mut self, wait: Duration) -> SourceUpdate {
+        std::thread::sleep(wait);
+        match self.poll() {
+            Some(Ok(desired)) => SourceUpdate::Changed(desired),
+            Some(Err(_)) => SourceUpdate::Rejected,
+            None => SourceUpdate::Unchanged,
+        }
+    }
+}
+
+/// Serves a folder of manifests (see [`serve`]).
+pub fn serve_manifests(source: ManifestSource, options: ServeOptions) -> ExitCode {
+    serve(source, options)
+}
+
+/// Exit status when the first configuration cannot be had.
+const EXIT_NOTHING_TO_SERVE: u8 = 2;
+
+/// Serves `source` until SIGTERM/SIGINT, then drains. The first configuration must be had
+/// (there is no last good configuration to fall back to); later broken changes keep the last
+/// good one.
+pub fn serve(mut source: impl ConfigSource, options: ServeOptions) -> ExitCode {
     let terminate = match install_signal_handlers() {
         Ok(flag) => flag,
         Err(e) => {
@@ -43,15 +115,13 @@ pub fn serve_manifests(mut source: ManifestSource, options: ServeOptions) -> Exi
     };
     let control = Arc::new(ControlState::default());
     let (mut publisher, snapshots) = Publisher::new();
-    match source.poll() {
-        Some(Ok(desired)) => {
+    match source.initial(&terminate) {
+        Initial::Config(desired) => {
             publisher.publish(desired);
             control.reloads_applied.fetch_add(1, Ordering::Relaxed);
         }
-        _ => {
-            error!("the manifests could not be loaded; nothing to serve");
-            return ExitCode::from(2);
-        }
+        Initial::Terminated => return ExitCode::SUCCESS,
+        Initial::Unavailable => return ExitCode::from(EXIT_NOTHING_TO_SERVE),
     }
     let cores = shard::cores_from_affinity(options.shard_count);
     info!(shards = cores.len(), "starting shards");
@@ -73,17 +143,21 @@ pub fn serve_manifests(mut source: ManifestSource, options: ServeOptions) -> Exi
             return ExitCode::FAILURE;
         }
     }
+    let mut lost = false;
     while !terminate.load(Ordering::Acquire) {
-        std::thread::sleep(POLL_INTERVAL);
-        match source.poll() {
-            Some(Ok(desired)) => {
+        match source.next_update(CONTROL_LOOP_WAIT) {
+            SourceUpdate::Changed(desired) => {
                 publisher.publish(desired);
                 control.reloads_applied.fetch_add(1, Ordering::Relaxed);
             }
-            Some(Err(_)) => {
+            SourceUpdate::Rejected => {
                 control.reloads_rejected.fetch_add(1, Ordering::Relaxed);
             }
-            None => {}
+            SourceUpdate::Unchanged => {}
+            SourceUpdate::Lost => {
+                lost = true;
+                break;
+            }
         }
         publisher.rotate_ticket_keys_if_due();
     }
@@ -95,7 +169,11 @@ pub fn serve_manifests(mut source: ManifestSource, options: ServeOptions) -> Exi
     shards.handles.drain(options.drain_timeout);
     shards.join();
     info!("drained; exiting");
-    ExitCode::SUCCESS
+    if lost {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// The first SIGTERM or SIGINT sets the returned flag; a second one exits at once.

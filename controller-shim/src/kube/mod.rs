@@ -1,0 +1,53 @@
+//! Kubernetes mode: the only module that talks to an API server (kube-rs).
+//!
+//! - [`watch`]: watchers for every kind translation reads, feeding an [`crate::ObjectStore`];
+//!   bursts of events are batched before the (pure) translation runs again.
+//! - [`dataplane`]: `portcullis serve --kube --gateway NS/NAME`: one Gateway's desired config,
+//!   handed to the data plane's control loop over a channel. Writes nothing.
+//! - [`controller`]: `portcullis controller`: leader election, status, provisioning.
+//! - [`lease`]: the coordination.k8s.io/v1 Lease lock behind the election.
+//! - [`status`]: merges translated statuses with the live objects and writes what changed
+//!   with server-side apply.
+//! - [`provision`]: the ServiceAccount, Deployment, Service and ClusterRoleBinding of each
+//!   Gateway.
+//! - [`config`]: the controller's configuration file (`--config FILE`).
+//!
+//! Everything above the API calls is plain data and plain functions, tested without a server;
+//! the end-to-end tests against a real API server live in `runtime/tests/kube_e2e.rs`.
+
+pub mod config;
+pub mod controller;
+pub mod dataplane;
+pub mod lease;
+pub mod provision;
+pub mod status;
+pub mod watch;
+
+mod admin;
+mod backoff;
+
+use thiserror::Error;
+
+/// The field manager of every write (server-side apply and updates).
+pub const FIELD_MANAGER: &str = "portcullis";
+
+/// Errors of Kubernetes mode that end a command.
+#[derive(Debug, Error)]
+pub enum KubeError {
+    #[error("cannot build a Kubernetes client (KUBECONFIG, ~/.kube/config or in-cluster): {0}")]
+    Client(#[source] ::kube::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot start the admin endpoint on {address}: {source}")]
+    Admin {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("the watcher thread stopped before it started")]
+    WatcherGone,
+}

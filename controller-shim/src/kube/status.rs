@@ -1,0 +1,728 @@
+//! Status writing: the translated statuses, merged with the live objects, written with
+//! server-side apply (field manager [`super::FIELD_MANAGER`]) only when they differ.
+//!
+//! Translation is pure and stamps every condition with the same `now`; here:
+//! - a condition whose `status` did not change keeps the live `lastTransitionTime`;
+//! - nothing is written when the merged status equals the live one in every field we write,
+//!   so status converges and then stays put (no write loops);
+//! - HTTPRoute `status.parents` is an atomic list in the CRD (not a map), so server-side apply
+//!   would replace other controllers' entries: the list written is the live list with only
+//!   our controller's entries replaced, sent with the live `resourceVersion` so that a
+//!   concurrent write by another controller makes ours fail (409) and be redone from fresh
+//!   data rather than lose theirs. Our entries on routes that no longer reference one of our
+//!   Gateways are removed;
+//! - our own write reaches the watch cache a moment later: until the object's
+//!   `resourceVersion` moves, the status we wrote stands in for the live one, so a
+//!   translation in between neither rewrites it nor restamps its transition times.
+//!
+//! [`plan_status_writes`] is the plain-data part; [`StatusWriter::write`] does the calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ::kube::Client;
+use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
+use gateway_api::experimental::gateways::{GatewayStatus, GatewayStatusListeners};
+use gateway_api::experimental::httproutes::{HttpRouteStatus, HttpRouteStatusParents};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use portcullis_core::desired::ObjectRef;
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::FIELD_MANAGER;
+use super::lease::{Leadership, is_leader};
+use crate::store::{ObjectKey, ObjectKind, ObjectStore};
+use crate::translate::{Translation, types};
+
+/// Condition types this controller writes on each object, so may remove again.
+const GATEWAY_CLASS_CONDITIONS: [&str; 1] = [types::ACCEPTED];
+const GATEWAY_CONDITIONS: [&str; 3] = [
+    types::ACCEPTED,
+    types::PROGRAMMED,
+    types::INSECURE_FRONTEND_VALIDATION_MODE,
+];
+const LISTENER_CONDITIONS: [&str; 4] = [
+    types::ACCEPTED,
+    types::PROGRAMMED,
+    types::RESOLVED_REFS,
+    types::CONFLICTED,
+];
+const ROUTE_CONDITIONS: [&str; 2] = [types::ACCEPTED, types::RESOLVED_REFS];
+
+/// A status as written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusBody {
+    GatewayClass(GatewayClassStatus),
+    Gateway(GatewayStatus),
+    HttpRoute(HttpRouteStatus),
+}
+
+/// One status to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusWrite {
+    pub target: ObjectKey,
+    /// The live object's `resourceVersion` the status was computed from.
+    pub resource_version: Option<String>,
+    pub status: StatusBody,
+}
+
+/// What this writer wrote and has not yet seen come back through the watch: by object, the
+/// `resourceVersion` it was computed from and the status written.
+pub type WrittenMemo = BTreeMap<ObjectKey, (Option<String>, StatusBody)>;
+
+/// Keeps `lastTransitionTime` of every desired condition whose type is live with the same
+/// `status`.
+pub fn keep_transition_times(desired: &mut [Condition], live: &[Condition]) {
+    for condition in desired {
+        if let Some(previous) = live.iter().find(|c| c.type_ == condition.type_)
+            && previous.status == condition.status
+        {
+            condition.last_transition_time = previous.last_transition_time.clone();
+        }
+    }
+}
+
+/// Whether `live` differs from `desired` in a condition we write: one of `desired`, or one of
+/// `managed` that `desired` no longer has. Order does not matter (a list-map keyed by type).
+fn conditions_differ(desired: &[Condition], live: &[Condition], managed: &[&str]) -> bool {
+    let relevant = |c: &&Condition| {
+        managed.contains(&c.type_.as_str()) || desired.iter().any(|d| d.type_ == c.type_)
+    };
+    let live: BTreeMap<&str, &Condition> = live
+        .iter()
+        .filter(relevant)
+        .map(|c| (c.type_.as_str(), c))
+        .collect();
+    let desired_map: BTreeMap<&str, &Condition> =
+        desired.iter().map(|c| (c.type_.as_str(), c)).collect();
+    live != desired_map
+}
+
+pub fn merge_gateway_class_status(desired: &mut GatewayClassStatus, live: &GatewayClassStatus) {
+    if let Some(conditions) = desired.conditions.as_mut() {
+        keep_transition_times(conditions, live.conditions.as_deref().unwrap_or_default());
+    }
+}
+
+pub fn gateway_class_status_differs(
+    desired: &GatewayClassStatus,
+    live: &GatewayClassStatus,
+) -> bool {
+    conditions_differ(
+        desired.conditions.as_deref().unwrap_or_default(),
+        live.conditions.as_deref().unwrap_or_default(),
+        &GATEWAY_CLASS_CONDITIONS,
+    )
+}
+
+pub fn merge_gateway_status(desired: &mut GatewayStatus, live: &GatewayStatus) {
+    if let Some(conditions) = desired.conditions.as_mut() {
+        keep_transition_times(conditions, live.conditions.as_deref().unwrap_or_default());
+    }
+    let live_listeners = live.listeners.as_deref().unwrap_or_default();
+    for listener in desired.listeners.iter_mut().flatten() {
+        if let Some(previous) = live_listeners.iter().find(|l| l.name == listener.name) {
+            keep_transition_times(&mut listener.conditions, &previous.conditions);
+        }
+    }
+}
+
+pub fn gateway_status_differs(desired: &GatewayStatus, live: &GatewayStatus) -> bool {
+    if conditions_differ(
+        desired.conditions.as_deref().unwrap_or_default(),
+        live.conditions.as_deref().unwrap_or_default(),
+        &GATEWAY_CONDITIONS,
+    ) {
+        return true;
+    }
+    if desired.addresses.as_deref().unwrap_or_default()
+        != live.addresses.as_deref().unwrap_or_default()
+    {
+        return true;
+    }
+    let by_name =
+        |listeners: &[GatewayStatusListeners]| -> BTreeMap<String, GatewayStatusListeners> {
+            listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.clone()))
+                .collect()
+        };
+    let desired_listeners = by_name(desired.listeners.as_deref().unwrap_or_default());
+    let live_listeners = by_name(live.listeners.as_deref().unwrap_or_default());
+    if desired_listeners.len() != live_listeners.len() {
+        return true;
+    }
+    desired_listeners.iter().any(|(name, want)| {
+        live_listeners.get(name).is_none_or(|have| {
+            want.attached_routes != have.attached_routes
+                || want.supported_kinds != have.supported_kinds
+                || conditions_differ(&want.conditions, &have.conditions, &LISTENER_CONDITIONS)
+        })
+    })
+}
+
+/// The `status.parents` to write on a route: the live list with our controller's entries
+/// replaced by `ours` (transition times kept); `None` when that changes nothing.
+pub fn route_parents_to_write(
+    ours: &[HttpRouteStatusParents],
+    live: &[HttpRouteStatusParents],
+    controller_name: &str,
+) -> Option<Vec<HttpRouteStatusParents>> {
+    let live_ours: Vec<&HttpRouteStatusParents> = live
+        .iter()
+        .filter(|p| p.controller_name == controller_name)
+        .collect();
+    let mut merged: Vec<HttpRouteStatusParents> = ours.to_vec();
+    for parent in &mut merged {
+        if let Some(previous) = live_ours.iter().find(|p| p.parent_ref == parent.parent_ref) {
+            keep_transition_times(&mut parent.conditions, &previous.conditions);
+        }
+    }
+    let unchanged = merged.len() == live_ours.len()
+        && merged.iter().all(|want| {
+            live_ours.iter().any(|have| {
+                have.parent_ref == want.parent_ref
+                    && !conditions_differ(&want.conditions, &have.conditions, &ROUTE_CONDITIONS)
+            })
+        });
+    if unchanged {
+        return None;
+    }
+    let mut parents: Vec<HttpRouteStatusParents> = live
+        .iter()
+        .filter(|p| p.controller_name != controller_name)
+        .cloned()
+        .collect();
+    parents.extend(merged);
+    Some(parents)
+}
+
+/// The live status to merge with and compare against: what we wrote, while the watch has
+/// not delivered a newer version of the object; else the object's own.
+fn effective<'a, T>(
+    memo: &'a WrittenMemo,
+    key: &ObjectKey,
+    resource_version: &Option<String>,
+    live: &'a T,
+    pick: impl Fn(&'a StatusBody) -> Option<&'a T>,
+) -> &'a T {
+    match memo.get(key) {
+        Some((written_from, body)) if written_from == resource_version => {
+            pick(body).unwrap_or(live)
+        }
+        _ => live,
+    }
+}
+
+/// Every status write needed to bring the live objects of `store` to `translation`.
+pub fn plan_status_writes(
+    store: &ObjectStore,
+    translation: &Translation,
+    controller_name: &str,
+    memo: &WrittenMemo,
+) -> Vec<StatusWrite> {
+    let mut writes = Vec::new();
+    let empty_class = GatewayClassStatus::default();
+    for (name, desired) in &translation.gateway_class_statuses {
+        let Some(class) = store.gateway_classes.get(name) else {
+            continue;
+        };
+        let key = ObjectKey {
+            kind: ObjectKind::GatewayClass,
+            object: ObjectRef::new("", name.as_str()),
+        };
+        let version = class.metadata.resource_version.clone();
+        let live = effective(
+            memo,
+            &key,
+            &version,
+            class.status.as_ref().unwrap_or(&empty_class),
+            |b| match b {
+                StatusBody::GatewayClass(s) => Some(s),
+                _ => None,
+            },
+        );
+        let mut merged = desired.clone();
+        merge_gateway_class_status(&mut merged, live);
+        if gateway_class_status_differs(&merged, live) {
+            writes.push(StatusWrite {
+                target: key,
+                resource_version: version,
+                status: StatusBody::GatewayClass(merged),
+            });
+        }
+    }
+    let empty_gateway = GatewayStatus::default();
+    for (at, desired) in &translation.gateway_statuses {
+        let Some(gateway) = store.gateways.get(at) else {
+            continue;
+        };
+        let key = ObjectKey {
+            kind: ObjectKind::Gateway,
+            object: at.clone(),
+        };
+        let version = gateway.metadata.resource_version.clone();
+        let live = effective(
+            memo,
+            &key,
+            &version,
+            gateway.status.as_ref().unwrap_or(&empty_gateway),
+            |b| match b {
+                StatusBody::Gateway(s) => Some(s),
+                _ => None,
+            },
+        );
+        let mut merged = desired.clone();
+        merge_gateway_status(&mut merged, live);
+        if gateway_status_differs(&merged, live) {
+            writes.push(StatusWrite {
+                target: key,
+                resource_version: version,
+                status: StatusBody::Gateway(merged),
+            });
+        }
+    }
+    let desired_routes: BTreeMap<&ObjectRef, &HttpRouteStatus> = translation
+        .route_statuses
+        .iter()
+        .map(|(k, s)| (k, s))
+        .collect();
+    let empty_route = HttpRouteStatus::default();
+    for (at, route) in &store.http_routes {
+        let key = ObjectKey {
+            kind: ObjectKind::HttpRoute,
+            object: at.clone(),
+        };
+        let version = route.metadata.resource_version.clone();
+        let live = effective(
+            memo,
+            &key,
+            &version,
+            route.status.as_ref().unwrap_or(&empty_route),
+            |b| match b {
+                StatusBody::HttpRoute(s) => Some(s),
+                _ => None,
+            },
+        );
+        // A route that no longer references one of our Gateways loses our entries.
+        let ours = desired_routes
+            .get(at)
+            .map(|s| s.parents.as_slice())
+            .unwrap_or_default();
+        if let Some(parents) = route_parents_to_write(ours, &live.parents, controller_name) {
+            writes.push(StatusWrite {
+                target: key,
+                resource_version: version,
+                status: StatusBody::HttpRoute(HttpRouteStatus { parents }),
+            });
+        }
+    }
+    writes
+}
+
+/// Counts of one round of writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    pub written: usize,
+    pub failed: usize,
+}
+
+/// Writes statuses; remembers what it wrote (see the module documentation).
+#[derive(Debug, Default)]
+pub struct StatusWriter {
+    memo: WrittenMemo,
+}
+
+impl StatusWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Plans and performs the writes; stops early if leadership ends.
+    pub async fn write(
+        &mut self,
+        client: &Client,
+        resources: &BTreeMap<ObjectKind, ApiResource>,
+        store: &ObjectStore,
+        translation: &Translation,
+        controller_name: &str,
+        leadership: &Leadership,
+    ) -> WriteReport {
+        self.forget_gone(store);
+        let mut report = WriteReport::default();
+        for write in plan_status_writes(store, translation, controller_name, &self.memo) {
+            if !is_leader(leadership) {
+                break;
+            }
+            let Some(resource) = resources.get(&write.target.kind) else {
+                continue;
+            };
+            match apply_status(client, resource, &write).await {
+                Ok(()) => {
+                    info!(object = %write.target, "status written");
+                    report.written += 1;
+                    self.memo.insert(
+                        write.target.clone(),
+                        (write.resource_version.clone(), write.status.clone()),
+                    );
+                }
+                Err(::kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
+                    // Changed or deleted since it was read: the watch brings the new version
+                    // and the next round writes from it.
+                    debug!(object = %write.target, reason = %status.message, "status write raced; redone from fresh data");
+                    report.failed += 1;
+                }
+                Err(e) => {
+                    warn!(object = %write.target, error = %e, "cannot write status");
+                    report.failed += 1;
+                }
+            }
+        }
+        report
+    }
+
+    fn forget_gone(&mut self, store: &ObjectStore) {
+        let present: BTreeSet<ObjectKey> = self
+            .memo
+            .keys()
+            .filter(|key| match key.kind {
+                ObjectKind::GatewayClass => store.gateway_classes.contains_key(&key.object.name),
+                ObjectKind::Gateway => store.gateways.contains_key(&key.object),
+                ObjectKind::HttpRoute => store.http_routes.contains_key(&key.object),
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        self.memo.retain(|key, _| present.contains(key));
+    }
+}
+
+/// The server-side apply body of one status write.
+pub fn status_apply_body(
+    resource: &ApiResource,
+    write: &StatusWrite,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let status = match &write.status {
+        StatusBody::GatewayClass(s) => serde_json::to_value(s)?,
+        StatusBody::Gateway(s) => serde_json::to_value(s)?,
+        StatusBody::HttpRoute(s) => serde_json::to_value(s)?,
+    };
+    let mut metadata = json!({ "name": write.target.object.name });
+    if write.target.kind.is_namespaced() {
+        metadata["namespace"] = json!(write.target.object.namespace);
+    }
+    // Routes: the parents list is replaced whole, so it must be based on the latest version.
+    if write.target.kind == ObjectKind::HttpRoute
+        && let Some(version) = &write.resource_version
+    {
+        metadata["resourceVersion"] = json!(version);
+    }
+    Ok(json!({
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": metadata,
+        "status": status,
+    }))
+}
+
+async fn apply_status(
+    client: &Client,
+    resource: &ApiResource,
+    write: &StatusWrite,
+) -> Result<(), ::kube::Error> {
+    let body = status_apply_body(resource, write).map_err(::kube::Error::SerdeError)?;
+    let api: Api<DynamicObject> = if write.target.kind.is_namespaced() {
+        Api::namespaced_with(client.clone(), &write.target.object.namespace, resource)
+    } else {
+        Api::all_with(client.clone(), resource)
+    };
+    api.patch_status(
+        &write.target.object.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::{LoadedManifests, load_text};
+    use crate::translate::{TranslateOptions, translate};
+    use gateway_api::experimental::httproutes::HttpRouteStatusParentsParentRef;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+    use std::path::Path;
+
+    const OURS: &str = "portcullis.dev/gateway-controller";
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(second).unwrap())
+    }
+
+    fn condition(type_: &str, status: &str, reason: &str, second: i64) -> Condition {
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: at(second),
+        }
+    }
+
+    #[test]
+    fn transition_times_move_only_with_the_status() {
+        let live = vec![
+            condition("Accepted", "True", "Accepted", 100),
+            condition("Programmed", "False", "Invalid", 100),
+        ];
+        let mut desired = vec![
+            condition("Accepted", "True", "Accepted", 200),
+            condition("Programmed", "True", "Programmed", 200),
+            condition("ResolvedRefs", "True", "ResolvedRefs", 200),
+        ];
+        keep_transition_times(&mut desired, &live);
+        assert_eq!(desired[0].last_transition_time, at(100));
+        assert_eq!(desired[1].last_transition_time, at(200));
+        assert_eq!(desired[2].last_transition_time, at(200));
+    }
+
+    #[test]
+    fn condition_comparison_ignores_order_and_foreign_types_but_not_dropped_ones() {
+        let a = condition("Accepted", "True", "Accepted", 1);
+        let p = condition("Programmed", "True", "Programmed", 1);
+        let insecure = condition(
+            "InsecureFrontendValidationMode",
+            "True",
+            "ConfigurationChanged",
+            1,
+        );
+        let foreign = condition("example.com/Custom", "True", "Whatever", 1);
+        let desired = [a.clone(), p.clone()];
+        assert!(!conditions_differ(
+            &desired,
+            &[p.clone(), a.clone()],
+            &GATEWAY_CONDITIONS
+        ));
+        assert!(!conditions_differ(
+            &desired,
+            &[a.clone(), p.clone(), foreign],
+            &GATEWAY_CONDITIONS
+        ));
+        assert!(conditions_differ(
+            &desired,
+            &[a.clone(), p.clone(), insecure],
+            &GATEWAY_CONDITIONS
+        ));
+        assert!(conditions_differ(&desired, &[a], &GATEWAY_CONDITIONS));
+    }
+
+    fn parent(
+        controller: &str,
+        gateway: &str,
+        accepted: &str,
+        second: i64,
+    ) -> HttpRouteStatusParents {
+        HttpRouteStatusParents {
+            controller_name: controller.to_owned(),
+            parent_ref: HttpRouteStatusParentsParentRef {
+                name: gateway.to_owned(),
+                ..HttpRouteStatusParentsParentRef::default()
+            },
+            conditions: vec![condition("Accepted", accepted, "Accepted", second)],
+        }
+    }
+
+    #[test]
+    fn route_parents_of_other_controllers_are_kept() {
+        let theirs = parent("example.com/other", "theirs", "True", 50);
+        let live = vec![theirs.clone(), parent(OURS, "mine", "True", 100)];
+        // Same status, new stamp: nothing to write.
+        assert_eq!(
+            route_parents_to_write(&[parent(OURS, "mine", "True", 200)], &live, OURS),
+            None
+        );
+        // Our entry changes: theirs stays untouched, ours gets the new time.
+        let written =
+            route_parents_to_write(&[parent(OURS, "mine", "False", 200)], &live, OURS).unwrap();
+        assert_eq!(written.len(), 2);
+        assert_eq!(written[0], theirs);
+        assert_eq!(written[1].conditions[0].status, "False");
+        assert_eq!(written[1].conditions[0].last_transition_time, at(200));
+        // The route left our Gateways: our entry goes, theirs stays.
+        assert_eq!(
+            route_parents_to_write(&[], &live, OURS),
+            Some(vec![theirs.clone()])
+        );
+        assert_eq!(route_parents_to_write(&[], &[theirs], OURS), None);
+    }
+
+    const GUIDE: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis, resourceVersion: '1'}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: g, namespace: ns, resourceVersion: '2', generation: 1}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: ns, resourceVersion: '3', generation: 1}
+spec:
+  parentRefs: [{name: g}]
+  rules: [{}]
+";
+
+    fn store() -> ObjectStore {
+        let mut loaded = LoadedManifests::default();
+        load_text(Path::new("t.yaml"), GUIDE, false, &mut loaded).unwrap();
+        loaded.store
+    }
+
+    fn translation(store: &ObjectStore, second: i64) -> Translation {
+        translate(store, &TranslateOptions::new(at(second)))
+    }
+
+    /// Applies planned writes to the store as the API server would, with a new
+    /// resourceVersion.
+    fn apply_writes(store: &mut ObjectStore, writes: &[StatusWrite]) {
+        for write in writes {
+            let version = Some(format!(
+                "{}0",
+                write.resource_version.clone().unwrap_or_default()
+            ));
+            match &write.status {
+                StatusBody::GatewayClass(s) => {
+                    let class = store
+                        .gateway_classes
+                        .get_mut(&write.target.object.name)
+                        .unwrap();
+                    class.status = Some(s.clone());
+                    class.metadata.resource_version = version;
+                }
+                StatusBody::Gateway(s) => {
+                    let gateway = store.gateways.get_mut(&write.target.object).unwrap();
+                    gateway.status = Some(s.clone());
+                    gateway.metadata.resource_version = version;
+                }
+                StatusBody::HttpRoute(s) => {
+                    let route = store.http_routes.get_mut(&write.target.object).unwrap();
+                    route.status = Some(s.clone());
+                    route.metadata.resource_version = version;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_converge_and_stay_put() {
+        let mut store = store();
+        let memo = WrittenMemo::new();
+        let first = plan_status_writes(&store, &translation(&store, 100), OURS, &memo);
+        let kinds: Vec<ObjectKind> = first.iter().map(|w| w.target.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ObjectKind::GatewayClass,
+                ObjectKind::Gateway,
+                ObjectKind::HttpRoute
+            ]
+        );
+        apply_writes(&mut store, &first);
+        // Later translations stamp a later time; nothing changed, so nothing is written.
+        for second in [101, 500, 10_000] {
+            assert_eq!(
+                plan_status_writes(&store, &translation(&store, second), OURS, &memo),
+                Vec::new()
+            );
+        }
+    }
+
+    #[test]
+    fn a_write_not_yet_seen_by_the_watch_is_not_repeated() {
+        let store = store();
+        let mut memo = WrittenMemo::new();
+        let first = plan_status_writes(&store, &translation(&store, 100), OURS, &memo);
+        for write in &first {
+            memo.insert(
+                write.target.clone(),
+                (write.resource_version.clone(), write.status.clone()),
+            );
+        }
+        // The store still holds the old versions (the watch is behind).
+        assert_eq!(
+            plan_status_writes(&store, &translation(&store, 101), OURS, &memo),
+            Vec::new()
+        );
+    }
+
+    #[test]
+    fn a_real_change_keeps_unchanged_transition_times() {
+        let mut store = store();
+        let memo = WrittenMemo::new();
+        let first = plan_status_writes(&store, &translation(&store, 100), OURS, &memo);
+        apply_writes(&mut store, &first);
+        // The route now points at a listener that does not exist.
+        let route = store
+            .http_routes
+            .get_mut(&ObjectRef::new("ns", "r"))
+            .unwrap();
+        route.spec.parent_refs.as_mut().unwrap()[0].section_name = Some("nope".to_owned());
+        route.metadata.generation = Some(2);
+        let writes = plan_status_writes(&store, &translation(&store, 200), OURS, &memo);
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        let StatusBody::HttpRoute(route_status) = &writes[1].status else {
+            panic!("{writes:?}");
+        };
+        let accepted = &route_status.parents[0].conditions[0];
+        assert_eq!(
+            (
+                accepted.status.as_str(),
+                accepted.last_transition_time.clone()
+            ),
+            ("False", at(200))
+        );
+        let StatusBody::Gateway(gateway_status) = &writes[0].status else {
+            panic!("{writes:?}");
+        };
+        // attachedRoutes went to 0; the conditions did not flip, so their times stay.
+        let listener = &gateway_status.listeners.as_ref().unwrap()[0];
+        assert_eq!(listener.attached_routes, 0);
+        assert!(
+            listener
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time == at(100))
+        );
+    }
+
+    #[test]
+    fn apply_bodies_carry_type_identity_and_for_routes_the_version() {
+        let store = store();
+        let writes =
+            plan_status_writes(&store, &translation(&store, 100), OURS, &WrittenMemo::new());
+        let resource = |kind: &str| ApiResource {
+            group: "gateway.networking.k8s.io".to_owned(),
+            version: "v1".to_owned(),
+            api_version: "gateway.networking.k8s.io/v1".to_owned(),
+            kind: kind.to_owned(),
+            plural: String::new(),
+        };
+        let class = status_apply_body(&resource("GatewayClass"), &writes[0]).unwrap();
+        assert_eq!(class["metadata"], json!({"name": "portcullis"}));
+        let route = status_apply_body(&resource("HTTPRoute"), &writes[2]).unwrap();
+        assert_eq!(
+            route["metadata"],
+            json!({"name": "r", "namespace": "ns", "resourceVersion": "3"})
+        );
+        assert_eq!(route["kind"], "HTTPRoute");
+        assert_eq!(route["status"]["parents"][0]["controllerName"], OURS);
+    }
+}

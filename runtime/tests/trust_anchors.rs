@@ -204,6 +204,33 @@ fn a_per_port_entry_replaces_the_default_trust_instead_of_adding_to_it() {
     assert_eq!(expect_alert(refused), AlertDescription::UnknownCA);
 }
 
+#[test]
+fn a_per_port_entry_naming_an_http_port_is_unused() {
+    let server = server();
+    let good = ca("Good CA");
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let gateway = GatewayYaml::new()
+        .default_validation(valid_only(&["good"]))
+        .per_port(plain_port, valid_only(&["good"]))
+        .listener(https("https", tls_port, "server-cert"))
+        .listener(http("http", plain_port));
+    let _gw = Gateway::start(desired(&docs(
+        &server,
+        gateway,
+        vec![ca_config_map("good", &good.pem.cert)],
+    )));
+
+    let mut plain = Http::new(std::net::TcpStream::connect(("127.0.0.1", plain_port)).unwrap());
+    plain.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let response = plain.get("example.com", "/get").unwrap();
+    assert_eq!(
+        response.status, 200,
+        "plain HTTP is never asked for a certificate"
+    );
+    let refused = get_as(&server, tls_port, None);
+    assert_eq!(expect_alert(refused), AlertDescription::CertificateRequired);
+}
+
 /// The objects behind CA references that are all invalid: besides a missing ConfigMap and a
 /// missing Secret, a ConfigMap without `ca.crt` (other keys are ignored) and one whose PEM
 /// does not parse.

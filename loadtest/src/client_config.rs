@@ -18,10 +18,9 @@ use rustls::{
     SupportedProtocolVersion,
 };
 
-/// Sessions one thread's resumption store keeps (rustls' cache; tickets per server name are
-/// capped by rustls itself). Every handshake stores a fresh ticket, so the store never runs dry
-/// while the server issues them.
-const SESSION_CACHE_ENTRIES: usize = 1024;
+/// Server names one connection task's session store remembers: a task talks to one server
+/// name, so a handful is plenty (rustls keeps a few TLS 1.3 tickets per name).
+const SESSION_CACHE_ENTRIES: usize = 4;
 
 /// The ALPN protocol offered: the gateway speaks HTTP/1.1 only.
 const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -117,8 +116,8 @@ pub fn build(
     Ok(config)
 }
 
-/// A copy of `base` for one thread: with resumption, its own session store (no lock shared
-/// between threads), so tickets the server issued on this thread's connections resume them.
+/// A copy of `base` for one connection task: with resumption, its own session store (no lock
+/// shared with other tasks or threads), holding the tickets its previous connection received.
 pub fn with_resumption(base: &ClientConfig, resumption: bool) -> Arc<ClientConfig> {
     let mut config = base.clone();
     config.resumption = if resumption {

@@ -211,7 +211,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .unwrap_or_else(|| connect_host.to_owned());
     let host = cli.host.clone().unwrap_or_else(|| sni.clone());
     let server_name = client_config::server_name(&sni)?;
-    let base_config = client_config::build(
+    let base_config = Arc::new(client_config::build(
         &TlsFiles {
             cert: cli.cert.as_deref(),
             key: cli.key.as_deref(),
@@ -219,7 +219,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         },
         cli.kx,
         cli.tls_versions,
-    )?;
+    )?);
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let threads = cli.threads.unwrap_or(cores.len()).max(1);
@@ -249,6 +249,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         total_connections: connections,
         hold_for: if mode == Mode::Hold { duration } else { None },
         driver: cli.driver,
+        resumption: cli.resumption.0,
     });
     let budget = match mode {
         Mode::Hold => cli.idle,
@@ -273,7 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             connections: thread_connections,
             first_connection,
             budget: budget.map(|b| share(b, threads, i)),
-            config: client_config::with_resumption(&base_config, cli.resumption.0),
+            config: Arc::clone(&base_config),
             progress: p,
         };
         first_connection += thread_connections;

@@ -55,11 +55,8 @@ impl TlsClient {
             tx: Vec::new(),
             eof: false,
         };
+        client.flush().await?; // the ClientHello
         while client.tls.is_handshaking() {
-            client.flush().await?;
-            if !client.tls.is_handshaking() {
-                break;
-            }
             if !client.read_and_process().await? {
                 return Err(Failure::Closed);
             }
@@ -149,7 +146,11 @@ impl TlsClient {
             let _ = self.flush().await;
             return Err(Failure::Tls(error));
         }
-        self.flush().await?;
+        // While handshaking the server waits for our flight; once done, whatever rustls has
+        // queued (our last flight) leaves with the next request, in the same write.
+        if self.tls.is_handshaking() {
+            self.flush().await?;
+        }
         Ok(true)
     }
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
-use crate::http;
 use crate::stats::{Failure, Progress, Stats};
 use crate::tls::TlsClient;
+use crate::{client_config, http};
 
 /// io_uring submission queue entries per thread: room for one operation per connection of a
 /// large run (hold mode opens thousands) without the queue filling.
@@ -74,6 +74,8 @@ pub struct Plan {
     /// Hold mode: how long to keep the connections (`None`: until killed).
     pub hold_for: Option<Duration>,
     pub driver: DriverChoice,
+    /// Resume sessions with the server's tickets.
+    pub resumption: bool,
 }
 
 /// One thread's share.
@@ -85,6 +87,8 @@ pub struct ThreadPlan {
     pub first_connection: usize,
     /// Requests to record (count runs), or connections to hold (hold mode).
     pub budget: Option<u64>,
+    /// The shared client config; each connection task makes its own copy with its own session
+    /// store.
     pub config: Arc<ClientConfig>,
     pub progress: Arc<Progress>,
 }
@@ -201,14 +205,19 @@ impl Worker {
         }
     }
 
-    async fn connect(&self) -> Result<TlsClient, Failure> {
-        TlsClient::connect(self.plan.addr, &self.config, &self.plan.server_name).await
+    /// The client config of one connection task. With resumption, its own session store:
+    /// rustls keeps a few TLS 1.3 tickets per server name in a store, so a store shared by
+    /// many concurrent connections runs dry and they fall back to full handshakes; one store
+    /// per task always holds the ticket of its previous connection.
+    fn task_config(&self) -> Arc<ClientConfig> {
+        client_config::with_resumption(&self.config, self.plan.resumption)
     }
 
     /// One request on `conn` (connecting first when there is none), with the timeout.
     /// `conn` is left `None` when the connection cannot be reused.
     async fn request_on(
         &self,
+        config: &Arc<ClientConfig>,
         conn: &mut Option<TlsClient>,
         buf: &mut Vec<u8>,
     ) -> Result<Done, Failure> {
@@ -216,7 +225,8 @@ impl Worker {
         let attempt = async {
             if conn.is_none() {
                 buf.clear();
-                *conn = Some(self.connect().await?);
+                *conn =
+                    Some(TlsClient::connect(self.plan.addr, config, &self.plan.server_name).await?);
                 fresh = true;
             }
             match conn.as_mut() {
@@ -320,11 +330,12 @@ async fn backoff_after(failure: &Failure) {
 }
 
 async fn keepalive(worker: &Worker) {
+    let config = worker.task_config();
     let mut conn = None;
     let mut buf = Vec::with_capacity(PLAINTEXT_BUFFER_BYTES);
     while worker.more() {
         let started = Instant::now();
-        match worker.request_on(&mut conn, &mut buf).await {
+        match worker.request_on(&config, &mut conn, &mut buf).await {
             Ok(done) => worker.ok(done, started.elapsed()),
             Err(failure) => {
                 worker.failed(&failure);
@@ -335,11 +346,12 @@ async fn keepalive(worker: &Worker) {
 }
 
 async fn handshake(worker: &Worker) {
+    let config = worker.task_config();
     let mut buf = Vec::with_capacity(PLAINTEXT_BUFFER_BYTES);
     while worker.more() {
         let started = Instant::now();
         let mut conn = None;
-        match worker.request_on(&mut conn, &mut buf).await {
+        match worker.request_on(&config, &mut conn, &mut buf).await {
             Ok(done) => worker.ok(done, started.elapsed()),
             Err(failure) => {
                 worker.failed(&failure);
@@ -363,6 +375,7 @@ async fn open_loop(worker: &Worker, index: usize) {
     }
     let interval = plan.total_connections as f64 / plan.rate;
     let offset = interval * index as f64 / plan.total_connections as f64;
+    let config = worker.task_config();
     let mut conn = None;
     let mut buf = Vec::with_capacity(PLAINTEXT_BUFFER_BYTES);
     let mut k: u64 = 0;
@@ -376,7 +389,7 @@ async fn open_loop(worker: &Worker, index: usize) {
         if intended > now {
             monoio::time::sleep(intended - now).await;
         }
-        match worker.request_on(&mut conn, &mut buf).await {
+        match worker.request_on(&config, &mut conn, &mut buf).await {
             Ok(done) => worker.ok(done, intended.elapsed()),
             Err(failure) => {
                 worker.failed(&failure);
@@ -387,6 +400,7 @@ async fn open_loop(worker: &Worker, index: usize) {
 }
 
 async fn hold(worker: &Worker) {
+    let config = worker.task_config();
     let mut buf = Vec::with_capacity(PLAINTEXT_BUFFER_BYTES);
     loop {
         match worker.to_open.get() {
@@ -395,7 +409,7 @@ async fn hold(worker: &Worker) {
         }
         let started = Instant::now();
         let mut conn = None;
-        match worker.request_on(&mut conn, &mut buf).await {
+        match worker.request_on(&config, &mut conn, &mut buf).await {
             Ok(done) => {
                 worker.ok(done, started.elapsed());
                 if let Some(mut c) = conn {

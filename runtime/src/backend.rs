@@ -6,7 +6,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -51,12 +53,17 @@ pub enum ConnectError {
 
 impl BackendPool {
     /// A pooled connection to `endpoint` if a fresh one is idle, else a new one.
+    ///
+    /// `probe_idle`: check that a pooled connection is still open before handing it out (one
+    /// extra non-blocking `recv`). Needed for requests that cannot be replayed once sent (they
+    /// carry a body); a bodiless request is simply retried on a new connection instead.
     pub async fn get(
         &self,
         endpoint: SocketAddr,
         connect_timeout: Duration,
+        probe_idle: bool,
     ) -> Result<BackendConnection, ConnectError> {
-        if let Some(tcp) = self.take_idle(endpoint) {
+        if let Some(tcp) = self.take_idle(endpoint, probe_idle) {
             return Ok(BackendConnection {
                 tcp,
                 endpoint,
@@ -85,11 +92,11 @@ impl BackendPool {
         })
     }
 
-    fn take_idle(&self, endpoint: SocketAddr) -> Option<TcpStream> {
+    fn take_idle(&self, endpoint: SocketAddr, probe: bool) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&endpoint)?;
         while let Some(conn) = list.pop() {
-            if conn.since.elapsed() < MAX_IDLE_REUSE_AGE {
+            if conn.since.elapsed() < MAX_IDLE_REUSE_AGE && (!probe || still_open(&conn.tcp)) {
                 return Some(conn.tcp);
             }
         }
@@ -108,5 +115,20 @@ impl BackendPool {
                 since: Instant::now(),
             });
         }
+    }
+}
+
+/// Whether an idle backend connection can carry a request: the backend has neither closed it
+/// (a read would return EOF) nor sent anything unasked (a read would return data).
+fn still_open(tcp: &TcpStream) -> bool {
+    // SAFETY: `tcp` owns this open descriptor for the whole call, and the borrow ends with it.
+    // monoio's TcpStream offers only `AsRawFd`, not `AsFd`.
+    #[allow(unsafe_code)]
+    let fd = unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
+    let socket = socket2::SockRef::from(&fd);
+    let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+    match socket.recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        Ok(_) => false,
     }
 }

@@ -366,7 +366,11 @@ async fn forward<C: ClientIo>(
     let result = loop {
         let conn = if allow_stale_retry {
             ctx.backends
-                .get(endpoint, ctx.limits.backend_connect_timeout)
+                .get(
+                    endpoint,
+                    ctx.limits.backend_connect_timeout,
+                    head.body != RequestBody::None,
+                )
                 .await
         } else {
             ctx.backends

@@ -406,9 +406,11 @@ async fn shard_main(
             }
         }
     };
-    // Close every listening socket before anything else: with io_uring, a socket whose accept
-    // is still in flight stays open (and keeps taking connections) until that accept is
-    // cancelled, and a runtime dropped with the close still queued would leak it.
+    // Draining first, so that no response written from here on promises a keep-alive.
+    ctx.draining.fire();
+    // Then close every listening socket: with io_uring, a socket whose accept is still in
+    // flight stays open (and keeps taking connections) until that accept is cancelled, and a
+    // runtime dropped with the close still queued would leak it.
     let slots: Vec<Rc<PortSlot>> = ports.drain().map(|(_, slot)| slot).collect();
     for slot in &slots {
         stop_accepting(slot);
@@ -421,7 +423,6 @@ async fn shard_main(
     }
     // Let the driver submit the queued closes.
     monoio::time::sleep(Duration::ZERO).await;
-    ctx.draining.fire();
     if let Some(deadline) = drain_deadline {
         while ctx.open_connections.get() > 0 && Instant::now() < deadline {
             monoio::time::sleep(DRAIN_CHECK_INTERVAL).await;

@@ -218,3 +218,22 @@ fn a_request_without_body_is_retried_once_when_its_pooled_connection_turns_out_c
         closed.recv_timeout(PATIENCE).unwrap();
     }
 }
+
+#[test]
+fn a_pooled_connection_the_backend_closed_meanwhile_is_not_used_for_a_request_with_a_body() {
+    let (backend, closed) = closes_after_each_response();
+    let (_gw, port) = service_at(backend);
+    let mut http = client(port);
+    for request in [
+        "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello",
+        "POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ] {
+        assert_eq!(
+            http.request(request.as_bytes()).unwrap().status,
+            200,
+            "{request:?}"
+        );
+        closed.recv_timeout(PATIENCE).unwrap();
+    }
+}

@@ -168,3 +168,11 @@ unknown keys): everything the data-plane pods need, from dataPlane.* values.
       "dataPlane" $plane }}
 {{- toYaml $config }}
 {{- end }}
+
+{{/*
+"true" when the GatewayClass can be rendered: the CRDs are the user's (crds.install off: a
+missing CRD is then a clear install error), or the cluster already serves the kind.
+*/}}
+{{- define "portcullis.gatewayClassServed" -}}
+{{- if or (not .Values.crds.install) (.Capabilities.APIVersions.Has "gateway.networking.k8s.io/v1/GatewayClass") }}true{{ end }}
+{{- end }}

@@ -36,6 +36,7 @@ CONTROLLER_RULES = {
     ("", "services"): READ | WRITE,
     ("", "serviceaccounts"): READ | WRITE,
     ("apps", "deployments"): READ | WRITE,
+    ("policy", "poddisruptionbudgets"): READ | WRITE,
     ("rbac.authorization.k8s.io", "clusterrolebindings"): READ | WRITE,
 }
 
@@ -283,6 +284,7 @@ def case_default(render, root):
        "data-plane ClusterRole installed by the chart, not the controller")
     eq(plane["adminPort"], 9901, "data-plane admin port 9901")
     eq(plane["nodeSelector"], {"kubernetes.io/os": "linux"}, "data plane on Linux nodes")
+    eq(plane["podDisruptionBudget"], {"maxUnavailable": 1}, "a data-plane PDB per Gateway, maxUnavailable 1")
     check(plane["runAsUser"] != 0, "data plane non-root")
     kinds = sorted(d["kind"] for d in render.docs)
     eq(kinds, sorted(["PodDisruptionBudget", "ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRole",
@@ -351,6 +353,7 @@ def case_custom(render, root):
     eq(plane["extraArgs"], ["--idle-timeout", "120s"], "extraArgs")
     eq(plane["env"], [{"name": "RUST_LOG", "value": "info,portcullis_runtime=debug"}], "env")
     eq(plane["clusterRole"], {"name": "edge-dataplane-reader", "create": False}, "custom data-plane ClusterRole")
+    eq(plane["podDisruptionBudget"], {"minAvailable": "50%"}, "data-plane PDB minAvailable 50%")
 
 
 def case_single(render, root):
@@ -365,6 +368,7 @@ def case_single(render, root):
     eq(config["dataPlane"]["securityContext"]["capabilities"], {"drop": ["ALL"]},
        "dataPlane.securityContext reaches the config")
     check("affinity" not in config["dataPlane"], "empty affinity is left out")
+    check("podDisruptionBudget" not in config["dataPlane"], "dataPlane.podDisruptionBudget.enabled=false: none")
 
 
 def case_custom_served(render, root):

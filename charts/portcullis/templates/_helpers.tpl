@@ -161,6 +161,16 @@ unknown keys): everything the data-plane pods need, from dataPlane.* values.
 {{- with $d.securityContext }}
 {{- $_ := set $plane "securityContext" . }}
 {{- end }}
+{{- if $d.podDisruptionBudget.enabled }}
+{{- $budget := dict }}
+{{- if not (kindIs "invalid" $d.podDisruptionBudget.maxUnavailable) }}
+{{- $_ := set $budget "maxUnavailable" $d.podDisruptionBudget.maxUnavailable }}
+{{- end }}
+{{- if not (kindIs "invalid" $d.podDisruptionBudget.minAvailable) }}
+{{- $_ := set $budget "minAvailable" $d.podDisruptionBudget.minAvailable }}
+{{- end }}
+{{- $_ := set $plane "podDisruptionBudget" $budget }}
+{{- end }}
 {{- $config := dict
       "controllerName" .Values.controllerName
       "adminAddress" (printf "0.0.0.0:%d" (int $c.adminPort))

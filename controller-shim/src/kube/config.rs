@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -157,6 +158,9 @@ pub struct DataPlaneConfig {
     pub termination_grace_period_seconds: i64,
     pub service: ServiceConfig,
     pub cluster_role: ClusterRoleConfig,
+    /// A PodDisruptionBudget for each Gateway's pods (node drains evict at most this many at
+    /// once); none by default.
+    pub pod_disruption_budget: Option<PodDisruptionBudgetConfig>,
 }
 
 impl Default for DataPlaneConfig {
@@ -196,6 +200,7 @@ impl Default for DataPlaneConfig {
             termination_grace_period_seconds: DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
             service: ServiceConfig::default(),
             cluster_role: ClusterRoleConfig::default(),
+            pod_disruption_budget: None,
         }
     }
 }
@@ -240,6 +245,17 @@ impl Default for ClusterRoleConfig {
             create: true,
         }
     }
+}
+
+/// The PodDisruptionBudget of each Gateway's pods: exactly one of the two, as the API's
+/// `policy/v1` (a count, or a percentage such as `"50%"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodDisruptionBudgetConfig {
+    #[serde(default)]
+    pub min_available: Option<IntOrString>,
+    #[serde(default)]
+    pub max_unavailable: Option<IntOrString>,
 }
 
 #[derive(Debug, Error)]
@@ -356,6 +372,14 @@ impl ControllerConfig {
         if plane.cluster_role.name.is_empty() {
             return Err("dataPlane.clusterRole.name must not be empty".to_owned());
         }
+        if let Some(budget) = &plane.pod_disruption_budget
+            && budget.min_available.is_some() == budget.max_unavailable.is_some()
+        {
+            return Err(
+                "dataPlane.podDisruptionBudget needs exactly one of minAvailable and maxUnavailable"
+                    .to_owned(),
+            );
+        }
         Ok(())
     }
 }
@@ -426,6 +450,35 @@ mod tests {
              retryPeriodSeconds: 1}\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn pod_disruption_budget_takes_one_bound() {
+        assert_eq!(DataPlaneConfig::default().pod_disruption_budget, None);
+        let config = parse("dataPlane: {podDisruptionBudget: {maxUnavailable: 1}}").unwrap();
+        assert_eq!(
+            config.data_plane.pod_disruption_budget,
+            Some(PodDisruptionBudgetConfig {
+                min_available: None,
+                max_unavailable: Some(IntOrString::Int(1)),
+            })
+        );
+        let config = parse("dataPlane: {podDisruptionBudget: {minAvailable: '50%'}}").unwrap();
+        assert_eq!(
+            config
+                .data_plane
+                .pod_disruption_budget
+                .unwrap()
+                .min_available,
+            Some(IntOrString::String("50%".to_owned()))
+        );
+        for text in [
+            "dataPlane: {podDisruptionBudget: {}}",
+            "dataPlane: {podDisruptionBudget: {minAvailable: 1, maxUnavailable: 1}}",
+            "dataPlane: {podDisruptionBudget: {maxUnavailabel: 1}}",
+        ] {
+            assert!(parse(text).is_err(), "{text}");
+        }
     }
 
     #[test]

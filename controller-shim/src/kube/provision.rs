@@ -1,6 +1,7 @@
 //! What the controller creates for each of its Gateways, in the Gateway's namespace: a
-//! ServiceAccount, a Deployment running `portcullis serve --kube --gateway NS/NAME`, and a
-//! Service exposing the listener ports, all named after the Gateway and owned by it; plus a
+//! ServiceAccount, a Deployment running `portcullis serve --kube --gateway NS/NAME`, a
+//! Service exposing the listener ports, and (when configured) a PodDisruptionBudget for the
+//! Deployment's pods, all named after the Gateway and owned by it; plus a
 //! ClusterRoleBinding (cluster-scoped, so it cannot be owned by the Gateway) granting the
 //! ServiceAccount the data-plane ClusterRole.
 //!
@@ -28,6 +29,7 @@ use k8s_openapi::api::core::v1::{
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext,
     Service, ServiceAccount, ServicePort, ServiceSpec,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -86,6 +88,8 @@ pub struct GatewayObjects {
     /// `None` when the Gateway has no listener port (a Service needs one).
     pub service: Option<Service>,
     pub cluster_role_binding: ClusterRoleBinding,
+    /// `None` unless the configuration asks for one.
+    pub pod_disruption_budget: Option<PodDisruptionBudget>,
 }
 
 /// A label value for `value`: itself if it fits, else a prefix and a fingerprint.
@@ -292,11 +296,30 @@ pub fn gateway_objects(info: &GatewayInfo<'_>, config: &DataPlaneConfig) -> Gate
     };
     stamp_hash(&mut cluster_role_binding, |o| &mut o.metadata);
 
+    let pod_disruption_budget = config.pod_disruption_budget.as_ref().map(|budget| {
+        let mut pdb = PodDisruptionBudget {
+            metadata: metadata(info, info.key.name.clone(), true, &none, &none),
+            spec: Some(PodDisruptionBudgetSpec {
+                selector: Some(LabelSelector {
+                    match_labels: Some(pod_selector(info.key)),
+                    match_expressions: None,
+                }),
+                min_available: budget.min_available.clone(),
+                max_unavailable: budget.max_unavailable.clone(),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            status: None,
+        };
+        stamp_hash(&mut pdb, |o| &mut o.metadata);
+        pdb
+    });
+
     GatewayObjects {
         service_account,
         deployment,
         service,
         cluster_role_binding,
+        pod_disruption_budget,
     }
 }
 
@@ -486,6 +509,7 @@ pub enum ProvisionedRef {
     Deployment(ObjectRef),
     Service(ObjectRef),
     ClusterRoleBinding(String),
+    PodDisruptionBudget(ObjectRef),
 }
 
 impl std::fmt::Display for ProvisionedRef {
@@ -495,6 +519,7 @@ impl std::fmt::Display for ProvisionedRef {
             ProvisionedRef::Deployment(at) => write!(f, "Deployment {at}"),
             ProvisionedRef::Service(at) => write!(f, "Service {at}"),
             ProvisionedRef::ClusterRoleBinding(name) => write!(f, "ClusterRoleBinding {name}"),
+            ProvisionedRef::PodDisruptionBudget(at) => write!(f, "PodDisruptionBudget {at}"),
         }
     }
 }
@@ -506,6 +531,7 @@ pub enum Apply {
     Deployment(Box<Deployment>),
     Service(Box<Service>),
     ClusterRoleBinding(ClusterRoleBinding),
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
 }
 
 impl Apply {
@@ -523,6 +549,7 @@ impl Apply {
             Apply::ClusterRoleBinding(o) => {
                 ProvisionedRef::ClusterRoleBinding(o.metadata.name.clone().unwrap_or_default())
             }
+            Apply::PodDisruptionBudget(o) => ProvisionedRef::PodDisruptionBudget(at(&o.metadata)),
         }
     }
 }
@@ -618,6 +645,17 @@ pub fn plan_provisioning(
             plan.apply
                 .push(Apply::ClusterRoleBinding(objects.cluster_role_binding));
         }
+        if let Some(pdb) = objects.pod_disruption_budget {
+            if needs(
+                ProvisionedKind::PodDisruptionBudget,
+                ns,
+                name,
+                &pdb.metadata,
+            ) {
+                plan.apply.push(Apply::PodDisruptionBudget(Box::new(pdb)));
+            }
+            wanted.insert(ProvisionedRef::PodDisruptionBudget(info.key.clone()));
+        }
         wanted.insert(ProvisionedRef::ServiceAccount(info.key.clone()));
         wanted.insert(ProvisionedRef::Deployment(info.key.clone()));
         wanted.insert(ProvisionedRef::ClusterRoleBinding(crb_name));
@@ -632,6 +670,9 @@ pub fn plan_provisioning(
             ProvisionedKind::Deployment => ProvisionedRef::Deployment(key.object.clone()),
             ProvisionedKind::ClusterRoleBinding => {
                 ProvisionedRef::ClusterRoleBinding(key.object.name.clone())
+            }
+            ProvisionedKind::PodDisruptionBudget => {
+                ProvisionedRef::PodDisruptionBudget(key.object.clone())
             }
         };
         if !wanted.contains(&named) {
@@ -745,6 +786,10 @@ pub async fn execute(
             Apply::Service(o) => {
                 apply_namespaced::<Service>(client, &o.metadata, o.as_ref(), &params).await
             }
+            Apply::PodDisruptionBudget(o) => {
+                apply_namespaced::<PodDisruptionBudget>(client, &o.metadata, o.as_ref(), &params)
+                    .await
+            }
             Apply::ClusterRoleBinding(o) => {
                 let api: Api<ClusterRoleBinding> = Api::all(client.clone());
                 let name = o.metadata.name.clone().unwrap_or_default();
@@ -854,6 +899,12 @@ async fn delete(client: &Client, target: &ProvisionedRef) -> Result<(), ::kube::
             .delete(name, &params)
             .await
             .map(|_| ()),
+        ProvisionedRef::PodDisruptionBudget(at) => {
+            Api::<PodDisruptionBudget>::namespaced(client.clone(), &at.namespace)
+                .delete(&at.name, &params)
+                .await
+                .map(|_| ())
+        }
     }
 }
 
@@ -1095,6 +1146,10 @@ spec:
                 Apply::Service(o) => {
                     cache.store.insert(o.as_ref().clone()).unwrap();
                 }
+                Apply::PodDisruptionBudget(o) => {
+                    let (k, v) = provisioned(ProvisionedKind::PodDisruptionBudget, &o.metadata);
+                    cache.provisioned.insert(k, v);
+                }
             }
         }
     }
@@ -1138,6 +1193,64 @@ spec:
                 "Service agentgateway-system/mtls",
                 "ClusterRoleBinding portcullis-dataplane-agentgateway-system-mtls",
             ]
+        );
+    }
+
+    #[test]
+    fn a_configured_pod_disruption_budget_covers_the_gateway_pods_and_goes_when_unconfigured() {
+        let (key, gw) = gateway(GATEWAY);
+        let mut config = DataPlaneConfig::default();
+        assert_eq!(
+            gateway_objects(&info(&key, &gw), &config).pod_disruption_budget,
+            None,
+            "none by default"
+        );
+        config.pod_disruption_budget = Some(crate::kube::config::PodDisruptionBudgetConfig {
+            min_available: None,
+            max_unavailable: Some(IntOrString::Int(1)),
+        });
+        let objects = gateway_objects(&info(&key, &gw), &config);
+        let pdb = objects.pod_disruption_budget.unwrap();
+        assert_eq!(pdb.metadata.name.as_deref(), Some("mtls"));
+        assert_eq!(
+            pdb.metadata.namespace.as_deref(),
+            Some("agentgateway-system")
+        );
+        assert_eq!(
+            pdb.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "Gateway"
+        );
+        let spec = pdb.spec.as_ref().unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(spec.min_available, None);
+        // It selects exactly the Deployment's pods.
+        let deployment = objects.deployment.spec.unwrap();
+        assert_eq!(
+            spec.selector.as_ref().unwrap().match_labels,
+            deployment.selector.match_labels
+        );
+
+        let mut cache = WatchCache::new();
+        let first = plan_provisioning(&cache, &[info(&key, &gw)], &config);
+        assert!(
+            first
+                .apply
+                .iter()
+                .any(|a| a.target().to_string() == "PodDisruptionBudget agentgateway-system/mtls")
+        );
+        after(&mut cache, &first);
+        assert_eq!(
+            plan_provisioning(&cache, &[info(&key, &gw)], &config),
+            ProvisionPlan::default()
+        );
+        // Turned off in the configuration: the budget goes, nothing else changes.
+        config.pod_disruption_budget = None;
+        let plan = plan_provisioning(&cache, &[info(&key, &gw)], &config);
+        assert!(plan.apply.is_empty());
+        let deleted: Vec<String> = plan.delete.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            deleted,
+            vec!["PodDisruptionBudget agentgateway-system/mtls"]
         );
     }
 

@@ -27,6 +27,7 @@ use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portcullis_core::desired::ObjectRef;
@@ -63,6 +64,7 @@ pub enum ProvisionedKind {
     ServiceAccount,
     Deployment,
     ClusterRoleBinding,
+    PodDisruptionBudget,
 }
 
 impl ProvisionedKind {
@@ -71,6 +73,7 @@ impl ProvisionedKind {
             ProvisionedKind::ServiceAccount => "ServiceAccount",
             ProvisionedKind::Deployment => "Deployment",
             ProvisionedKind::ClusterRoleBinding => "ClusterRoleBinding",
+            ProvisionedKind::PodDisruptionBudget => "PodDisruptionBudget",
         }
     }
 }
@@ -478,6 +481,7 @@ impl WatchPlan {
                     ProvisionedKind::ServiceAccount,
                     ProvisionedKind::Deployment,
                     ProvisionedKind::ClusterRoleBinding,
+                    ProvisionedKind::PodDisruptionBudget,
                 ]
                 .map(Source::Provisioned),
             );
@@ -617,6 +621,10 @@ impl Watches {
             streams.push(metadata_stream(
                 Api::<PartialObjectMeta<ClusterRoleBinding>>::all(client.clone()),
                 ProvisionedKind::ClusterRoleBinding,
+            ));
+            streams.push(metadata_stream(
+                Api::<PartialObjectMeta<PodDisruptionBudget>>::all(client.clone()),
+                ProvisionedKind::PodDisruptionBudget,
             ));
         }
         let mut watches = Self {

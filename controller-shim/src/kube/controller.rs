@@ -289,6 +289,7 @@ impl Controller {
         let mut options = TranslateOptions::new(crate::check::now());
         options.controller_name = self.config.controller_name.clone();
         options.gateway_addresses = provision::gateway_addresses(store, &infos);
+        options.separate_data_planes = true;
         let translation = translate(store, &options);
         let resources: BTreeMap<ObjectKind, ApiResource> = GATEWAY_API_KINDS
             .iter()
@@ -357,6 +358,44 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
 mod tests {
     use super::*;
     use crate::manifests::{LoadedManifests, load_text};
+    use crate::translate::reasons;
+
+    /// Each Gateway gets its own Deployment and Service: two Gateways on one port are fine.
+    #[test]
+    fn gateways_do_not_compete_for_ports_in_kube_mode() {
+        let mut loaded = LoadedManifests::default();
+        let gateway = |name: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: {name}, namespace: n}}\n\
+                 spec: {{gatewayClassName: ours, listeners: [{{name: l, port: 80, protocol: HTTP}}]}}\n---\n"
+            )
+        };
+        let text = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ours}}\n\
+             spec: {{controllerName: portcullis.dev/gateway-controller}}\n---\n{}{}",
+            gateway("a"),
+            gateway("b")
+        );
+        load_text(Path::new("t.yaml"), &text, false, &mut loaded).unwrap();
+        let mut options = TranslateOptions::new(crate::check::now());
+        let unavailable = |options: &TranslateOptions| {
+            translate(&loaded.store, options)
+                .gateway_statuses
+                .iter()
+                .flat_map(|(_, s)| s.listeners.clone().unwrap_or_default())
+                .flat_map(|l| l.conditions)
+                .filter(|c| c.reason == reasons::PORT_UNAVAILABLE)
+                .count()
+        };
+        assert_eq!(
+            unavailable(&options),
+            1,
+            "file mode: one process, one owner"
+        );
+        options.separate_data_planes = true;
+        assert_eq!(unavailable(&options), 0);
+    }
 
     #[test]
     fn only_gateways_of_our_classes_are_ours() {

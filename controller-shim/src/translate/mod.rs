@@ -63,6 +63,11 @@ pub struct TranslateOptions {
     /// `status.addresses` per Gateway, as the caller knows them (kube mode: the provisioned
     /// Service's addresses). A Gateway not in the map reports its `spec.addresses`, if any.
     pub gateway_addresses: BTreeMap<ObjectRef, Vec<GatewayStatusAddresses>>,
+    /// Each Gateway is served by its own data plane at its own address (kube mode: a
+    /// Deployment and Service per Gateway), so Gateways never compete for a port and no
+    /// listener gets `PortUnavailable` because of another Gateway. Off (file mode): one
+    /// process serves every Gateway and the oldest keeps a contested port.
+    pub separate_data_planes: bool,
 }
 
 impl TranslateOptions {
@@ -73,6 +78,7 @@ impl TranslateOptions {
             extra_gateway_class: None,
             now,
             gateway_addresses: BTreeMap::new(),
+            separate_data_planes: false,
         }
     }
 }
@@ -117,7 +123,7 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
         .collect();
     gateways.sort_by(|a, b| a.age().cmp(&b.age()));
 
-    let port_owners = claim_ports(&mut gateways);
+    let port_owners = claim_ports(&mut gateways, options.separate_data_planes);
     for gateway in &mut gateways {
         gateway.resolve_port_policies(store);
     }
@@ -175,8 +181,9 @@ fn gateway_class_statuses(
 }
 
 /// Gives each port to the oldest Gateway with a structurally valid listener on it; the
-/// younger Gateways' listeners on that port get `Accepted=False, PortUnavailable`.
-fn claim_ports(gateways: &mut [GatewayState<'_>]) -> BTreeMap<u16, ObjectRef> {
+/// younger Gateways' listeners on that port get `Accepted=False, PortUnavailable`, unless
+/// every Gateway has its own data plane (`separate`).
+fn claim_ports(gateways: &mut [GatewayState<'_>], separate: bool) -> BTreeMap<u16, ObjectRef> {
     let mut owners: BTreeMap<u16, ObjectRef> = BTreeMap::new();
     for gateway in gateways.iter_mut() {
         let key = gateway.key.clone();
@@ -190,7 +197,7 @@ fn claim_ports(gateways: &mut [GatewayState<'_>]) -> BTreeMap<u16, ObjectRef> {
         wanted.dedup();
         for port in wanted {
             let owner = owners.entry(port).or_insert_with(|| key.clone()).clone();
-            if owner == key {
+            if owner == key || separate {
                 continue;
             }
             for listener in &mut gateway.listeners {

@@ -509,6 +509,68 @@ fn run_user_guide(release: Release) {
         writes
     );
 
+    // Another controller's entry in the route's `status.parents` (an atomic list in the CRD)
+    // survives our writes: our status changes (the backend goes and comes back), theirs stays.
+    let theirs = serde_json::json!({
+        "controllerName": "example.com/other-controller",
+        // As the API server stores it: with its defaulted group and kind.
+        "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                      "name": "other-gateway", "namespace": ROUTE_NS},
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                        "message": "not ours", "lastTransitionTime": "2020-01-01T00:00:00Z"}]
+    });
+    let both = serde_json::json!({"status": {"parents": [
+        theirs.clone(), our_route_parent(&route_now).unwrap()
+    ]}});
+    kube.ok(&[
+        "patch",
+        "httproute",
+        "httpbin-https",
+        "-n",
+        ROUTE_NS,
+        "--subresource=status",
+        "--type=merge",
+        "--field-manager=other-controller",
+        "-p",
+        &both.to_string(),
+    ]);
+    let their_entry = |route: &Value| {
+        route["status"]["parents"]
+            .as_array()
+            .and_then(|parents| {
+                parents
+                    .iter()
+                    .find(|p| p["controllerName"] == theirs["controllerName"])
+            })
+            .cloned()
+    };
+    for (backend, expected) in [
+        ("missing", ("False", "BackendNotFound")),
+        ("httpbin", ("True", "ResolvedRefs")),
+    ] {
+        kube.ok(&[
+            "patch", "httproute", "httpbin-https", "-n", ROUTE_NS, "--type=json", "-p",
+            &format!(r#"[{{"op":"replace","path":"/spec/rules/0/backendRefs/0/name","value":"{backend}"}}]"#),
+        ]);
+        wait_for(
+            &format!("our ResolvedRefs {expected:?}, their entry kept"),
+            PATIENCE,
+            || {
+                let route = kube
+                    .get("httproute", Some(ROUTE_NS), "httpbin-https")
+                    .ok_or("gone")?;
+                let ours = our_route_parent(&route).ok_or("our entry is gone")?;
+                let got = condition(&ours["conditions"], "ResolvedRefs");
+                if got != Some((expected.0.to_owned(), expected.1.to_owned())) {
+                    return Err(format!("ours: {got:?}"));
+                }
+                (their_entry(&route).as_ref() == Some(&theirs))
+                    .then_some(())
+                    .ok_or(format!("theirs: {:?}", their_entry(&route)))
+            },
+        );
+    }
+
     // The data plane, as the provisioned pod would run it.
     let dp_admin = free_port();
     let mut data_plane = Process::portcullis(
@@ -553,8 +615,19 @@ fn run_user_guide(release: Release) {
     }
 
     // perPort, applied with kubectl, takes effect live.
+    let transition_times = |gateway: &Value| -> Vec<String> {
+        gateway["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["type"] == "Accepted" || c["type"] == "Programmed")
+            .map(|c| c["lastTransitionTime"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = transition_times(&kube.get("gateway", Some(GATEWAY_NS), "mtls").unwrap());
     let changed = Instant::now();
     kube.apply(&guide_gateway(ports, true));
+    let apply_returned = Instant::now();
     wait_for(
         "port B to let clients without a certificate in",
         PATIENCE,
@@ -564,7 +637,9 @@ fn run_user_guide(release: Release) {
         },
     );
     println!(
-        "perPort live on new connections {:?} after kubectl apply",
+        "perPort live on new connections {:?} after kubectl apply returned ({:?} including \
+         kubectl)",
+        apply_returned.elapsed(),
         changed.elapsed()
     );
     wait_for("InsecureFrontendValidationMode", PATIENCE, || {
@@ -579,6 +654,11 @@ fn run_user_guide(release: Release) {
             other => Err(format!("{other:?}")),
         }
     });
+    assert_eq!(
+        transition_times(&kube.get("gateway", Some(GATEWAY_NS), "mtls").unwrap()),
+        before,
+        "Accepted and Programmed did not change status: their transition times stay"
+    );
     assert_eq!(
         guide_curl(&certs, ports.0, None).exit,
         56,
@@ -614,6 +694,7 @@ fn run_user_guide(release: Release) {
     ]);
     let rotated = Instant::now();
     kube.ok_with(&["replace", "-f", "-"], Some(&replacement));
+    let replace_returned = Instant::now();
     let new_client = Some(("client2-cert.pem", "client2-key.pem"));
     wait_for("the new CA on new handshakes", PATIENCE, || {
         let new = guide_curl(&certs, ports.0, new_client);
@@ -623,7 +704,9 @@ fn run_user_guide(release: Release) {
             .ok_or(format!("new cert: {new:?}; old cert: {old:?}"))
     });
     println!(
-        "CA rotation reached new handshakes {:?} after kubectl replace",
+        "CA rotation reached new handshakes {:?} after kubectl replace returned ({:?} \
+         including kubectl)",
+        replace_returned.elapsed(),
         rotated.elapsed()
     );
     let again = kept
@@ -664,8 +747,7 @@ fn run_user_guide(release: Release) {
         let route = kube
             .get("httproute", Some(ROUTE_NS), "httpbin-https")
             .ok_or("gone")?;
-        our_route_parent(&route)
-            .is_none()
+        (our_route_parent(&route).is_none() && their_entry(&route).as_ref() == Some(&theirs))
             .then_some(())
             .ok_or(format!("{}", route["status"]))
     });

@@ -115,7 +115,7 @@ async fn run_async(config: ControllerConfig) -> Result<(), KubeError> {
         )))
     } else {
         warn!("leader election is off: this replica writes unconditionally");
-        leadership_tx.send_replace(Some(Instant::now() + FOREVER));
+        leadership_tx.send_replace(Instant::now().checked_add(FOREVER));
         // Keep the sender alive so the receiver never reports it closed.
         tokio::spawn(async move {
             let _keep = leadership_tx;

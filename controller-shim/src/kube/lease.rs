@@ -100,7 +100,13 @@ pub fn next_attempt(
         .lease_duration_seconds
         .and_then(|s| u64::try_from(s).ok())
         .map_or(settings.lease_duration, Duration::from_secs);
-    let expires_at = record_seen_at + duration;
+    // A duration too large to represent never expires.
+    let Some(expires_at) = record_seen_at.checked_add(duration) else {
+        return Attempt::Wait {
+            holder: holder.to_owned(),
+            expires_in: duration,
+        };
+    };
     if now >= expires_at {
         Attempt::TakeOver
     } else {
@@ -307,7 +313,7 @@ pub async fn run_election(
                 if leading_until.is_none() {
                     info!(identity = %settings.identity, "became the leader");
                 }
-                leadership.send_replace(Some(sent_at + settings.renew_deadline));
+                leadership.send_replace(sent_at.checked_add(settings.renew_deadline));
             }
             Ok(Ok(LeaseState::HeldByOther(holder))) => {
                 if leading_until.is_some() {
@@ -416,6 +422,15 @@ mod tests {
                 expires_in: Duration::from_secs(3)
             }
         );
+        // A duration no clock can reach never expires.
+        let forever = LeaseRecord {
+            lease_duration_seconds: Some(i32::MAX),
+            ..record.clone()
+        };
+        assert!(matches!(
+            next_attempt(Some(&forever), seen, seen + Duration::from_secs(3600), &me),
+            Attempt::Wait { .. }
+        ));
         // The record's own duration counts, not ours.
         assert_eq!(
             next_attempt(Some(&record), seen, seen + Duration::from_secs(4), &me),

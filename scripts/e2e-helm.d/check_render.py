@@ -33,6 +33,7 @@ CONTROLLER_RULES = {
     (GW, "gatewayclasses/status"): {"update", "patch"},
     (GW, "gateways/status"): {"update", "patch"},
     (GW, "httproutes/status"): {"update", "patch"},
+    (GW, "gateways/finalizers"): {"update"},
     ("", "services"): READ | WRITE,
     ("", "serviceaccounts"): READ | WRITE,
     ("apps", "deployments"): READ | WRITE,

@@ -95,8 +95,11 @@ impl BackendPool {
     fn take_idle(&self, endpoint: SocketAddr, probe: bool) -> Option<TcpStream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&endpoint)?;
+        let now = Instant::now();
         while let Some(conn) = list.pop() {
-            if conn.since.elapsed() < MAX_IDLE_REUSE_AGE && (!probe || still_open(&conn.tcp)) {
+            if now.saturating_duration_since(conn.since) < MAX_IDLE_REUSE_AGE
+                && (!probe || still_open(&conn.tcp))
+            {
                 return Some(conn.tcp);
             }
         }
@@ -108,11 +111,20 @@ impl BackendPool {
     pub fn put(&self, conn: BackendConnection) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(conn.endpoint).or_default();
-        list.retain(|c| c.since.elapsed() < MAX_IDLE_REUSE_AGE);
+        // The list is in `since` order (pushed at the end, taken from the end), so the stale
+        // ones are a prefix: one clock read per call, not one per idle connection (that was a
+        // clock read per pooled connection on every request: 6% of a keep-alive shard's CPU
+        // in a profile).
+        let now = Instant::now();
+        let stale = list
+            .iter()
+            .position(|c| now.saturating_duration_since(c.since) < MAX_IDLE_REUSE_AGE)
+            .unwrap_or(list.len());
+        list.drain(..stale);
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(IdleConnection {
                 tcp: conn.tcp,
-                since: Instant::now(),
+                since: now,
             });
         }
     }

@@ -362,3 +362,15 @@ fn refused_connections_are_connect_errors() {
         run.json
     );
 }
+
+#[test]
+fn epoll_driver_and_tls12_work_too() {
+    let f = fixture();
+    let run = load(
+        f.port,
+        true,
+        &["-n", "50", "-c", "2", "--driver", "epoll", "--tls", "1.2"],
+    );
+    assert_eq!(run.u64("/requests_ok"), 50, "{}", run.json);
+    assert_eq!(run.u64("/errors_total"), 0);
+}

@@ -236,7 +236,8 @@ async fn read_request_head<C: ClientIo>(
         }
         let wait = match deadline {
             None if inbuf.is_empty() => {
-                // Idle between requests: hold no buffer while waiting; a drain closes us.
+                // Idle between requests: only a small read in flight (see `bufpool`); a drain or
+                // the idle timeout closes us (the dropped read takes its buffer with it).
                 if ctx.draining.is_fired() {
                     return Ok(None);
                 }
@@ -605,7 +606,11 @@ async fn relay_response_body<C: ClientIo>(
                 (Some(l), _, _) => {
                     let p = l.advance(&rbuf);
                     done = p.done;
-                    queue_after_head(client, &mut head, rbuf.get(..p.consumed).unwrap_or_default())?;
+                    queue_after_head(
+                        client,
+                        &mut head,
+                        rbuf.get(..p.consumed).unwrap_or_default(),
+                    )?;
                     p.consumed
                 }
                 (_, Some(decoder), ClientBody::Dechunk) => {
@@ -624,7 +629,11 @@ async fn relay_response_body<C: ClientIo>(
                 (_, Some(decoder), _) => {
                     let p = decoder.advance(&rbuf).map_err(io::Error::other)?;
                     done = p.done;
-                    queue_after_head(client, &mut head, rbuf.get(..p.consumed).unwrap_or_default())?;
+                    queue_after_head(
+                        client,
+                        &mut head,
+                        rbuf.get(..p.consumed).unwrap_or_default(),
+                    )?;
                     p.consumed
                 }
                 _ => {

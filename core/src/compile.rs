@@ -22,7 +22,7 @@ use crate::certs;
 use crate::client_auth::ClientAuth;
 use crate::desired::{
     ClientValidation, DesiredConfig, DesiredListener, DesiredPort, ListenerTls, ObjectRef,
-    PortProtocol,
+    PortProtocol, ServerCertificate,
 };
 use crate::routing::RouteTable;
 use crate::sni::HostResolver;
@@ -124,11 +124,19 @@ impl CompiledTls {
 /// unchanged since `previous` are kept, so unchanged listeners keep resuming across reloads.
 pub fn compile(desired: DesiredConfig, previous: Option<&Snapshot>, generation: u64) -> Snapshot {
     let previous_keys = previous.map(previous_ticket_keys).unwrap_or_default();
+    let mut signing_keys = SigningKeys::default();
     let mut errors = Vec::new();
     let ports = desired
         .ports
         .iter()
-        .map(|port| Arc::new(compile_port(port, &previous_keys, &mut errors)))
+        .map(|port| {
+            Arc::new(compile_port(
+                port,
+                &previous_keys,
+                &mut signing_keys,
+                &mut errors,
+            ))
+        })
         .collect();
     Snapshot {
         generation,
@@ -217,16 +225,45 @@ fn previous_ticket_keys(previous: &Snapshot) -> KeyIndex {
     index
 }
 
-fn compile_port(
-    port: &DesiredPort,
+/// Signing keys built during one compile, one per distinct certificate and key: loading a
+/// key costs aws-lc hundreds of microseconds (RSA), and listeners often share a certificate.
+#[derive(Default)]
+struct SigningKeys<'d> {
+    by_certificate: HashMap<CertificateId<'d>, Arc<CertifiedKey>>,
+}
+
+/// A certificate by content: its chain and its private key (DER).
+type CertificateId<'d> = (&'d [Vec<u8>], &'d [u8]);
+
+impl<'d> SigningKeys<'d> {
+    fn get(&mut self, certificate: &'d ServerCertificate) -> Result<Arc<CertifiedKey>, String> {
+        let id = (
+            certificate.chain_der.as_slice(),
+            certificate.key.der.as_slice(),
+        );
+        if let Some(key) = self.by_certificate.get(&id) {
+            return Ok(Arc::clone(key));
+        }
+        let key = Arc::new(
+            certs::certified_key(&certificate.chain_der, &certificate.key)
+                .map_err(|e| format!("{}: {e}", certificate.source))?,
+        );
+        self.by_certificate.insert(id, Arc::clone(&key));
+        Ok(key)
+    }
+}
+
+fn compile_port<'d>(
+    port: &'d DesiredPort,
     previous_keys: &KeyIndex,
+    signing_keys: &mut SigningKeys<'d>,
     errors: &mut Vec<CompileError>,
 ) -> CompiledPort {
     let mut listeners = Vec::with_capacity(port.listeners.len());
     for listener in &port.listeners {
         let tls = match (&listener.tls, port.protocol) {
             (Some(tls), PortProtocol::Https) => {
-                match compile_tls(port, listener, tls, previous_keys) {
+                match compile_tls(port, listener, tls, previous_keys, signing_keys) {
                     Ok(compiled) => Some(compiled),
                     Err(message) => {
                         errors.push(CompileError {
@@ -265,11 +302,12 @@ fn compile_port(
     }
 }
 
-fn compile_tls(
+fn compile_tls<'d>(
     port: &DesiredPort,
     listener: &DesiredListener,
-    tls: &ListenerTls,
+    tls: &'d ListenerTls,
     previous_keys: &KeyIndex,
+    signing_keys: &mut SigningKeys<'d>,
 ) -> Result<CompiledTls, String> {
     let client_auth = Arc::new(
         ClientAuth::new(
@@ -279,10 +317,7 @@ fn compile_tls(
         )
         .map_err(|e| e.to_string())?,
     );
-    let certified_key = Arc::new(
-        certs::certified_key(&tls.certificate.chain_der, &tls.certificate.key)
-            .map_err(|e| format!("{}: {e}", tls.certificate.source))?,
-    );
+    let certified_key = signing_keys.get(&tls.certificate)?;
     let fingerprint = tls_fingerprint(port, listener, tls);
     let ticket_keys = if tls.options.session_resumption {
         match previous_keys.get(&(port.port, listener.name.clone())) {

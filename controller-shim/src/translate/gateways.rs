@@ -1,7 +1,7 @@
 //! One Gateway's listeners: validation, conflicts, server certificates, the per-port
 //! client-validation policy (spec §2, §4), and their status (spec §5).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use gateway_api::experimental::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
@@ -19,7 +19,10 @@ use portcullis_core::listener_options::{self, ListenerTlsOptions};
 
 use super::conditions::{ConditionStamp, Problem, join_messages, reasons, types};
 use super::matching::{is_valid_hostname, namespace_labels, selector_matches};
-use super::refs::{CaRef, CertificateRef, GATEWAY_GROUP, resolve_ca_ref, resolve_certificate_ref};
+use super::refs::{
+    CaRef, CertificateRef, GATEWAY_GROUP, ServerCertificates, resolve_ca_ref,
+    resolve_certificate_ref,
+};
 use crate::store::ObjectStore;
 
 /// The only route kind Portcullis serves.
@@ -131,6 +134,8 @@ pub(crate) struct GatewayState<'s> {
     pub observed_generation: i64,
     /// One per distinct listener name, in spec order.
     pub listeners: Vec<ListenerState<'s>>,
+    /// Listener name -> index in `listeners` (routes' `sectionName`s are looked up by name).
+    pub listener_index: HashMap<&'s str, usize>,
     /// Listener names given more than once; only the first is used.
     pub duplicate_names: Vec<String>,
     /// HTTPS ports only.
@@ -150,15 +155,22 @@ impl<'s> GatewayState<'s> {
 
     /// Validates the listeners and resolves their certificates; ports, conflicts with other
     /// Gateways and CA policies come later.
-    pub fn new(store: &ObjectStore, key: &'s ObjectRef, gateway: &'s Gateway) -> Self {
+    pub fn new(
+        store: &ObjectStore,
+        certificates: &mut ServerCertificates,
+        key: &'s ObjectRef,
+        gateway: &'s Gateway,
+    ) -> Self {
         let mut listeners: Vec<ListenerState<'s>> = Vec::new();
+        let mut listener_index = HashMap::new();
         let mut duplicate_names = Vec::new();
         for spec in &gateway.spec.listeners {
-            if listeners.iter().any(|l| l.spec.name == spec.name) {
+            if listener_index.contains_key(spec.name.as_str()) {
                 duplicate_names.push(spec.name.clone());
                 continue;
             }
-            listeners.push(validate_listener(store, &key.namespace, spec));
+            listener_index.insert(spec.name.as_str(), listeners.len());
+            listeners.push(validate_listener(store, certificates, &key.namespace, spec));
         }
         mark_conflicts(&mut listeners);
         Self {
@@ -166,6 +178,7 @@ impl<'s> GatewayState<'s> {
             gateway,
             observed_generation: gateway.metadata.generation.unwrap_or(1),
             listeners,
+            listener_index,
             duplicate_names,
             port_policies: BTreeMap::new(),
             insecure_fallback: insecure_fallback(gateway),
@@ -399,6 +412,7 @@ fn insecure_fallback(gateway: &Gateway) -> Vec<String> {
 
 fn validate_listener<'s>(
     store: &ObjectStore,
+    certificates: &mut ServerCertificates,
     gateway_namespace: &str,
     spec: &'s GatewayListeners,
 ) -> ListenerState<'s> {
@@ -451,7 +465,7 @@ fn validate_listener<'s>(
         route_kinds(&mut state);
     }
     if state.protocol == Some(PortProtocol::Https) {
-        listener_tls(store, gateway_namespace, &mut state);
+        listener_tls(store, certificates, gateway_namespace, &mut state);
     }
     state
 }
@@ -501,7 +515,12 @@ fn route_kinds(state: &mut ListenerState<'_>) {
 /// TLS of an HTTPS listener: mode, options, and its server certificate (spec §6). Only the
 /// first certificateRef is served (DesiredListener holds one certificate); every ref must
 /// resolve, so that a broken second certificate is not silently ignored.
-fn listener_tls(store: &ObjectStore, gateway_namespace: &str, state: &mut ListenerState<'_>) {
+fn listener_tls(
+    store: &ObjectStore,
+    certificates: &mut ServerCertificates,
+    gateway_namespace: &str,
+    state: &mut ListenerState<'_>,
+) {
     let Some(tls) = &state.spec.tls else {
         state.ref_problems.push(Problem::new(
             reasons::INVALID_CERTIFICATE_REF,
@@ -532,7 +551,7 @@ fn listener_tls(store: &ObjectStore, gateway_namespace: &str, state: &mut Listen
         state.blocking_ref_problem = true;
         return;
     }
-    let mut certificates = Vec::new();
+    let mut resolved = Vec::new();
     for r in refs {
         let reference = CertificateRef {
             group: r.group.as_deref().unwrap_or(""),
@@ -540,8 +559,8 @@ fn listener_tls(store: &ObjectStore, gateway_namespace: &str, state: &mut Listen
             name: &r.name,
             namespace: r.namespace.as_deref(),
         };
-        match resolve_certificate_ref(store, gateway_namespace, reference) {
-            Ok(certificate) => certificates.push(certificate),
+        match resolve_certificate_ref(store, certificates, gateway_namespace, reference) {
+            Ok(certificate) => resolved.push(certificate),
             Err(problem) => {
                 state.ref_problems.push(problem);
                 state.blocking_ref_problem = true;
@@ -549,7 +568,7 @@ fn listener_tls(store: &ObjectStore, gateway_namespace: &str, state: &mut Listen
         }
     }
     if !state.blocking_ref_problem {
-        state.certificate = certificates.into_iter().next();
+        state.certificate = resolved.into_iter().next();
     }
 }
 
@@ -575,6 +594,17 @@ fn mark_conflicts(listeners: &mut [ListenerState<'_>]) {
             .collect();
         let mixed =
             protocols.contains(&PortProtocol::Http) && protocols.contains(&PortProtocol::Https);
+        // Listeners of this port by hostname: a hostname conflict is a group of two or more.
+        let mut by_hostname: HashMap<Option<&str>, Vec<usize>> = HashMap::new();
+        for &i in &indexes {
+            if let Some(listener) = listeners.get(i) {
+                by_hostname
+                    .entry(listener.hostname.as_deref())
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let mut conflicts: Vec<(usize, Problem)> = Vec::new();
         for &i in &indexes {
             let Some(listener) = listeners.get(i) else {
                 continue;
@@ -585,11 +615,13 @@ fn mark_conflicts(listeners: &mut [ListenerState<'_>]) {
                     format!("port {port} is used by both HTTP and HTTPS listeners"),
                 ))
             } else {
-                let same: Vec<&str> = indexes
+                let group = by_hostname
+                    .get(&listener.hostname.as_deref())
+                    .map_or(&[][..], Vec::as_slice);
+                let same: Vec<&str> = group
                     .iter()
                     .filter(|j| **j != i)
                     .filter_map(|j| listeners.get(*j))
-                    .filter(|other| other.hostname == listener.hostname)
                     .map(|other| other.name())
                     .collect();
                 (!same.is_empty()).then(|| {
@@ -603,7 +635,12 @@ fn mark_conflicts(listeners: &mut [ListenerState<'_>]) {
                     )
                 })
             };
-            if let (Some(conflict), Some(listener)) = (conflict, listeners.get_mut(i)) {
+            if let Some(conflict) = conflict {
+                conflicts.push((i, conflict));
+            }
+        }
+        for (i, conflict) in conflicts {
+            if let Some(listener) = listeners.get_mut(i) {
                 listener.accept_problems.push(conflict.clone());
                 listener.conflict = Some(conflict);
             }

@@ -39,7 +39,7 @@ pub use conditions::{reasons, types};
 use conditions::{ConditionStamp, Problem, join_messages};
 use gateways::{AttachedRoute, GatewayState, ListenerState};
 use matching::hostnames_on_listener;
-use refs::GATEWAY_GROUP;
+use refs::{GATEWAY_GROUP, ServerCertificates};
 use routes::{PreparedRoute, index_endpoint_slices, prepare_route};
 
 use crate::store::ObjectStore;
@@ -115,11 +115,12 @@ impl Translation {
 
 /// Translates every object of `store` (see the module documentation).
 pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation {
+    let mut certificates = ServerCertificates::default();
     let mut gateways: Vec<GatewayState<'_>> = store
         .gateways
         .iter()
         .filter(|(_, gateway)| is_ours(store, options, &gateway.spec.gateway_class_name))
-        .map(|(key, gateway)| GatewayState::new(store, key, gateway))
+        .map(|(key, gateway)| GatewayState::new(store, &mut certificates, key, gateway))
         .collect();
     gateways.sort_by(|a, b| a.age().cmp(&b.age()));
 
@@ -296,20 +297,25 @@ fn attach_to_gateway<'s>(
 ) -> Result<(), Problem> {
     let gateway_namespace = gateway.namespace().to_owned();
     let gateway_key = gateway.key.clone();
-    let selected: Vec<usize> = gateway
-        .listeners
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| {
-            parent_ref
-                .section_name
-                .as_deref()
-                .is_none_or(|section| section == l.name())
-                && parent_ref
+    // By name through the index: a Gateway with a route per listener stays linear.
+    let candidates: Vec<usize> = match parent_ref.section_name.as_deref() {
+        Some(section) => gateway
+            .listener_index
+            .get(section)
+            .copied()
+            .into_iter()
+            .collect(),
+        None => (0..gateway.listeners.len()).collect(),
+    };
+    let selected: Vec<usize> = candidates
+        .into_iter()
+        .filter(|i| {
+            gateway.listeners.get(*i).is_some_and(|l| {
+                parent_ref
                     .port
                     .is_none_or(|port| l.port.is_some_and(|p| i32::from(p) == port))
+            })
         })
-        .map(|(i, _)| i)
         .collect();
     if selected.is_empty() {
         return Err(Problem::new(

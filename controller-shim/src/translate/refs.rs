@@ -2,6 +2,8 @@
 //! (ConfigMaps or Secrets). Each resolver returns the parsed data or a [`Problem`] whose
 //! message names the reference (kind, namespace/name, key).
 
+use std::collections::HashMap;
+
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use portcullis_core::certs::{parse_ca_bundle, parse_server_certificate};
 use portcullis_core::desired::{CaCertificate, ObjectRef, ServerCertificate};
@@ -115,9 +117,18 @@ pub(crate) struct CertificateRef<'a> {
     pub namespace: Option<&'a str>,
 }
 
+/// Server certificates parsed from Secrets during one translation, each Secret once: checking
+/// a private key costs aws-lc hundreds of microseconds (RSA), and many listeners, often every
+/// listener of a Gateway, reference the same Secret.
+#[derive(Default)]
+pub(crate) struct ServerCertificates {
+    by_secret: HashMap<ObjectRef, Result<ServerCertificate, Problem>>,
+}
+
 /// Resolves a server certificate reference of a Gateway in `gateway_namespace`.
 pub(crate) fn resolve_certificate_ref(
     store: &ObjectStore,
+    certificates: &mut ServerCertificates,
     gateway_namespace: &str,
     reference: CertificateRef<'_>,
 ) -> Result<ServerCertificate, Problem> {
@@ -139,21 +150,38 @@ pub(crate) fn resolve_certificate_ref(
         kind: "Gateway",
         namespace: gateway_namespace,
     };
+    // Permission depends on the referring Gateway, so it is checked every time; the Secret's
+    // content only on its first reference.
     if !reference_permitted(store, from, to) {
         return Err(Problem::new(
             reasons::REF_NOT_PERMITTED,
             not_permitted_message(&what, to.namespace, "Gateway", gateway_namespace),
         ));
     }
+    let secret_ref = ObjectRef::new(to.namespace, to.name);
+    if let Some(parsed) = certificates.by_secret.get(&secret_ref) {
+        return parsed.clone();
+    }
+    let parsed = server_certificate_from_secret(store, &secret_ref, &what);
+    certificates.by_secret.insert(secret_ref, parsed.clone());
+    parsed
+}
+
+fn server_certificate_from_secret(
+    store: &ObjectStore,
+    secret_ref: &ObjectRef,
+    what: &str,
+) -> Result<ServerCertificate, Problem> {
+    let invalid = |message: String| Problem::new(reasons::INVALID_CERTIFICATE_REF, message);
     let secret = store
         .secrets
-        .get(&ObjectRef::new(to.namespace, to.name))
+        .get(secret_ref)
         .ok_or_else(|| invalid(format!("{what}: not found")))?;
     let cert = secret_value(secret, TLS_CERT_KEY)
         .ok_or_else(|| invalid(format!("{what}: key \"{TLS_CERT_KEY}\" is missing")))?;
     let key = secret_value(secret, TLS_KEY_KEY)
         .ok_or_else(|| invalid(format!("{what}: key \"{TLS_KEY_KEY}\" is missing")))?;
-    let source = format!("Secret {}/{}", to.namespace, to.name);
+    let source = format!("Secret {secret_ref}");
     parse_server_certificate(&cert, &key, &source).map_err(|e| invalid(format!("{what}: {e}")))
 }
 

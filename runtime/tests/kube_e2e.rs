@@ -717,6 +717,44 @@ fn run_user_guide(release: Release) {
 
     invalid_references(&kube, release, &certs);
 
+    // Handed to another class: no status field of ours stays on the Gateway (the other
+    // controller's to write now) and the controller removes the Deployment it provisioned,
+    // which is how its data plane stops in a cluster (a data plane serves the Gateway it is
+    // named for whatever the class: it does not read GatewayClasses).
+    kube.ok(&[
+        "patch",
+        "gateway",
+        "mtls",
+        "-n",
+        GATEWAY_NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"gatewayClassName":"someone-else"}}"#,
+    ]);
+    wait_for("our status fields to leave the Gateway", PATIENCE, || {
+        let gateway = kube
+            .get("gateway", Some(GATEWAY_NS), "mtls")
+            .ok_or("gone")?;
+        let ours = gateway["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["manager"] == "portcullis" && m["subresource"] == "status");
+        let conditions = &gateway["status"]["conditions"];
+        let stale = ["Accepted", "Programmed"]
+            .iter()
+            .any(|t| condition(conditions, t).is_some_and(|(_, reason)| reason != "Pending"));
+        (!ours && !stale)
+            .then_some(())
+            .ok_or(format!("{}", gateway["status"]))
+    });
+    wait_for("the provisioned Deployment to go", PATIENCE, || {
+        kube.get("deployment", Some(GATEWAY_NS), "mtls")
+            .is_none()
+            .then_some(())
+            .ok_or("still there".to_owned())
+    });
+
     // Deleting the Gateway closes its ports and removes what was provisioned.
     kube.ok(&["delete", "gateway", "mtls", "-n", GATEWAY_NS]);
     wait_for("the provisioned objects to go", PATIENCE, || {

@@ -11,6 +11,10 @@
 //!   concurrent write by another controller makes ours fail (409) and be redone from fresh
 //!   data rather than lose theirs. Our entries on routes that no longer reference one of our
 //!   Gateways are removed;
+//! - a Gateway or GatewayClass that stops being ours (its class or the class's controllerName
+//!   changed) gets an empty status applied by our field manager: server-side apply then
+//!   removes every field we had set that no other manager also owns, so stale `Accepted` /
+//!   `Programmed` conditions of ours do not linger on an object another controller serves;
 //! - our own write reaches the watch cache a moment later: until the object's
 //!   `resourceVersion` moves, the status we wrote stands in for the live one, so a
 //!   translation in between neither rewrites it nor restamps its transition times.
@@ -24,7 +28,7 @@ use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
 use gateway_api::experimental::gateways::{GatewayStatus, GatewayStatusListeners};
 use gateway_api::experimental::httproutes::{HttpRouteStatus, HttpRouteStatusParents};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use portcullis_core::desired::ObjectRef;
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -282,6 +286,7 @@ pub fn plan_status_writes(
             });
         }
     }
+    release_foreign_statuses(store, translation, memo, &mut writes);
     let desired_routes: BTreeMap<&ObjectRef, &HttpRouteStatus> = translation
         .route_statuses
         .iter()
@@ -318,6 +323,81 @@ pub fn plan_status_writes(
         }
     }
     writes
+}
+
+/// Empty status applies for the GatewayClasses and Gateways that are no longer ours but still
+/// carry status fields our field manager set (see the module documentation).
+fn release_foreign_statuses(
+    store: &ObjectStore,
+    translation: &Translation,
+    memo: &WrittenMemo,
+    writes: &mut Vec<StatusWrite>,
+) {
+    let ours_classes: BTreeSet<&str> = translation
+        .gateway_class_statuses
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let ours_gateways: BTreeSet<&ObjectRef> = translation
+        .gateway_statuses
+        .iter()
+        .map(|(key, _)| key)
+        .collect();
+    let classes = store
+        .gateway_classes
+        .iter()
+        .filter(|(name, _)| !ours_classes.contains(name.as_str()))
+        .map(|(name, class)| {
+            (
+                ObjectKey {
+                    kind: ObjectKind::GatewayClass,
+                    object: ObjectRef::new("", name.as_str()),
+                },
+                &class.metadata,
+                StatusBody::GatewayClass(GatewayClassStatus::default()),
+            )
+        });
+    let gateways = store
+        .gateways
+        .iter()
+        .filter(|(key, _)| !ours_gateways.contains(key))
+        .map(|(key, gateway)| {
+            (
+                ObjectKey {
+                    kind: ObjectKind::Gateway,
+                    object: key.clone(),
+                },
+                &gateway.metadata,
+                StatusBody::Gateway(GatewayStatus::default()),
+            )
+        });
+    for (target, metadata, empty) in classes.chain(gateways) {
+        if !status_fields_managed_by_us(metadata) {
+            continue;
+        }
+        let resource_version = metadata.resource_version.clone();
+        // Released already; the watch has not delivered the result yet.
+        if memo.get(&target) == Some(&(resource_version.clone(), empty.clone())) {
+            continue;
+        }
+        writes.push(StatusWrite {
+            target,
+            resource_version,
+            status: empty,
+        });
+    }
+}
+
+/// Whether our field manager owns fields of the object's status subresource.
+fn status_fields_managed_by_us(metadata: &ObjectMeta) -> bool {
+    metadata.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(FIELD_MANAGER)
+            && entry.subresource.as_deref() == Some("status")
+            && entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|fields| fields.0.as_object().is_some_and(|f| !f.is_empty()))
+    })
 }
 
 /// Counts of one round of writes.
@@ -451,7 +531,7 @@ mod tests {
     use crate::manifests::{LoadedManifests, load_text};
     use crate::translate::{TranslateOptions, translate};
     use gateway_api::experimental::httproutes::HttpRouteStatusParentsParentRef;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
     use k8s_openapi::jiff::Timestamp;
     use std::path::Path;
 
@@ -590,34 +670,126 @@ spec:
         translate(store, &TranslateOptions::new(at(second)))
     }
 
-    /// Applies planned writes to the store as the API server would, with a new
-    /// resourceVersion.
+    /// Applies planned writes to the store as the API server would: a new resourceVersion,
+    /// and our field manager's status entry in managedFields while we set any field.
     fn apply_writes(store: &mut ObjectStore, writes: &[StatusWrite]) {
         for write in writes {
             let version = Some(format!(
                 "{}0",
                 write.resource_version.clone().unwrap_or_default()
             ));
-            match &write.status {
+            let fields = match &write.status {
+                StatusBody::GatewayClass(s) => serde_json::to_value(s),
+                StatusBody::Gateway(s) => serde_json::to_value(s),
+                StatusBody::HttpRoute(s) => serde_json::to_value(s),
+            }
+            .unwrap();
+            let metadata = match &write.status {
                 StatusBody::GatewayClass(s) => {
                     let class = store
                         .gateway_classes
                         .get_mut(&write.target.object.name)
                         .unwrap();
                     class.status = Some(s.clone());
-                    class.metadata.resource_version = version;
+                    &mut class.metadata
                 }
                 StatusBody::Gateway(s) => {
                     let gateway = store.gateways.get_mut(&write.target.object).unwrap();
                     gateway.status = Some(s.clone());
-                    gateway.metadata.resource_version = version;
+                    &mut gateway.metadata
                 }
                 StatusBody::HttpRoute(s) => {
                     let route = store.http_routes.get_mut(&write.target.object).unwrap();
                     route.status = Some(s.clone());
-                    route.metadata.resource_version = version;
+                    &mut route.metadata
                 }
+            };
+            metadata.resource_version = version;
+            let managed = metadata.managed_fields.get_or_insert_with(Vec::new);
+            managed.retain(|m| m.manager.as_deref() != Some(FIELD_MANAGER));
+            if fields.as_object().is_some_and(|f| !f.is_empty()) {
+                managed.push(ManagedFieldsEntry {
+                    manager: Some(FIELD_MANAGER.to_owned()),
+                    operation: Some("Apply".to_owned()),
+                    subresource: Some("status".to_owned()),
+                    fields_v1: Some(FieldsV1(json!({ "f:status": {} }))),
+                    ..ManagedFieldsEntry::default()
+                });
             }
+        }
+    }
+
+    #[test]
+    fn a_gateway_or_class_no_longer_ours_gets_our_status_fields_released_once() {
+        let mut store = store();
+        let memo = WrittenMemo::new();
+        let first = plan_status_writes(&store, &translation(&store, 100), OURS, &memo);
+        apply_writes(&mut store, &first);
+        let gateway_key = store.gateways.keys().next().unwrap().clone();
+        store
+            .gateways
+            .get_mut(&gateway_key)
+            .unwrap()
+            .spec
+            .gateway_class_name = "someone-else".to_owned();
+        let class_name = store.gateway_classes.keys().next().unwrap().clone();
+        store
+            .gateway_classes
+            .get_mut(&class_name)
+            .unwrap()
+            .spec
+            .controller_name = "example.com/another-controller".to_owned();
+
+        let release = plan_status_writes(&store, &translation(&store, 200), OURS, &memo);
+        let released: Vec<(ObjectKind, &StatusBody)> =
+            release.iter().map(|w| (w.target.kind, &w.status)).collect();
+        assert_eq!(
+            released,
+            vec![
+                (
+                    ObjectKind::GatewayClass,
+                    &StatusBody::GatewayClass(GatewayClassStatus::default())
+                ),
+                (
+                    ObjectKind::Gateway,
+                    &StatusBody::Gateway(GatewayStatus::default())
+                ),
+                // The route's parent entry for that Gateway goes too.
+                (
+                    ObjectKind::HttpRoute,
+                    &StatusBody::HttpRoute(HttpRouteStatus {
+                        parents: Vec::new()
+                    })
+                ),
+            ]
+        );
+        // The empty apply is the whole body: no field of ours survives it.
+        let gateway_write = release.get(1).unwrap();
+        let resource = ApiResource::erase::<gateway_api::experimental::gateways::Gateway>(&());
+        let body = status_apply_body(&resource, gateway_write).unwrap();
+        assert_eq!(body["status"], json!({}));
+
+        // Written but not yet seen back: not repeated.
+        let mut pending = WrittenMemo::new();
+        for write in &release {
+            pending.insert(
+                write.target.clone(),
+                (write.resource_version.clone(), write.status.clone()),
+            );
+        }
+        let again = plan_status_writes(&store, &translation(&store, 201), OURS, &pending);
+        assert!(
+            again.iter().all(|w| w.target.kind == ObjectKind::HttpRoute),
+            "{again:?}"
+        );
+
+        // Seen back (our manager owns nothing now): nothing more to write, ever.
+        apply_writes(&mut store, &release);
+        for second in [300, 10_000] {
+            assert_eq!(
+                plan_status_writes(&store, &translation(&store, second), OURS, &memo),
+                Vec::new()
+            );
         }
     }
 

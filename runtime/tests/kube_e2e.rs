@@ -42,17 +42,18 @@ const CONFORMANCE_NAMESPACES: [&str; 3] = [
 #[derive(Debug, Clone, Copy)]
 struct Release {
     version: &'static str,
-    /// The install file, relative to `runtime/tests/fixtures/gateway-api/VERSION/`.
+    /// The install file, relative to the repository root.
     bundle: &'static str,
 }
 
+/// The guide's CRDs: the chart's copy (`crds.install`), one file for both uses.
 const V1_4_0: Release = Release {
     version: "v1.4.0",
-    bundle: "experimental-install.yaml",
+    bundle: "charts/portcullis/files/crds/gateway-api-v1.4.0-experimental.yaml",
 };
 const V1_6_1: Release = Release {
     version: "v1.6.1",
-    bundle: "standard-install.yaml",
+    bundle: "runtime/tests/fixtures/gateway-api/v1.6.1/standard-install.yaml",
 };
 
 impl Release {
@@ -66,10 +67,7 @@ impl Release {
     }
 
     fn bundle_path(&self) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/gateway-api")
-            .join(self.version)
-            .join(self.bundle)
+        repo_root().join(self.bundle)
     }
 
     /// An upstream conformance manifest of this release, for our class.

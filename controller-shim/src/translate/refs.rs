@@ -28,6 +28,17 @@ pub(crate) struct Referrer<'a> {
     pub namespace: &'a str,
 }
 
+impl<'a> Referrer<'a> {
+    /// A Gateway in `namespace` (certificate and CA refs).
+    pub fn gateway(namespace: &'a str) -> Self {
+        Self {
+            group: GATEWAY_GROUP,
+            kind: "Gateway",
+            namespace,
+        }
+    }
+}
+
 /// The referenced side of a reference.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Referent<'a> {
@@ -56,7 +67,7 @@ pub(crate) fn describe(group: &str, kind: &str, namespace: &str, name: &str) -> 
 /// Whether `from` may reference `to`: always within a namespace; across namespaces only when a
 /// ReferenceGrant (v1beta1 or v1, stored alike) in `to`'s namespace allows it. A grant's `to`
 /// entry without a name allows every object of that group and kind in its namespace.
-pub(crate) fn reference_permitted(
+fn reference_permitted(
     store: &ObjectStore,
     from: Referrer<'_>,
     to: Referent<'_>,
@@ -145,19 +156,9 @@ pub(crate) fn resolve_certificate_ref(
             "{what}: only kind Secret in the core group (\"\") is supported"
         )));
     }
-    let from = Referrer {
-        group: GATEWAY_GROUP,
-        kind: "Gateway",
-        namespace: gateway_namespace,
-    };
     // Permission depends on the referring Gateway, so it is checked every time; the Secret's
     // content only on its first reference.
-    if !reference_permitted(store, from, to) {
-        return Err(Problem::new(
-            reasons::REF_NOT_PERMITTED,
-            not_permitted_message(&what, to.namespace, "Gateway", gateway_namespace),
-        ));
-    }
+    require_grant(store, Referrer::gateway(gateway_namespace), to, &what)?;
     let secret_ref = ObjectRef::new(to.namespace, to.name);
     if let Some(parsed) = certificates.by_secret.get(&secret_ref) {
         return parsed.clone();
@@ -218,17 +219,7 @@ pub(crate) fn resolve_ca_ref(
             ));
         }
     };
-    let from = Referrer {
-        group: GATEWAY_GROUP,
-        kind: "Gateway",
-        namespace: gateway_namespace,
-    };
-    if !reference_permitted(store, from, to) {
-        return Err(Problem::new(
-            reasons::REF_NOT_PERMITTED,
-            not_permitted_message(&what, to.namespace, "Gateway", gateway_namespace),
-        ));
-    }
+    require_grant(store, Referrer::gateway(gateway_namespace), to, &what)?;
     let at = ObjectRef::new(to.namespace, to.name);
     let bundle = if is_config_map {
         let config_map = store
@@ -248,14 +239,22 @@ pub(crate) fn resolve_ca_ref(
     parse_ca_bundle(&bundle, &source).map_err(|e| invalid(format!("{what}: {e}")))
 }
 
-pub(crate) fn not_permitted_message(
+/// `Ok` when `from` may reference `to` (same namespace, or a ReferenceGrant allows it); else
+/// the `RefNotPermitted` problem, naming the reference as `what`.
+pub(crate) fn require_grant(
+    store: &ObjectStore,
+    from: Referrer<'_>,
+    to: Referent<'_>,
     what: &str,
-    target_namespace: &str,
-    from_kind: &str,
-    from_namespace: &str,
-) -> String {
-    format!(
-        "{what}: no ReferenceGrant in namespace {target_namespace} allows {from_kind}s in \
-         namespace {from_namespace} to reference it"
-    )
+) -> Result<(), Problem> {
+    if reference_permitted(store, from, to) {
+        return Ok(());
+    }
+    Err(Problem::new(
+        reasons::REF_NOT_PERMITTED,
+        format!(
+            "{what}: no ReferenceGrant in namespace {} allows {}s in namespace {} to reference it",
+            to.namespace, from.kind, from.namespace
+        ),
+    ))
 }

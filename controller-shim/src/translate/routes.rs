@@ -23,7 +23,7 @@ use portcullis_core::hostname;
 
 use super::conditions::{Problem, reasons};
 use super::matching::is_valid_hostname;
-use super::refs::{CORE_GROUP, GATEWAY_GROUP, Referent, Referrer, describe, reference_permitted};
+use super::refs::{CORE_GROUP, GATEWAY_GROUP, Referent, Referrer, describe, require_grant};
 use crate::store::ObjectStore;
 
 /// The label that ties an EndpointSlice to its Service.
@@ -274,12 +274,7 @@ fn resolve_endpoints(
         namespace,
         name,
     };
-    if !reference_permitted(store, from, to) {
-        return Err(Problem::new(
-            reasons::REF_NOT_PERMITTED,
-            super::refs::not_permitted_message(&what, namespace, "HTTPRoute", route_namespace),
-        ));
-    }
+    require_grant(store, from, to, &what)?;
     let not_found = |message: String| Problem::new(reasons::BACKEND_NOT_FOUND, message);
     let service_key = ObjectRef::new(namespace, name);
     let service = store

@@ -67,11 +67,7 @@ pub(crate) fn describe(group: &str, kind: &str, namespace: &str, name: &str) -> 
 /// Whether `from` may reference `to`: always within a namespace; across namespaces only when a
 /// ReferenceGrant (v1beta1 or v1, stored alike) in `to`'s namespace allows it. A grant's `to`
 /// entry without a name allows every object of that group and kind in its namespace.
-fn reference_permitted(
-    store: &ObjectStore,
-    from: Referrer<'_>,
-    to: Referent<'_>,
-) -> bool {
+fn reference_permitted(store: &ObjectStore, from: Referrer<'_>, to: Referent<'_>) -> bool {
     if from.namespace == to.namespace {
         return true;
     }

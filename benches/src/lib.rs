@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use portcullis_controller_shim::manifests::{LoadedManifests, load_text};
 use portcullis_controller_shim::{ObjectStore, TranslateOptions};
 use portcullis_core::client_auth::{ClientAuth, PeerIdentity};
-use portcullis_core::compile::{self, Snapshot};
+use portcullis_core::compile::{self, ShardServerConfigs, Snapshot};
 use portcullis_core::desired::{
     BackendTarget, CaCertificate, ClientValidation, DesiredBackend, DesiredConfig, DesiredListener,
     DesiredPort, DesiredRoute, DesiredRule, ListenerTls, ObjectRef, PathMatch, PortProtocol,
@@ -30,7 +30,7 @@ use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::Acceptor;
-use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore};
 
 pub use portcullis_core::client_identity::sha256;
 
@@ -255,11 +255,11 @@ pub fn desired(
     })
 }
 
-/// The server side of one listener as a shard runs it: its shard-local `ServerConfig` and its
+/// The server side of one listener as a shard runs it: its shard-local `ServerConfig`s and its
 /// client policy, from the real `compile`.
 #[derive(Debug, Clone)]
 pub struct ServerSide {
-    pub config: Arc<ServerConfig>,
+    pub configs: ShardServerConfigs,
     pub client_auth: Arc<ClientAuth>,
     pub snapshot: Arc<Snapshot>,
 }
@@ -277,7 +277,7 @@ impl ServerSide {
             .and_then(|l| l.tls.as_ref())
             .ok_or("no TLS listener compiled")?;
         Ok(ServerSide {
-            config: tls.shard_local_server_config(),
+            configs: tls.shard_local_server_configs(),
             client_auth: Arc::clone(&tls.client_auth),
             snapshot: Arc::new(snapshot),
         })
@@ -352,8 +352,13 @@ pub fn handshake(client: &Arc<ClientConfig>, server: &ServerSide) -> Result<Hand
             Err((e, _)) => return Err(e.to_string()),
         }
     };
+    let config = Arc::clone(
+        server
+            .configs
+            .for_client(accepted.client_hello().cipher_suites()),
+    );
     let mut s = accepted
-        .into_connection(Arc::clone(&server.config))
+        .into_connection(config)
         .map_err(|(e, _)| e.to_string())?;
     server_time += t.elapsed();
 

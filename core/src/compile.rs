@@ -6,17 +6,16 @@
 //! never takes its port's other listeners (or other ports) with it.
 //!
 //! Shards never share mutable state through a snapshot: it is read-only, and each shard makes
-//! its own copy of every `ServerConfig` ([`CompiledTls::shard_local_server_config`]).
+//! its own copies of every `ServerConfig` ([`CompiledTls::shard_local_server_configs`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use ::aws_lc_rs::digest;
 use rustls::compress::CompressionCache;
-use rustls::crypto::aws_lc_rs;
 use rustls::server::NoServerSessionStorage;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{ServerConfig, version};
+use rustls::{CipherSuite, ServerConfig, version};
 
 use crate::certs;
 use crate::client_auth::ClientAuth;
@@ -26,6 +25,7 @@ use crate::desired::{
 };
 use crate::routing::RouteTable;
 use crate::sni::HostResolver;
+use crate::suites;
 use crate::tickets::TicketKeys;
 
 /// The only application protocol Portcullis speaks to clients. Clients that send no ALPN get
@@ -103,11 +103,16 @@ pub struct CompiledTls {
 }
 
 impl CompiledTls {
-    /// A copy of the listener's `ServerConfig` for one shard. rustls configs share their
-    /// session cache between clones; ours has none (stateless tickets), and this copy gives
-    /// the shard its own reference count, so handshakes never touch another core's memory.
-    pub fn shard_local_server_config(&self) -> Arc<ServerConfig> {
-        Arc::new((*self.server_config).clone())
+    /// Copies of the listener's `ServerConfig` for one shard. rustls configs share their
+    /// session cache between clones; ours has none (stateless tickets), and these copies give
+    /// the shard its own reference counts, so handshakes never touch another core's memory.
+    pub fn shard_local_server_configs(&self) -> ShardServerConfigs {
+        let mut client_order = (*self.server_config).clone();
+        client_order.ignore_client_order = false;
+        ShardServerConfigs {
+            server_order: Arc::new((*self.server_config).clone()),
+            client_order: Arc::new(client_order),
+        }
     }
 
     pub fn resumption_enabled(&self) -> bool {
@@ -117,6 +122,25 @@ impl CompiledTls {
     /// The ticket keys in use (tests check that sessions are bound to the policy).
     pub fn ticket_keys(&self) -> Option<&TicketKeys> {
         self.ticket_keys.as_ref()
+    }
+}
+
+/// One shard's copies of a listener's `ServerConfig`, identical but for whose order of cipher
+/// suites decides ([`suites`]).
+#[derive(Debug, Clone)]
+pub struct ShardServerConfigs {
+    server_order: Arc<ServerConfig>,
+    client_order: Arc<ServerConfig>,
+}
+
+impl ShardServerConfigs {
+    /// The config for a ClientHello offering `offered` (in the client's order).
+    pub fn for_client(&self, offered: &[CipherSuite]) -> &Arc<ServerConfig> {
+        if suites::client_prefers_chacha(offered) {
+            &self.client_order
+        } else {
+            &self.server_order
+        }
     }
 }
 
@@ -338,12 +362,14 @@ fn build_tls(
     ticket_keys: Option<TicketKeys>,
     fingerprint: [u8; 32],
 ) -> Result<CompiledTls, String> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+    let mut config = ServerConfig::builder_with_provider(Arc::new(suites::server_provider()))
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(client_auth.rustls_verifier())
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(&certified_key))));
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // `ShardServerConfigs` flips this for clients that put ChaCha20 first.
+    config.ignore_client_order = true;
     // Resumption is by stateless tickets only: a server-side session cache would be shared
     // mutable state (and a lock) across shards.
     config.session_storage = Arc::new(NoServerSessionStorage {});

@@ -11,4 +11,5 @@ pub mod http1;
 pub mod listener_options;
 pub mod routing;
 pub mod sni;
+pub mod suites;
 pub mod tickets;

@@ -18,7 +18,7 @@ pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx: 
     let started = Instant::now();
     let handshake = monoio::time::timeout(
         ctx.limits.handshake_timeout,
-        tls::accept(tcp, |sni| port.choose_by_sni(sni)),
+        tls::accept(tcp, |hello| port.choose(hello)),
     )
     .await;
     let accepted = match handshake {

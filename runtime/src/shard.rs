@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
-use portcullis_core::compile::{CompiledPort, Snapshot};
+use portcullis_core::compile::{CompiledPort, ShardServerConfigs, Snapshot};
 use portcullis_core::desired::PortProtocol;
 use rustls::ServerConfig;
+use rustls::server::ClientHello;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -314,7 +315,7 @@ pub struct ShardContext {
 pub struct ShardPort {
     pub compiled: Arc<CompiledPort>,
     /// `server_configs[i]` belongs to `compiled.listeners[i]` (`None` on HTTP ports).
-    pub server_configs: Vec<Option<Arc<ServerConfig>>>,
+    pub server_configs: Vec<Option<ShardServerConfigs>>,
     pub routing: http::PortRouting,
     pub generation: u64,
     pub metrics: Rc<PortMetrics>,
@@ -327,7 +328,7 @@ impl ShardPort {
         let server_configs = compiled
             .listeners
             .iter()
-            .map(|l| l.tls.as_ref().map(|t| t.shard_local_server_config()))
+            .map(|l| l.tls.as_ref().map(|t| t.shard_local_server_configs()))
             .collect();
         let routing = http::PortRouting::new(&compiled, metrics);
         let listener_metrics = compiled
@@ -345,11 +346,11 @@ impl ShardPort {
         }
     }
 
-    /// The listener and shard-local config for a ClientHello's SNI.
-    pub fn choose_by_sni(&self, sni: Option<&str>) -> Option<(usize, Arc<ServerConfig>)> {
-        let index = self.compiled.hosts.resolve(sni)?;
-        let config = self.server_configs.get(index)?.as_ref()?;
-        Some((index, Arc::clone(config)))
+    /// The listener (by SNI) and its shard-local config for a ClientHello.
+    pub fn choose(&self, hello: &ClientHello<'_>) -> Option<(usize, Arc<ServerConfig>)> {
+        let index = self.compiled.hosts.resolve(hello.server_name())?;
+        let configs = self.server_configs.get(index)?.as_ref()?;
+        Some((index, Arc::clone(configs.for_client(hello.cipher_suites()))))
     }
 }
 

@@ -15,7 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use portcullis_core::client_auth::{self, RejectedCertificate};
 use rustls::pki_types::CertificateDer;
-use rustls::server::{Acceptor, ServerConnection};
+use rustls::server::{Acceptor, ClientHello, ServerConnection};
 use rustls::{HandshakeKind, ServerConfig};
 
 use crate::bufpool;
@@ -154,11 +154,11 @@ pub struct HandshakeFailure {
     pub error: HandshakeError,
 }
 
-/// Runs the server handshake. `choose` maps the ClientHello's SNI to a listener index and its
+/// Runs the server handshake. `choose` maps the ClientHello (its SNI, its suites) to a listener index and its
 /// config; `None` refuses the connection with `unrecognized_name`.
 pub async fn accept(
     tcp: TcpStream,
-    choose: impl FnOnce(Option<&str>) -> Option<(usize, Arc<ServerConfig>)>,
+    choose: impl FnOnce(&ClientHello<'_>) -> Option<(usize, Arc<ServerConfig>)>,
 ) -> Result<Accepted, HandshakeFailure> {
     let mut chosen = None;
     accept_inner(tcp, choose, &mut chosen)
@@ -171,7 +171,7 @@ pub async fn accept(
 
 async fn accept_inner(
     mut tcp: TcpStream,
-    choose: impl FnOnce(Option<&str>) -> Option<(usize, Arc<ServerConfig>)>,
+    choose: impl FnOnce(&ClientHello<'_>) -> Option<(usize, Arc<ServerConfig>)>,
     chosen: &mut Option<usize>,
 ) -> Result<Accepted, HandshakeError> {
     let mut acceptor = Acceptor::default();
@@ -196,8 +196,9 @@ async fn accept_inner(
             }
         }
     };
-    let server_name = accepted.client_hello().server_name().map(str::to_owned);
-    let Some((listener, config)) = choose(server_name.as_deref()) else {
+    let hello = accepted.client_hello();
+    let server_name = hello.server_name().map(str::to_owned);
+    let Some((listener, config)) = choose(&hello) else {
         let _ = tcp.write_all(ALERT_UNRECOGNIZED_NAME.to_vec()).await;
         bufpool::give(rx);
         return Err(HandshakeError::UnknownServerName(server_name));

@@ -1,5 +1,6 @@
 //! What the handshake negotiates besides certificates: ALPN (`http/1.1` only; clients without
-//! ALPN get HTTP/1.1 too) and both TLS versions.
+//! ALPN get HTTP/1.1 too), both TLS versions, and the cipher suite (AES-128-GCM by the
+//! server's preference, ChaCha20 for clients that put it first).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -7,7 +8,13 @@ mod support;
 use std::sync::Arc;
 
 use portcullis_runtime::pki::{GuidePki, KeyKind};
-use rustls::{AlertDescription, ClientConfig, ProtocolVersion};
+use rustls::crypto::aws_lc_rs::cipher_suite::{
+    TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS13_AES_128_GCM_SHA256,
+    TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+};
+use rustls::version::{TLS12, TLS13};
+use rustls::{AlertDescription, CipherSuite, ClientConfig, ProtocolVersion};
 use support::backends::echo;
 use support::*;
 
@@ -78,4 +85,66 @@ fn tls13_is_preferred_and_tls12_is_served() {
         Some(ProtocolVersion::TLSv1_2)
     );
     assert_eq!(legacy.get("example.com", "/get").unwrap().status, 200);
+}
+
+/// The suite a client offering `suites` (in its order) negotiates, after one request through.
+fn negotiated(
+    port: u16,
+    suites: &[rustls::SupportedCipherSuite],
+    version: &'static rustls::SupportedProtocolVersion,
+) -> CipherSuite {
+    let config = any_server_client_offering(suites, &[version]);
+    let mut http = Http::connect(port, "example.com", &config).unwrap();
+    assert_eq!(http.get("example.com", "/get").unwrap().status, 200);
+    http.stream.conn.negotiated_cipher_suite().unwrap().suite()
+}
+
+#[test]
+fn the_server_prefers_aes128_gcm_over_the_clients_aes256_first() {
+    let (_gw, port, _) = gateway();
+    // rustls' and OpenSSL's default order.
+    let aes256_first = [
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    assert_eq!(
+        negotiated(port, &aes256_first, &TLS13),
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+    );
+    let tls12_aes256_first = [
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    assert_eq!(
+        negotiated(port, &tls12_aes256_first, &TLS12),
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    );
+    // Whatever the client offers is served when AES-128 is not among it.
+    assert_eq!(
+        negotiated(port, &[TLS13_AES_256_GCM_SHA384], &TLS13),
+        CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+}
+
+#[test]
+fn a_client_that_puts_chacha20_first_gets_chacha20() {
+    let (_gw, port, _) = gateway();
+    let chacha_first = [
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+    ];
+    assert_eq!(
+        negotiated(port, &chacha_first, &TLS13),
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+    );
+    let tls12_chacha_first = [
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    assert_eq!(
+        negotiated(port, &tls12_chacha_first, &TLS12),
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+    );
 }

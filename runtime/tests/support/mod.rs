@@ -244,11 +244,23 @@ fn build_client(
     client: Option<&CertKeyPem>,
     versions: &[&'static SupportedProtocolVersion],
 ) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(Arc::new(
+    build_client_with(
         rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .unwrap();
+        server,
+        client,
+        versions,
+    )
+}
+
+fn build_client_with(
+    provider: rustls::crypto::CryptoProvider,
+    server: ServerCheck<'_>,
+    client: Option<&CertKeyPem>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap();
     let builder = match server {
         ServerCheck::Roots(ca_pem) => {
             let mut roots = RootCertStore::empty();
@@ -293,6 +305,19 @@ pub fn client_config_tls12(ca_pem: &str, client: Option<&CertKeyPem>) -> Arc<Cli
 /// A client that accepts any server certificate (as `curl -k`), presenting `client` if given.
 pub fn any_server_client_config(client: Option<&CertKeyPem>) -> Arc<ClientConfig> {
     build_client(ServerCheck::Any, client, rustls::DEFAULT_VERSIONS)
+}
+
+/// Like [`any_server_client_config`] without a certificate, offering exactly `suites`, in
+/// that order of preference.
+pub fn any_server_client_offering(
+    suites: &[rustls::SupportedCipherSuite],
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    build_client_with(provider, ServerCheck::Any, None, versions)
 }
 
 /// A client that presents `cert` but signs the handshake with `key`, which does not belong to

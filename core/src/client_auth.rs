@@ -11,6 +11,9 @@
 //! - A resumed session restores the client chain from the ticket; it is checked again against
 //!   the listener's current policy (dates included), so resumption never skips a check.
 //! - Fail closed: with no valid CA, every client is refused in the handshake.
+//! - A chain that passed the chain check on this shard is not checked again under the same
+//!   policy while its certificates are in date ([`verified_chains`]); the SAN/hash rules and
+//!   the client's signature are checked on every handshake.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -28,6 +31,7 @@ use crate::client_identity::{self, IdentityMismatch, VerifiedClient};
 use crate::desired::{ClientValidation, ValidationMode};
 use crate::listener_options::CertificateHash;
 use crate::listener_options::{ClientIdentityRules, ForwardClientCert};
+use crate::verified_chains::{self, PolicyId};
 
 /// What the handshake and the post-handshake check concluded about the client.
 #[derive(Debug, Clone)]
@@ -100,6 +104,8 @@ fn record_rejection(end_entity: &CertificateDer<'_>) {
 pub struct ClientAuth {
     validation: Validation,
     forward: ForwardClientCert,
+    /// What [`verified_chains`] remembers verdicts under: unique to this compiled policy.
+    policy_id: PolicyId,
 }
 
 enum Validation {
@@ -167,6 +173,7 @@ impl ClientAuth {
         Ok(Self {
             validation,
             forward,
+            policy_id: PolicyId::fresh(),
         })
     }
 
@@ -215,7 +222,7 @@ impl ClientAuth {
             // rustls ran exactly this check in the handshake.
             Ok(())
         } else {
-            full_check(webpki.as_ref(), rules, leaf, intermediates)
+            self.full_check(webpki.as_ref(), rules, leaf, intermediates)
         };
         match (verified, mode) {
             (Ok(()), _) => PeerIdentity::Verified(Arc::new(VerifiedClient::new(
@@ -229,25 +236,41 @@ impl ClientAuth {
             (Err(failure), ValidationMode::AllowValidOnly) => PeerIdentity::Rejected(failure),
         }
     }
-}
 
-/// Chain verification, then the listener's SAN and hash rules.
-fn full_check(
-    webpki: &dyn ClientCertVerifier,
-    rules: &ClientIdentityRules,
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-) -> Result<(), ClientCertFailure> {
-    webpki
-        .verify_client_cert(leaf, intermediates, UnixTime::now())
-        .map_err(|e| classify_error(&e).unwrap_or(ClientCertFailure::Invalid(e.to_string())))?;
-    client_identity::check_rules(rules, leaf).map_err(|m| match m {
-        IdentityMismatch::SubjectAltName => ClientCertFailure::SanMismatch,
-        IdentityMismatch::Hash => ClientCertFailure::HashMismatch,
-        IdentityMismatch::Unparsable => {
-            ClientCertFailure::Invalid("the leaf certificate cannot be parsed".to_owned())
-        }
-    })
+    /// The chain check (a path to one of the CAs, dates, key usage), unless this thread saw
+    /// the same chain pass it under this policy and it is still in date.
+    fn check_chain(
+        &self,
+        webpki: &dyn ClientCertVerifier,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        verified_chains::check_once(self.policy_id, leaf, intermediates, now, || {
+            webpki
+                .verify_client_cert(leaf, intermediates, now)
+                .map(|_| ())
+        })
+    }
+
+    /// Chain verification, then the listener's SAN and hash rules.
+    fn full_check(
+        &self,
+        webpki: &dyn ClientCertVerifier,
+        rules: &ClientIdentityRules,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), ClientCertFailure> {
+        self.check_chain(webpki, leaf, intermediates, UnixTime::now())
+            .map_err(|e| classify_error(&e).unwrap_or(ClientCertFailure::Invalid(e.to_string())))?;
+        client_identity::check_rules(rules, leaf).map_err(|m| match m {
+            IdentityMismatch::SubjectAltName => ClientCertFailure::SanMismatch,
+            IdentityMismatch::Hash => ClientCertFailure::HashMismatch,
+            IdentityMismatch::Unparsable => {
+                ClientCertFailure::Invalid("the leaf certificate cannot be parsed".to_owned())
+            }
+        })
+    }
 }
 
 /// Maps a failed handshake to the client-certificate reason, when that was the cause.
@@ -312,9 +335,10 @@ impl ClientCertVerifier for HandshakeVerifier {
                 webpki,
                 rules,
             } => {
-                let verified = webpki
-                    .verify_client_cert(end_entity, intermediates, now)
-                    .and_then(|_| {
+                let verified = self
+                    .policy
+                    .check_chain(webpki.as_ref(), end_entity, intermediates, now)
+                    .and_then(|()| {
                         client_identity::check_rules(rules, end_entity).map_err(|m| {
                             rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
                                 Arc::new(m),

@@ -13,3 +13,4 @@ pub mod routing;
 pub mod sni;
 pub mod suites;
 pub mod tickets;
+pub mod verified_chains;

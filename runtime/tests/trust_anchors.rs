@@ -177,6 +177,34 @@ fn invalid_ca_refs_are_skipped_while_a_valid_one_remains() {
 }
 
 #[test]
+fn a_client_that_verified_before_its_ca_was_dropped_is_refused_after() {
+    // A shard remembers chains that passed (`verified_chains`): a new policy must not use that.
+    let server = server();
+    let (old_ca, new_ca) = (ca("Old CA"), ca("New CA"));
+    let port = free_port();
+    let trusting = |ca_ref: &str| {
+        GatewayYaml::new()
+            .default_validation(valid_only(&[ca_ref]))
+            .listener(https("https", port, "server-cert"))
+    };
+    let config_maps = || {
+        vec![
+            ca_config_map("old-ca", &old_ca.pem.cert),
+            ca_config_map("new-ca", &new_ca.pem.cert),
+        ]
+    };
+    let gw = Gateway::start(desired(&docs(&server, trusting("old-ca"), config_maps())));
+    let (old_client, new_client) = (client_of(&old_ca), client_of(&new_ca));
+    assert_served(&server, port, &old_client);
+    assert_served(&server, port, &old_client);
+
+    gw.publish(desired(&docs(&server, trusting("new-ca"), config_maps())));
+    let refused = get_as(&server, port, Some(&old_client));
+    assert_eq!(expect_alert(refused), AlertDescription::UnknownCA);
+    assert_served(&server, port, &new_client);
+}
+
+#[test]
 fn a_per_port_entry_replaces_the_default_trust_instead_of_adding_to_it() {
     let server = server();
     let (default_ca, port_ca) = (ca("Default CA"), ca("Port CA"));

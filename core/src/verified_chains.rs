@@ -16,6 +16,12 @@
 //!
 //! Per thread: a shard runs on one thread, so each shard has its own memory, without a lock
 //! and without touching another core's cache lines.
+//!
+//! Its limit: a chain is remembered when it passes, before the handshake proves the client
+//! holds the key, and anyone with a copy of a valid chain can append certificates that path
+//! building ignores. Such a client can keep the memory churning (each 1024 new chains empty
+//! it); that costs only the saving, never a check: the worst case is the full check on every
+//! handshake, as without this memory.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -154,8 +154,8 @@ pub struct HandshakeFailure {
     pub error: HandshakeError,
 }
 
-/// Runs the server handshake. `choose` maps the ClientHello (its SNI, its suites) to a listener index and its
-/// config; `None` refuses the connection with `unrecognized_name`.
+/// Runs the server handshake. `choose` maps the ClientHello (its SNI, its suites) to a listener
+/// index and its config; `None` refuses the connection with `unrecognized_name`.
 pub async fn accept(
     tcp: TcpStream,
     choose: impl FnOnce(&ClientHello<'_>) -> Option<(usize, Arc<ServerConfig>)>,

@@ -66,7 +66,9 @@ impl<T, E: Display> OrExit<T> for Result<T, E> {
 /// The guide's certificates, parsed.
 #[derive(Debug)]
 pub struct Pki {
+    /// The CA's and the server's key type.
     pub kind: KeyKind,
+    pub client_kind: KeyKind,
     pub ca_pem: String,
     pub ca_der: CertificateDer<'static>,
     pub server_chain: Vec<CertificateDer<'static>>,
@@ -78,7 +80,13 @@ pub struct Pki {
 
 impl Pki {
     pub fn generate(kind: KeyKind) -> Result<Self, String> {
-        let guide = GuidePki::generate(kind).map_err(|e| e.to_string())?;
+        Self::generate_with_client_key(kind, kind)
+    }
+
+    /// The guide's certificates with a client key of `client_kind`.
+    pub fn generate_with_client_key(kind: KeyKind, client_kind: KeyKind) -> Result<Self, String> {
+        let guide =
+            GuidePki::generate_with_client_key(kind, client_kind).map_err(|e| e.to_string())?;
         let chain = |pem: &str| {
             CertificateDer::pem_slice_iter(pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
@@ -97,6 +105,7 @@ impl Pki {
         };
         Ok(Pki {
             kind,
+            client_kind,
             ca_pem: guide.ca.pem.cert.clone(),
             ca_der,
             server_chain: chain(&guide.server.cert)?,
@@ -108,6 +117,24 @@ impl Pki {
             client_chain: chain(&guide.client.cert)?,
             client_key_pem: guide.client.key.clone(),
         })
+    }
+
+    /// The key types in a bench name: `rsa2048`, `ecdsa_p256`, or the server's and then the
+    /// client's when they differ (`rsa2048_p256_client`).
+    pub fn label(&self) -> String {
+        let name = |kind| match kind {
+            KeyKind::Rsa2048 => "rsa2048",
+            KeyKind::EcdsaP256 => "ecdsa_p256",
+        };
+        if self.kind == self.client_kind {
+            name(self.kind).to_owned()
+        } else {
+            let client = match self.client_kind {
+                KeyKind::Rsa2048 => "rsa_client",
+                KeyKind::EcdsaP256 => "p256_client",
+            };
+            format!("{}_{client}", name(self.kind))
+        }
     }
 
     /// The client leaf certificate.

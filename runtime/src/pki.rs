@@ -107,7 +107,18 @@ impl Authority {
         sans: &[&str],
         adjust: impl FnOnce(&mut CertificateParams),
     ) -> Result<CertKeyPem, rcgen::Error> {
-        let key = key_pair(self.kind)?;
+        self.issue_for(self.kind, common_name, sans, adjust)
+    }
+
+    /// Like [`issue_with`](Self::issue_with), for a key of another type than the CA's.
+    pub fn issue_for(
+        &self,
+        key_kind: KeyKind,
+        common_name: &str,
+        sans: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Result<CertKeyPem, rcgen::Error> {
+        let key = key_pair(key_kind)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = name(common_name);
         for san in sans {
@@ -131,9 +142,24 @@ impl Authority {
 impl GuidePki {
     /// The user guide's CA, server and client certificates.
     pub fn generate(kind: KeyKind) -> Result<Self, rcgen::Error> {
+        Self::generate_with_client_key(kind, kind)
+    }
+
+    /// Like [`generate`](Self::generate), with a client key of `client_kind` (the CA still
+    /// signs it): what `loadtest/compare` uses by default, an RSA-2048 CA and server and a
+    /// P-256 client.
+    pub fn generate_with_client_key(
+        kind: KeyKind,
+        client_kind: KeyKind,
+    ) -> Result<Self, rcgen::Error> {
         let ca = Authority::new("Test CA", kind)?;
         let server = ca.issue("example.com", &["example.com", "*.example.com"])?;
-        let client = ca.issue("client.example.com", &["example.com", "*.example.com"])?;
+        let client = ca.issue_for(
+            client_kind,
+            "client.example.com",
+            &["example.com", "*.example.com"],
+            |_| {},
+        )?;
         Ok(Self { ca, server, client })
     }
 }

@@ -228,11 +228,12 @@ impl ClientAuth {
             self.full_check(webpki.as_ref(), rules, leaf, intermediates)
         };
         match (verified, mode) {
-            (Ok(()), _) => PeerIdentity::Verified(Arc::new(VerifiedClient::new(
+            (Ok(()), _) => PeerIdentity::Verified(verified_chains::identity_of(
+                self.policy_id,
                 leaf,
                 intermediates,
-                self.forward,
-            ))),
+                || VerifiedClient::new(leaf, intermediates, self.forward),
+            )),
             (Err(failure), ValidationMode::AllowInsecureFallback) => {
                 PeerIdentity::Unverified(failure)
             }

@@ -14,6 +14,11 @@
 //!   not part of this: rustls checks it in every handshake.
 //! - Portcullis checks no revocation lists, so no revocation state can go stale here.
 //!
+//! The same memory keeps the identity headers built for a verified chain ([`identity_of`]):
+//! they are a pure function of the chain bytes and the listener's forwarding mode (part of the
+//! policy), and building them (X.509 parsing, the URL-encoded PEM of XFCC) is most of what a
+//! connection costs after its handshake.
+//!
 //! Per thread: a shard runs on one thread, so each shard has its own memory, without a lock
 //! and without touching another core's cache lines.
 //!
@@ -27,13 +32,18 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use aws_lc_rs::digest;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::client_identity::VerifiedClient;
+
 /// Chains remembered per thread. A gateway's clients are a bounded set of workloads, each with
 /// one certificate at a time; 1024 covers them with room for rotations, at about 100 bytes an
-/// entry. When full, the memory is emptied and refilled from the handshakes that follow.
+/// entry plus its identity headers (about 2.5 KiB with XFCC): at most ~2.6 MiB per shard. When
+/// full, the memory is emptied and refilled from the handshakes that follow.
 const ENTRIES_PER_THREAD: usize = 1024;
 
 /// One compiled client policy (trust anchors and everything else its chain check depends on).
@@ -98,9 +108,28 @@ impl ValidWindow {
     }
 }
 
+/// What this thread knows of one chain under one policy.
+#[derive(Debug, Default)]
+struct Remembered {
+    /// Set when the chain passed the chain check.
+    valid: Option<ValidWindow>,
+    identity: Option<Arc<VerifiedClient>>,
+}
+
 thread_local! {
-    static VERIFIED: RefCell<HashMap<(PolicyId, ChainHash), ValidWindow>> =
+    static VERIFIED: RefCell<HashMap<(PolicyId, ChainHash), Remembered>> =
         RefCell::new(HashMap::new());
+}
+
+/// Updates the entry for `key`, making room first when the memory is full.
+fn remember(key: (PolicyId, ChainHash), update: impl FnOnce(&mut Remembered)) {
+    VERIFIED.with(|verified| {
+        let mut verified = verified.borrow_mut();
+        if verified.len() >= ENTRIES_PER_THREAD && !verified.contains_key(&key) {
+            verified.clear();
+        }
+        update(verified.entry(key).or_default());
+    });
 }
 
 /// Runs `check` on the chain unless this thread saw it pass under `policy` and every presented
@@ -113,7 +142,7 @@ pub fn check_once<E>(
     check: impl FnOnce() -> Result<(), E>,
 ) -> Result<(), E> {
     let key = (policy, ChainHash::of(end_entity, intermediates));
-    let remembered = VERIFIED.with(|verified| verified.borrow().get(&key).copied());
+    let remembered = VERIFIED.with(|verified| verified.borrow().get(&key).and_then(|r| r.valid));
     if remembered.is_some_and(|window| window.contains(now)) {
         return Ok(());
     }
@@ -121,15 +150,28 @@ pub fn check_once<E>(
     // A chain whose presented extras (an unused intermediate, say) are out of date passed, but
     // is not remembered: its window does not hold now.
     if let Some(window) = ValidWindow::of(end_entity, intermediates).filter(|w| w.contains(now)) {
-        VERIFIED.with(|verified| {
-            let mut verified = verified.borrow_mut();
-            if verified.len() >= ENTRIES_PER_THREAD {
-                verified.clear();
-            }
-            verified.insert(key, window);
-        });
+        remember(key, |r| r.valid = Some(window));
     }
     Ok(())
+}
+
+/// The identity headers of a chain under `policy`: built by `build` the first time this thread
+/// sees the chain under the policy, shared after that. Callers ask only for chains that passed.
+pub fn identity_of(
+    policy: PolicyId,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    build: impl FnOnce() -> VerifiedClient,
+) -> Arc<VerifiedClient> {
+    let key = (policy, ChainHash::of(end_entity, intermediates));
+    let known =
+        VERIFIED.with(|verified| verified.borrow().get(&key).and_then(|r| r.identity.clone()));
+    if let Some(identity) = known {
+        return identity;
+    }
+    let identity = Arc::new(build());
+    remember(key, |r| r.identity = Some(Arc::clone(&identity)));
+    identity
 }
 
 #[cfg(test)]
@@ -142,6 +184,7 @@ mod tests {
     use rcgen::{CertificateParams, KeyPair};
 
     use super::*;
+    use crate::listener_options::ForwardClientCert;
 
     /// A self-signed certificate valid from `not_before` to `not_after` (seconds since epoch).
     fn cert(not_before: u64, not_after: u64) -> CertificateDer<'static> {
@@ -270,6 +313,43 @@ mod tests {
         assert_eq!(counted(&runs, policy, &chain, at(T0), Ok(())), Ok(()));
         assert_eq!(counted(&runs, policy, &chain, at(T0), Ok(())), Ok(()));
         assert_eq!(runs.get(), 2);
+    }
+
+    #[test]
+    fn identities_are_built_once_per_chain_and_policy() {
+        let policy = PolicyId::fresh();
+        let leaf = cert(T0 - DAY, T0 + DAY);
+        let other = cert(T0 - DAY, T0 + DAY);
+        let builds = Cell::new(0);
+        let build = |der: &CertificateDer<'_>| {
+            builds.set(builds.get() + 1);
+            VerifiedClient::new(der, &[], ForwardClientCert::Xfcc)
+        };
+        let first = identity_of(policy, &leaf, &[], || build(&leaf));
+        let again = identity_of(policy, &leaf, &[], || build(&leaf));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(builds.get(), 1);
+        // Another chain, and the same chain under another policy (another forwarding mode,
+        // say), are built anew.
+        let second = identity_of(policy, &other, &[], || build(&other));
+        assert_ne!(first.sha256, second.sha256);
+        identity_of(PolicyId::fresh(), &leaf, &[], || build(&leaf));
+        assert_eq!(builds.get(), 3);
+    }
+
+    #[test]
+    fn a_remembered_identity_does_not_stand_for_a_chain_check() {
+        let policy = PolicyId::fresh();
+        let chain = [cert(T0 - DAY, T0 + DAY)];
+        identity_of(policy, &chain[0], &[], || {
+            VerifiedClient::new(&chain[0], &[], ForwardClientCert::Xfcc)
+        });
+        let runs = Cell::new(0);
+        assert_eq!(
+            counted(&runs, policy, &chain, at(T0), Err("bad")),
+            Err("bad")
+        );
+        assert_eq!(runs.get(), 1);
     }
 
     #[test]

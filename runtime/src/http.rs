@@ -17,8 +17,8 @@ use portcullis_core::compile::CompiledPort;
 use portcullis_core::desired::BackendTarget;
 use portcullis_core::http1::{
     ChunkedDecoder, ClientBody, ClientConn, ContentLengthBody, ForwardExtras, ForwardedProto,
-    HeadLimits, RequestBody, RequestHead, ResponseHead, parse_request_head, parse_response_head,
-    write_forwarded_request_head, write_forwarded_response_head,
+    HeadLimits, RequestBody, RequestHead, ResponseHead, ResponsePlan, parse_request_head,
+    parse_response_head, write_forwarded_request_head, write_forwarded_response_head,
 };
 use portcullis_core::routing::{RouteRequest, RouteTarget, WrrState};
 use tracing::debug;
@@ -562,8 +562,7 @@ async fn exchange<C: ClientIo>(
         },
         &mut out,
     );
-    let relayed =
-        relay_response_body(client, &mut conn, rbuf, &response, plan.body, out, ctx).await;
+    let relayed = relay_response_body(client, &mut conn, rbuf, &response, plan, out, ctx).await;
     match relayed {
         Ok(backend_reusable) => {
             if backend_reusable && response.backend_keep_alive {
@@ -585,10 +584,11 @@ async fn relay_response_body<C: ClientIo>(
     conn: &mut BackendConnection,
     mut rbuf: Vec<u8>,
     response: &ResponseHead,
-    body: ClientBody,
+    plan: ResponsePlan,
     out: Vec<u8>,
     ctx: &ShardContext,
 ) -> io::Result<bool> {
+    let body = plan.body;
     let mut head = Some(out);
     drop_prefix(&mut rbuf, response.head_len);
     let mut length = match body {
@@ -647,6 +647,10 @@ async fn relay_response_body<C: ClientIo>(
             let queued = client.queue(&head);
             bufpool::give(head);
             queued?;
+        }
+        if done && !plan.keep_alive {
+            // The connection ends after this response: its close goes out in the same write.
+            client.queue_close();
         }
         client.flush().await?;
         if done {

@@ -37,6 +37,9 @@ pub trait ClientIo {
     /// Waits until the client sends more (idle keep-alive), with at most a small buffer in
     /// flight meanwhile.
     async fn wait_readable(&mut self) -> io::Result<()>;
+    /// Queues the end of the stream (TLS close_notify) behind what is queued, so that a last
+    /// response and its close leave in one write; nothing may be queued after it.
+    fn queue_close(&mut self);
     /// Ends the connection politely (TLS close_notify, then FIN).
     async fn close(&mut self);
 }
@@ -94,6 +97,10 @@ impl ClientIo for PlainStream {
 
     async fn wait_readable(&mut self) -> io::Result<()> {
         self.tcp.readable(false).await
+    }
+
+    fn queue_close(&mut self) {
+        // Plain TCP ends with the FIN that `close` sends.
     }
 
     async fn close(&mut self) {
@@ -382,7 +389,12 @@ impl ClientIo for TlsStream {
         res.map(drop)
     }
 
+    fn queue_close(&mut self) {
+        self.tls.send_close_notify();
+    }
+
     async fn close(&mut self) {
+        // Does nothing more if `queue_close` already queued it.
         self.tls.send_close_notify();
         let _ = self.flush_tls().await;
         let _ = self.tcp.shutdown().await;

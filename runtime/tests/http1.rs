@@ -5,7 +5,9 @@
 
 mod support;
 
+use std::io::Write;
 use std::net::TcpStream;
+use std::process::{Command, Stdio};
 
 use portcullis_runtime::pki::{GuidePki, KeyKind};
 use support::backends::{After, canned_backend, echo, named_backend};
@@ -468,6 +470,78 @@ fn connection_close_from_the_client_is_honoured() {
     assert_eq!(response.status, 200);
     assert!(response.closes());
     http.assert_closed();
+}
+
+/// Requests after which the connection closes, and the text each response ends with.
+const LAST_REQUESTS: [(&str, &str); 4] = [
+    (
+        "GET /length HTTP/1.1\nHost: example.com\nConnection: close\n\n",
+        "exactly this",
+    ),
+    (
+        "GET /chunked HTTP/1.1\nHost: example.com\nConnection: close\n\n",
+        "0\r\n\r\n",
+    ),
+    // HTTP/1.0: the chunked response is de-chunked, and the connection closes after it.
+    (
+        "GET /chunked HTTP/1.0\nHost: example.com\n\n",
+        "hello, world",
+    ),
+    (
+        "GET /close-delimited HTTP/1.1\nHost: example.com\n\n",
+        "until the backend closes",
+    ),
+];
+
+/// The close_notify leaves in the same write as the last response: the response must still
+/// arrive whole, whatever its framing, and the stream end cleanly after it.
+#[test]
+fn a_last_response_arrives_whole_and_is_followed_by_close_notify() {
+    let gw = forwarding();
+    for (request, _) in LAST_REQUESTS {
+        let mut http = gw.tls();
+        let response = http.request(&crlf(request)).unwrap();
+        assert_eq!(response.status, 200, "{request}");
+        assert!(!response.body.is_empty(), "{request}");
+        http.assert_closed_cleanly();
+    }
+}
+
+/// The same with a real OpenSSL client, which stops reading at close_notify: every byte of
+/// the last response must come before it.
+#[test]
+fn openssl_gets_the_whole_last_response_before_close_notify() {
+    let gw = forwarding();
+    for (request, response_end) in LAST_REQUESTS {
+        let mut openssl = Command::new("timeout")
+            .arg(PATIENCE.as_secs().to_string())
+            .args([
+                "openssl",
+                "s_client",
+                "-quiet",
+                "-servername",
+                "example.com",
+            ])
+            .args(["-connect", &format!("127.0.0.1:{}", gw.https)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl");
+        // `-quiet` keeps the connection open after stdin ends: only the server closes it.
+        let mut stdin = openssl.stdin.take().unwrap();
+        stdin.write_all(&crlf(request)).unwrap();
+        let output = openssl.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success()
+                && stdout.starts_with("HTTP/1.1 200")
+                && stdout.ends_with(response_end),
+            "{request}: exit {:?}, stdout {stdout:?}, stderr {:?}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 #[test]

@@ -656,6 +656,19 @@ impl<S: Read + Write> Http<S> {
 
     /// Asserts that the server closes the connection now: nothing more arrives and the read
     /// ends (clean close or reset), instead of hanging until [`PATIENCE`] runs out.
+    /// The peer ended the stream cleanly: over TLS a close_notify (a bare FIN or a reset
+    /// fails this), over plain TCP a FIN.
+    pub fn assert_closed_cleanly(&mut self) {
+        match self.fill() {
+            Ok(false) => {}
+            Ok(true) => panic!(
+                "expected the connection to close, got more bytes: {:?}",
+                String::from_utf8_lossy(&self.pending)
+            ),
+            Err(e) => panic!("expected a clean close, got {e} ({:?})", e.kind()),
+        }
+    }
+
     pub fn assert_closed(&mut self) {
         match self.fill() {
             Ok(true) => panic!(

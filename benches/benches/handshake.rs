@@ -77,16 +77,7 @@ fn handshakes(c: &mut Criterion) {
                 bench_one(c, &pki, policy, Restrictions::None, resumed, Share::Server);
             }
         }
-        for resumed in [false, true] {
-            bench_one(
-                c,
-                &pki,
-                ClientPolicy::AllowValidOnly,
-                Restrictions::None,
-                resumed,
-                Share::Pair,
-            );
-        }
+        valid_only_full_and_resumed(c, &pki, Share::Pair);
         // Issue 5: what the listener's SAN and hash restrictions add to a handshake.
         for policy in [
             ClientPolicy::AllowValidOnly,
@@ -106,14 +97,19 @@ fn handshakes(c: &mut Criterion) {
     // handshakes are held against.
     let pki =
         Pki::generate_with_client_key(KeyKind::Rsa2048, KeyKind::EcdsaP256).or_exit("certificates");
+    valid_only_full_and_resumed(c, &pki, Share::Server);
+}
+
+/// `AllowValidOnly` without restrictions, full and resumed.
+fn valid_only_full_and_resumed(c: &mut Criterion, pki: &Pki, share: Share) {
     for resumed in [false, true] {
         bench_one(
             c,
-            &pki,
+            pki,
             ClientPolicy::AllowValidOnly,
             Restrictions::None,
             resumed,
-            Share::Server,
+            share,
         );
     }
 }

@@ -263,11 +263,19 @@ fn run_shard(
         DriverChoice::Auto => monoio::utils::detect_uring(),
     };
     if use_uring {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        // Kernels before 6.1 refuse the deferred task-run flags: then a plain ring.
+        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(IO_URING_ENTRIES)
+            .uring_builder(shard_ring_setup())
             .enable_timer()
             .build()
-        {
+            .or_else(|_| {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(IO_URING_ENTRIES)
+                    .enable_timer()
+                    .build()
+            });
+        match built {
             Ok(mut rt) => {
                 status.set_driver(Driver::IoUring);
                 info!(shard = index, driver = "io_uring", core = ?core.map(|c| c.id), "shard started");
@@ -294,6 +302,18 @@ fn run_shard(
         }
         Err(e) => error!(shard = index, error = %e, "cannot build the epoll runtime"),
     }
+}
+
+/// The shard's ring is submitted to only by its own thread, so completions can wait until the
+/// shard asks for them (`DEFER_TASKRUN`): the kernel then finishes receives and accepts in
+/// batches when the shard runs out of work, instead of interrupting it (an IPI and a task-work
+/// run in the middle of a handshake's arithmetic) each time a peer's packet completes one.
+/// Completions then arrive only when monoio parks, which it does whenever no task is ready:
+/// no task of a shard may wake itself in a loop (none does).
+fn shard_ring_setup() -> io_uring::Builder {
+    let mut setup = io_uring::IoUring::builder();
+    setup.setup_single_issuer().setup_defer_taskrun();
+    setup
 }
 
 /// Everything a shard's connections share: per-core state only.

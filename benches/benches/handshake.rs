@@ -3,7 +3,9 @@
 //!
 //! `server/...` counts only the server's work (ClientHello through the `Acceptor`, the
 //! handshake, the post-handshake identity check): the ceiling a one-core shard's socket
-//! handshake rate is held against. `pair/...` counts client and server together.
+//! handshake rate is held against. `pair/...` counts client and server together. Both count
+//! the thread's CPU time (`ThreadCpuTime`), so a bench sharing its CPU still measures only
+//! its own work.
 
 use std::time::Duration;
 

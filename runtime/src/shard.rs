@@ -263,18 +263,18 @@ fn run_shard(
         DriverChoice::Auto => monoio::utils::detect_uring(),
     };
     if use_uring {
+        let build = |setup: io_uring::Builder| {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(IO_URING_ENTRIES)
+                .uring_builder(setup)
+                .enable_timer()
+                .build()
+        };
         // Kernels before 6.1 refuse the deferred task-run flags: then a plain ring.
-        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(IO_URING_ENTRIES)
-            .uring_builder(shard_ring_setup())
-            .enable_timer()
-            .build()
-            .or_else(|_| {
-                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                    .with_entries(IO_URING_ENTRIES)
-                    .enable_timer()
-                    .build()
-            });
+        let built = build(shard_ring_setup()).or_else(|e| {
+            debug!(shard = index, error = %e, "deferred task-run refused; plain io_uring");
+            build(io_uring::IoUring::builder())
+        });
         match built {
             Ok(mut rt) => {
                 status.set_driver(Driver::IoUring);

@@ -5,6 +5,7 @@
 //! `--help` for the modes; `--json` prints a machine-readable summary on stdout.
 
 mod client_config;
+mod cpu_use;
 mod http;
 mod stats;
 mod tls;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use client_config::{KeyExchange, TlsFiles, TlsVersions};
+use cpu_use::{Sample, Watch};
 use stats::{Latency, Progress, Stats, Summary};
 use worker::{DriverChoice, Mode, Plan, ThreadPlan};
 
@@ -36,10 +38,6 @@ const HOLD_FOREVER_TICK: Duration = Duration::from_secs(3600);
 
 /// Duration of a run given neither `-d` nor `-n`.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
-
-/// Clock ticks per second of `/proc/self/stat` CPU times (USER_HZ, fixed at 100 by the Linux
-/// ABI on x86-64 and arm64).
-const USER_HZ: f64 = 100.0;
 
 /// Exit status when requests failed (the summary says which).
 const EXIT_ERRORS: u8 = 1;
@@ -118,6 +116,14 @@ struct Cli {
     /// Event-loop driver.
     #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
     driver: DriverChoice,
+    /// Also report this local process's CPU use over the measured window (with its direct
+    /// children's: nginx's workers), as `server` in the summary.
+    #[arg(long, value_name = "PID")]
+    watch_pid: Option<u32>,
+    /// Also report how these CPUs' time went over the measured window (idle, stolen by the
+    /// hypervisor, in interrupts): the server's CPU list, e.g. 0-3.
+    #[arg(long, value_name = "LIST", value_parser = cpu_use::parse_cpu_list)]
+    watch_cpus: Option<cpu_use::CpuList>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -211,6 +217,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .unwrap_or_else(|| connect_host.to_owned());
     let host = cli.host.clone().unwrap_or_else(|| sni.clone());
     let server_name = client_config::server_name(&sni)?;
+    let watch = Watch {
+        pid: cli.watch_pid,
+        cpus: cli.watch_cpus.clone(),
+    };
+    watch.check()?;
     let base_config = Arc::new(client_config::build(
         &TlsFiles {
             cert: cli.cert.as_deref(),
@@ -286,9 +297,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         handles.push(handle);
     }
 
-    let cpu_at_measure = watch_progress(&cli, mode, &plan, &progress, start, budget);
+    let (window_start, window_end) =
+        watch_progress(&cli, mode, &plan, &progress, start, budget, &watch);
     let finished = Instant::now();
-    let cpu_at_end = process_cpu_seconds();
 
     let mut total = Stats::new().map_err(|e| format!("histogram: {e}"))?;
     for handle in handles {
@@ -303,10 +314,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         _ => finished.saturating_duration_since(measure_from),
     };
     let seconds = measured.as_secs_f64().max(f64::MIN_POSITIVE);
-    let client_cpu_cores = match (cpu_at_measure, cpu_at_end) {
-        (Some(a), Some(b)) if finished > measure_from => Some((b - a) / seconds),
-        _ => None,
-    };
+    let cpu = watch.between(&window_start, &window_end);
     let summary = Summary {
         mode: format!("{mode:?}").to_lowercase(),
         target: cli.connect.clone(),
@@ -325,7 +333,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         errors: stats::group_errors(&total.errors),
         statuses: total.statuses.clone(),
         held: total.held,
-        client_cpu_cores,
+        client_cpu_cores: cpu.own_cores,
+        server: cpu.watched,
     };
     if cli.json {
         let json = serde_json::to_string_pretty(&summary).map_err(|e| format!("summary: {e}"))?;
@@ -340,8 +349,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     })
 }
 
-/// Prints the progress line every second until every worker finished; returns the process
-/// CPU time when measuring started.
+/// Prints the progress line every second until every worker finished; returns the CPU
+/// samples taken when the measured window began and when it ended (its planned end, or the
+/// workers' finish for a count-based run).
 fn watch_progress(
     cli: &Cli,
     mode: Mode,
@@ -349,16 +359,22 @@ fn watch_progress(
     progress: &[Arc<Progress>],
     start: Instant,
     budget: Option<u64>,
-) -> Option<f64> {
+    watch: &Watch,
+) -> (Sample, Sample) {
     let tty = std::io::stderr().is_terminal();
     let mut next_tick = start + PROGRESS_INTERVAL;
     let mut last_ok = 0u64;
-    let mut cpu_at_measure = None;
+    let mut window_start = None;
+    let mut window_end = None;
     loop {
         let sum = |f: fn(&Progress) -> u64| progress.iter().map(|p| f(p)).sum::<u64>();
         let done = sum(|p| Progress::read(&p.done)) as usize == progress.len();
-        if cpu_at_measure.is_none() && Instant::now() >= plan.measure_from {
-            cpu_at_measure = process_cpu_seconds();
+        let now = Instant::now();
+        if window_start.is_none() && now >= plan.measure_from {
+            window_start = Some(watch.sample());
+        }
+        if window_end.is_none() && plan.end.is_some_and(|end| now >= end) {
+            window_end = Some(watch.sample());
         }
         if done {
             if tty && !cli.quiet {
@@ -376,9 +392,10 @@ fn watch_progress(
                     }
                 }
             }
-            return cpu_at_measure.or_else(process_cpu_seconds);
+            let window_start = window_start.unwrap_or_else(|| watch.sample());
+            let window_end = window_end.unwrap_or_else(|| watch.sample());
+            return (window_start, window_end);
         }
-        let now = Instant::now();
         if now >= next_tick {
             next_tick += PROGRESS_INTERVAL;
             if !cli.quiet {
@@ -414,18 +431,6 @@ fn watch_progress(
         }
         thread::sleep(POLL_INTERVAL);
     }
-}
-
-/// User + system CPU seconds of this process so far.
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the ')'.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / USER_HZ)
 }
 
 #[cfg(test)]

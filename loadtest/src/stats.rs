@@ -220,6 +220,9 @@ pub struct Summary {
     /// CPU the load generator used, in cores (user + system); near `threads` means the load
     /// generator, not the server, may be the bottleneck.
     pub client_cpu_cores: Option<f64>,
+    /// `--watch-pid` / `--watch-cpus`: the server's CPU use over the same window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::cpu_use::WatchedUse>,
 }
 
 #[derive(Debug, Serialize)]
@@ -322,6 +325,22 @@ impl fmt::Display for Summary {
         }
         if let Some(cpu) = self.client_cpu_cores {
             writeln!(f, "  client cpu    {cpu:.2} cores")?;
+        }
+        if let Some(server) = &self.server {
+            if let (Some(pid), Some(cpu)) = (server.pid, server.cpu_cores) {
+                writeln!(f, "  server cpu    {cpu:.2} cores (pid {pid})")?;
+            }
+            if let (Some(cpus), Some(idle), Some(steal), Some(irq)) = (
+                &server.cpus,
+                server.cpus_idle_cores,
+                server.cpus_steal_cores,
+                server.cpus_interrupt_cores,
+            ) {
+                writeln!(
+                    f,
+                    "  server cpus   {cpus}: idle {idle:.2}, stolen {steal:.2}, interrupts {irq:.2} cores"
+                )?;
+            }
         }
         Ok(())
     }

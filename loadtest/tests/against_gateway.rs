@@ -374,3 +374,74 @@ fn epoll_driver_and_tls12_work_too() {
     assert_eq!(run.u64("/requests_ok"), 50, "{}", run.json);
     assert_eq!(run.u64("/errors_total"), 0);
 }
+
+#[test]
+fn the_watched_server_and_its_cpus_are_reported_over_the_window() {
+    let f = fixture();
+    // This test process runs the gateway's shards, so it is the server to watch.
+    let pid = std::process::id().to_string();
+    let run = load(
+        f.port,
+        true,
+        &[
+            "--mode",
+            "handshake",
+            "--resumption",
+            "off",
+            "-n",
+            "100",
+            "-c",
+            "4",
+            "--watch-pid",
+            &pid,
+            "--watch-cpus",
+            "0",
+        ],
+    );
+    assert_eq!(run.u64("/requests_ok"), 100, "{}", run.json);
+    let server = &run.json["server"];
+    assert_eq!(server["pid"].as_u64(), Some(u64::from(std::process::id())));
+    assert_eq!(server["cpus"].as_str(), Some("0"));
+    // A hundred full handshakes took the server some CPU; the CPU set's readings are there.
+    assert!(
+        server["cpu_cores"].as_f64().is_some_and(|c| c > 0.0),
+        "{}",
+        run.json
+    );
+    for field in [
+        "cpus_idle_cores",
+        "cpus_steal_cores",
+        "cpus_interrupt_cores",
+    ] {
+        assert!(
+            server[field].as_f64().is_some_and(|c| c >= 0.0),
+            "{field}: {}",
+            run.json
+        );
+    }
+}
+
+#[test]
+fn a_run_without_watching_has_no_server_section() {
+    let f = fixture();
+    let run = load(f.port, true, &["-n", "10", "-c", "1"]);
+    assert!(run.json.get("server").is_none(), "{}", run.json);
+}
+
+#[test]
+fn unreadable_watch_targets_fail_before_the_run() {
+    for (args, expected) in [
+        (["--watch-pid", "0"], "--watch-pid 0"),
+        (["--watch-cpus", "100000"], "--watch-cpus 100000"),
+        (["--watch-cpus", "3-1"], "runs backwards"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_portcullis-load"))
+            .args(["--connect", "127.0.0.1:1", "-k", "-n", "1"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

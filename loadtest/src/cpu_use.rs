@@ -22,6 +22,9 @@ pub struct Watch {
     pub pid: Option<u32>,
     /// CPUs whose idle, steal and interrupt time is reported (the server's CPU set).
     pub cpus: Option<CpuList>,
+    /// This process's own CPUs (its affinity mask), whose hypervisor steal is reported: a
+    /// load generator that lost CPU to the host measured the host.
+    pub own_cpus: Option<CpuList>,
 }
 
 /// A set of CPU numbers, sorted, each once.
@@ -35,6 +38,7 @@ pub struct Sample {
     own_ticks: Option<u64>,
     watched_ticks: Option<u64>,
     cpu_set: Option<CpuSetTicks>,
+    own_cpu_set: Option<CpuSetTicks>,
 }
 
 /// Ticks a set of CPUs spent idle (idle + iowait), stolen by the hypervisor, and in hardware
@@ -50,6 +54,8 @@ pub struct CpuSetTicks {
 #[derive(Debug, Default)]
 pub struct WindowUse {
     pub own_cores: Option<f64>,
+    /// Of this process's own CPUs: cores stolen by the hypervisor.
+    pub own_cpus_steal_cores: Option<f64>,
     pub watched: Option<WatchedUse>,
 }
 
@@ -83,14 +89,14 @@ impl Watch {
     }
 
     pub fn sample(&self) -> Sample {
+        let stat = fs::read_to_string("/proc/stat").ok();
+        let set = |cpus: &Option<CpuList>| cpu_set_ticks(stat.as_deref()?, &cpus.as_ref()?.0).ok();
         Sample {
             at: Instant::now(),
             own_ticks: process_ticks("/proc/self/stat"),
             watched_ticks: self.pid.and_then(process_tree_ticks),
-            cpu_set: self.cpus.as_ref().and_then(|cpus| {
-                let stat = fs::read_to_string("/proc/stat").ok()?;
-                cpu_set_ticks(&stat, &cpus.0).ok()
-            }),
+            cpu_set: set(&self.cpus),
+            own_cpu_set: set(&self.own_cpus),
         }
     }
 
@@ -115,6 +121,10 @@ impl Watch {
         });
         WindowUse {
             own_cores: cores(start.own_ticks, end.own_ticks),
+            own_cpus_steal_cores: cores(
+                start.own_cpu_set.map(|t| t.steal),
+                end.own_cpu_set.map(|t| t.steal),
+            ),
             watched,
         }
     }
@@ -279,11 +289,13 @@ ctxt 999
         let watch = Watch {
             pid: Some(std::process::id()),
             cpus: Some(CpuList(vec![0])),
+            own_cpus: Some(CpuList(vec![0])),
         };
         watch.check().unwrap();
         let sample = watch.sample();
         assert!(sample.own_ticks.is_some());
         assert!(sample.watched_ticks.is_some());
         assert!(sample.cpu_set.is_some());
+        assert!(sample.own_cpu_set.is_some());
     }
 }

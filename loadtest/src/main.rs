@@ -217,9 +217,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .unwrap_or_else(|| connect_host.to_owned());
     let host = cli.host.clone().unwrap_or_else(|| sni.clone());
     let server_name = client_config::server_name(&sni)?;
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
     let watch = Watch {
         pid: cli.watch_pid,
         cpus: cli.watch_cpus.clone(),
+        own_cpus: (!cores.is_empty()).then(|| {
+            let mut ids: Vec<usize> = cores.iter().map(|c| c.id).collect();
+            ids.sort_unstable();
+            cpu_use::CpuList(ids)
+        }),
     };
     watch.check()?;
     let base_config = Arc::new(client_config::build(
@@ -232,7 +238,6 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         cli.tls_versions,
     )?);
 
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
     let threads = cli.threads.unwrap_or(cores.len()).max(1);
     let connections = cli.connections.max(1);
     // No more threads than connections: an idle thread would only pin a core.
@@ -334,6 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         statuses: total.statuses.clone(),
         held: total.held,
         client_cpu_cores: cpu.own_cores,
+        client_cpus_steal_cores: cpu.own_cpus_steal_cores,
         server: cpu.watched,
     };
     if cli.json {

@@ -220,6 +220,9 @@ pub struct Summary {
     /// CPU the load generator used, in cores (user + system); near `threads` means the load
     /// generator, not the server, may be the bottleneck.
     pub client_cpu_cores: Option<f64>,
+    /// Of the load generator's CPUs: cores the hypervisor took during the run (a VM's steal).
+    /// Well above zero means the host, not the server, may have set the pace.
+    pub client_cpus_steal_cores: Option<f64>,
     /// `--watch-pid` / `--watch-cpus`: the server's CPU use over the same window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::cpu_use::WatchedUse>,
@@ -325,6 +328,12 @@ impl fmt::Display for Summary {
         }
         if let Some(cpu) = self.client_cpu_cores {
             writeln!(f, "  client cpu    {cpu:.2} cores")?;
+        }
+        if let Some(steal) = self.client_cpus_steal_cores.filter(|s| *s > 0.0) {
+            writeln!(
+                f,
+                "  client cpus   stolen by the hypervisor {steal:.2} cores"
+            )?;
         }
         if let Some(server) = &self.server {
             if let (Some(pid), Some(cpu)) = (server.pid, server.cpu_cores) {

@@ -149,10 +149,19 @@ struct BackendCounters {
     response_timeouts: u64,
 }
 
+/// One shard's connections over all its ports. Each client connection goes to the shard the
+/// kernel's SO_REUSEPORT hash picks, so these, shard by shard, show how evenly it spread them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardConnections {
+    pub accepted: u64,
+    pub open: u64,
+}
+
 /// One shard's metrics registry. Entries are created when a shard builds a port and are kept
 /// when the port or route goes away (counters never go backwards).
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
+    connections_accepted: Cell<u64>,
     ports: RefCell<BTreeMap<u16, Rc<PortMetrics>>>,
     listeners: RefCell<BTreeMap<(u16, String), Rc<ListenerMetrics>>>,
     routes: RefCell<BTreeMap<(u16, String), Rc<RouteMetrics>>>,
@@ -168,6 +177,11 @@ pub enum BackendFailure {
 }
 
 impl ShardMetrics {
+    pub fn connection_accepted(&self) {
+        self.connections_accepted
+            .set(self.connections_accepted.get() + 1);
+    }
+
     pub fn port(&self, port: u16) -> Rc<PortMetrics> {
         Rc::clone(self.ports.borrow_mut().entry(port).or_default())
     }
@@ -201,9 +215,17 @@ impl ShardMetrics {
         }
     }
 
-    /// A copy of every counter, to send to the admin thread.
-    pub fn sample(&self) -> MetricsSample {
+    /// A copy of every counter, to send to the admin thread; `shard` is this shard's index and
+    /// `open_connections` its open connections now.
+    pub fn sample(&self, shard: usize, open_connections: usize) -> MetricsSample {
         let mut sample = MetricsSample::default();
+        sample.shards.insert(
+            shard,
+            ShardConnections {
+                accepted: self.connections_accepted.get(),
+                open: open_connections as u64,
+            },
+        );
         for (port, m) in self.ports.borrow().iter() {
             sample.active.insert(*port, m.active_connections.get());
             sample
@@ -273,6 +295,8 @@ pub struct MetricsSample {
     pub active: BTreeMap<u16, i64>,
     /// endpoint -> [connect errors, connect timeouts, response timeouts]
     pub backends: BTreeMap<SocketAddr, [u64; 3]>,
+    /// shard index -> its connections (kept per shard, not summed).
+    pub shards: BTreeMap<usize, ShardConnections>,
 }
 
 impl MetricsSample {
@@ -304,6 +328,7 @@ impl MetricsSample {
                 *a += b;
             }
         }
+        self.shards.extend(&other.shards);
     }
 
     /// The handshake count for one label set (tests and the admin summary).
@@ -484,6 +509,32 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
     }
     family(
         &mut out,
+        "portcullis_shard_connections_accepted_total",
+        "counter",
+        "Client connections each shard accepted, all ports together (how evenly the kernel spread them).",
+    );
+    for (shard, c) in &sample.shards {
+        let _ = writeln!(
+            out,
+            "portcullis_shard_connections_accepted_total{{shard=\"{shard}\"}} {}",
+            c.accepted
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_shard_open_connections",
+        "gauge",
+        "Client connections open on each shard, all ports together.",
+    );
+    for (shard, c) in &sample.shards {
+        let _ = writeln!(
+            out,
+            "portcullis_shard_open_connections{{shard=\"{shard}\"}} {}",
+            c.open
+        );
+    }
+    family(
+        &mut out,
         "portcullis_draining",
         "gauge",
         "1 while shutting down gracefully.",
@@ -530,8 +581,11 @@ mod tests {
             .handshake(HandshakeOutcome::NoClientCert);
         a.route(443, "ns/r").request(200, Duration::from_millis(1));
         b.route(443, "ns/r").request(200, Duration::from_millis(3));
-        let mut total = a.sample();
-        total.add(&b.sample());
+        a.connection_accepted();
+        b.connection_accepted();
+        b.connection_accepted();
+        let mut total = a.sample(0, 1);
+        total.add(&b.sample(1, 0));
         assert_eq!(total.handshakes(443, "l", HandshakeOutcome::Ok), 2);
         assert_eq!(
             total.handshakes(443, "l", HandshakeOutcome::NoClientCert),
@@ -544,6 +598,11 @@ mod tests {
         assert!(text.contains(
             "portcullis_http_request_duration_seconds_bucket{port=\"443\",route=\"ns/r\",le=\"+Inf\"} 2"
         ));
+        // Connections stay per shard: they show how evenly the kernel spread them.
+        assert!(text.contains("portcullis_shard_connections_accepted_total{shard=\"0\"} 1\n"));
+        assert!(text.contains("portcullis_shard_connections_accepted_total{shard=\"1\"} 2\n"));
+        assert!(text.contains("portcullis_shard_open_connections{shard=\"0\"} 1\n"));
+        assert!(text.contains("portcullis_shard_open_connections{shard=\"1\"} 0\n"));
     }
 
     #[test]

@@ -419,7 +419,7 @@ async fn shard_main(
                 apply = false;
                 match command {
                     Some(ShardCommand::SampleMetrics(reply)) => {
-                        let _ = reply.send(ctx.metrics.sample());
+                        let _ = reply.send(ctx.metrics.sample(ctx.index, ctx.open_connections.get()));
                     }
                     Some(ShardCommand::Drain { deadline }) => break Some(deadline),
                     None => break None,
@@ -568,7 +568,8 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, port: Rc<ShardPort>, ctx: Rc<Sh
     }
 }
 
-/// Counts a shard's (and a port's) open connections (`Cell`s: per core, never shared).
+/// Counts a shard's accepted and open connections and a port's open ones (`Cell`s: per core,
+/// never shared).
 struct ConnectionGuard<'a> {
     ctx: &'a ShardContext,
     port: &'a PortMetrics,
@@ -576,6 +577,7 @@ struct ConnectionGuard<'a> {
 
 impl<'a> ConnectionGuard<'a> {
     fn new(ctx: &'a ShardContext, port: &'a PortMetrics) -> Self {
+        ctx.metrics.connection_accepted();
         ctx.open_connections.set(ctx.open_connections.get() + 1);
         port.active_connections
             .set(port.active_connections.get() + 1);

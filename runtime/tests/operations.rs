@@ -184,6 +184,17 @@ fn metrics_count_one_good_and_one_certificateless_handshake_exactly() {
         .filter(|l| l.starts_with("portcullis_shard_driver{"))
         .collect();
     assert_eq!(drivers.len(), 2, "one driver line per shard: {drivers:?}");
+    // Per shard, not summed: both client connections are counted once, on whichever shard the
+    // kernel gave each.
+    let accepted: Vec<f64> = (0..2)
+        .map(|shard| {
+            sample_value(
+                &samples,
+                &format!("portcullis_shard_connections_accepted_total{{shard=\"{shard}\"}}"),
+            )
+        })
+        .collect();
+    assert_eq!(accepted.iter().sum::<f64>(), 2.0, "{accepted:?}");
 
     let (status, config) = admin_get(server.admin, "/config").unwrap();
     assert_eq!(status, 200);

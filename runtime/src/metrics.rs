@@ -507,31 +507,25 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
             );
         }
     }
-    family(
-        &mut out,
-        "portcullis_shard_connections_accepted_total",
-        "counter",
-        "Client connections each shard accepted, all ports together (how evenly the kernel spread them).",
-    );
-    for (shard, c) in &sample.shards {
-        let _ = writeln!(
-            out,
-            "portcullis_shard_connections_accepted_total{{shard=\"{shard}\"}} {}",
-            c.accepted
-        );
-    }
-    family(
-        &mut out,
-        "portcullis_shard_open_connections",
-        "gauge",
-        "Client connections open on each shard, all ports together.",
-    );
-    for (shard, c) in &sample.shards {
-        let _ = writeln!(
-            out,
-            "portcullis_shard_open_connections{{shard=\"{shard}\"}} {}",
-            c.open
-        );
+    let per_shard: [PerShardFamily; 2] = [
+        (
+            "portcullis_shard_connections_accepted_total",
+            "counter",
+            "Client connections each shard accepted, all ports together (how evenly the kernel spread them).",
+            |c| c.accepted,
+        ),
+        (
+            "portcullis_shard_open_connections",
+            "gauge",
+            "Client connections open on each shard, all ports together.",
+            |c| c.open,
+        ),
+    ];
+    for (name, kind, help, value) in per_shard {
+        family(&mut out, name, kind, help);
+        for (shard, c) in &sample.shards {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(c));
+        }
     }
     family(
         &mut out,
@@ -542,6 +536,14 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
     let _ = writeln!(out, "portcullis_draining {}", u8::from(process.draining));
     out
 }
+
+/// A metric family with one series per shard: name, type, help, and its value for a shard.
+type PerShardFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardConnections) -> u64,
+);
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");

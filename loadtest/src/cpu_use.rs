@@ -1,5 +1,6 @@
 //! CPU use over the measured window, read from `/proc` at its two ends: this process's, and,
-//! when asked (`--watch-pid`, `--watch-cpus`), a local server's and its CPUs'.
+//! when asked (`--watch-pid`, `--watch-cpus`), a local server's and its CPUs'. The kernel's
+//! TCP trouble counters are read at the same two moments.
 //!
 //! A script that read the server's CPU time itself, before starting the load generator and
 //! after it exits, would also count the load generator's start, warm-up end and shutdown;
@@ -10,6 +11,8 @@ use std::fs;
 use std::time::Instant;
 
 use serde::Serialize;
+
+use crate::kernel_tcp::TcpCounters;
 
 /// Clock ticks per second of `/proc` CPU times (USER_HZ, fixed at 100 by the Linux ABI on
 /// x86-64 and arm64).
@@ -39,6 +42,7 @@ pub struct Sample {
     watched_ticks: Option<u64>,
     cpu_set: Option<CpuSetTicks>,
     own_cpu_set: Option<CpuSetTicks>,
+    tcp: Option<TcpCounters>,
 }
 
 /// Ticks a set of CPUs spent idle (idle + iowait), stolen by the hypervisor, and in hardware
@@ -57,6 +61,7 @@ pub struct WindowUse {
     /// Of this process's own CPUs: cores stolen by the hypervisor.
     pub own_cpus_steal_cores: Option<f64>,
     pub watched: Option<WatchedUse>,
+    pub kernel_tcp: Option<TcpCounters>,
 }
 
 /// The watched process and CPU set over the window (`server` in the JSON summary).
@@ -97,6 +102,7 @@ impl Watch {
             watched_ticks: self.pid.and_then(process_tree_ticks),
             cpu_set: set(&self.cpus),
             own_cpu_set: set(&self.own_cpus),
+            tcp: TcpCounters::read(),
         }
     }
 
@@ -126,6 +132,7 @@ impl Watch {
                 end.own_cpu_set.map(|t| t.steal),
             ),
             watched,
+            kernel_tcp: start.tcp.zip(end.tcp).map(|(a, b)| b.since(&a)),
         }
     }
 }
@@ -297,5 +304,6 @@ ctxt 999
         assert!(sample.watched_ticks.is_some());
         assert!(sample.cpu_set.is_some());
         assert!(sample.own_cpu_set.is_some());
+        assert!(sample.tcp.is_some());
     }
 }

@@ -7,6 +7,7 @@
 mod client_config;
 mod cpu_use;
 mod http;
+mod kernel_tcp;
 mod stats;
 mod tls;
 mod worker;
@@ -340,6 +341,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         held: total.held,
         client_cpu_cores: cpu.own_cores,
         client_cpus_steal_cores: cpu.own_cpus_steal_cores,
+        kernel_tcp: cpu.kernel_tcp,
         server: cpu.watched,
     };
     if cli.json {

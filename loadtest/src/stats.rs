@@ -223,6 +223,8 @@ pub struct Summary {
     /// Of the load generator's CPUs: cores the hypervisor took during the run (a VM's steal).
     /// Well above zero means the host, not the server, may have set the pace.
     pub client_cpus_steal_cores: Option<f64>,
+    /// The kernel's TCP retransmissions, timeouts and drops over the same window, machine-wide.
+    pub kernel_tcp: Option<crate::kernel_tcp::TcpCounters>,
     /// `--watch-pid` / `--watch-cpus`: the server's CPU use over the same window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::cpu_use::WatchedUse>,
@@ -333,6 +335,17 @@ impl fmt::Display for Summary {
             writeln!(
                 f,
                 "  client cpus   stolen by the hypervisor {steal:.2} cores"
+            )?;
+        }
+        if let Some(tcp) = self.kernel_tcp.filter(|t| !t.is_zero()) {
+            writeln!(
+                f,
+                "  kernel tcp    {} segments retransmitted, {} retransmission timeouts, {} SYN retransmits, {} listen overflows, {} backlog drops (machine-wide)",
+                tcp.retransmitted_segments,
+                tcp.retransmission_timeouts,
+                tcp.syn_retransmits,
+                tcp.listen_overflows,
+                tcp.backlog_drops
             )?;
         }
         if let Some(server) = &self.server {

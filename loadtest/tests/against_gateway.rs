@@ -429,6 +429,22 @@ fn a_run_without_watching_has_no_server_section() {
 }
 
 #[test]
+fn every_run_reports_the_kernels_tcp_counters_over_its_window() {
+    let f = fixture();
+    let run = load(f.port, true, &["-n", "10", "-c", "1"]);
+    let tcp = &run.json["kernel_tcp"];
+    for field in [
+        "retransmitted_segments",
+        "retransmission_timeouts",
+        "syn_retransmits",
+        "listen_overflows",
+        "backlog_drops",
+    ] {
+        assert!(tcp[field].is_u64(), "{field}: {}", run.json);
+    }
+}
+
+#[test]
 fn unreadable_watch_targets_fail_before_the_run() {
     for (args, expected) in [
         (["--watch-pid", "0"], "--watch-pid 0"),

@@ -13,14 +13,23 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-/// Idle connections kept per endpoint per shard. Enough to absorb a burst of concurrent
-/// requests on one core without holding hundreds of sockets on every backend.
-const MAX_IDLE_PER_ENDPOINT: usize = 64;
-
 /// An idle connection older than this is closed instead of reused. Many servers drop idle
 /// keep-alive connections after 5 to 60 seconds; reusing one they are closing races with
 /// their FIN, so we stay under the common short setting.
+///
+/// This age, not a count, bounds the pool: it keeps every connection a burst of concurrent
+/// requests needed, so the next burst finds them (it can never hold more than were in use at
+/// once), and [`BackendPool::close_stale`] closes them once they were idle this long. A cap on
+/// the count made every request beyond it connect anew and close again: with 1024 keep-alive
+/// clients on one shard against a cap of 64, that was a backend connection per request, the
+/// backend's accept queue overflowing, SYNs sent again after a second (p99 1.05 s), and on a
+/// busy gateway its ephemeral ports held in TIME_WAIT.
 const MAX_IDLE_REUSE_AGE: Duration = Duration::from_secs(4);
+
+/// How often a shard closes the idle connections too old to reuse, so that a burst's
+/// connections are closed within about twice [`MAX_IDLE_REUSE_AGE`] after it, even when no
+/// further request comes to that backend.
+pub const STALE_SWEEP_INTERVAL: Duration = MAX_IDLE_REUSE_AGE;
 
 #[derive(Debug)]
 struct IdleConnection {
@@ -111,23 +120,40 @@ impl BackendPool {
     pub fn put(&self, conn: BackendConnection) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(conn.endpoint).or_default();
-        // The list is in `since` order (pushed at the end, taken from the end), so the stale
-        // ones are a prefix: one clock read per call, not one per idle connection (that was a
-        // clock read per pooled connection on every request: 6% of a keep-alive shard's CPU
-        // in a profile).
+        // One clock read per call, not one per idle connection (that was a clock read per
+        // pooled connection on every request: 6% of a keep-alive shard's CPU in a profile).
         let now = Instant::now();
-        let stale = list
-            .iter()
-            .position(|c| now.saturating_duration_since(c.since) < MAX_IDLE_REUSE_AGE)
-            .unwrap_or(list.len());
-        list.drain(..stale);
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(IdleConnection {
-                tcp: conn.tcp,
-                since: now,
-            });
-        }
+        drop_stale(list, now);
+        list.push(IdleConnection {
+            tcp: conn.tcp,
+            since: now,
+        });
     }
+
+    /// Closes every idle connection too old to reuse, and forgets endpoints left with none
+    /// (the shard calls this every [`STALE_SWEEP_INTERVAL`]).
+    pub fn close_stale(&self) {
+        let now = Instant::now();
+        self.idle.borrow_mut().retain(|_, list| {
+            drop_stale(list, now);
+            !list.is_empty()
+        });
+    }
+
+    /// Idle connections held now, over all endpoints.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+}
+
+/// Drops the connections of `list` idle for [`MAX_IDLE_REUSE_AGE`] or longer. The list is in
+/// `since` order (pushed at the end, taken from the end), so they are a prefix.
+fn drop_stale(list: &mut Vec<IdleConnection>, now: Instant) {
+    let stale = list
+        .iter()
+        .position(|c| now.saturating_duration_since(c.since) < MAX_IDLE_REUSE_AGE)
+        .unwrap_or(list.len());
+    list.drain(..stale);
 }
 
 /// Whether an idle backend connection can carry a request: the backend has neither closed it

@@ -22,6 +22,9 @@ use portcullis_core::http1::{
 };
 
 use crate::bufpool;
+// The shards' backlog: a gateway opening hundreds of backend connections at once (a burst of
+// concurrent requests) would overflow std's 128 and wait a second per SYN sent again.
+use crate::shard::bind_listener;
 use crate::tls::read_append;
 
 /// Largest `/bytes/N` response: enough for throughput tests, small enough to build in memory.
@@ -30,8 +33,7 @@ pub const MAX_BYTES_RESPONSE: usize = 16 * 1024 * 1024;
 /// Starts the echo server on its own thread (epoll driver: it must run anywhere, tests
 /// included) and returns the address it listens on.
 pub fn spawn(listen: SocketAddr) -> io::Result<SocketAddr> {
-    let std_listener = std::net::TcpListener::bind(listen)?;
-    std_listener.set_nonblocking(true)?;
+    let std_listener = bind_listener(listen, false)?;
     let addr = std_listener.local_addr()?;
     thread::Builder::new()
         .name("echo".to_owned())
@@ -53,8 +55,7 @@ pub fn spawn(listen: SocketAddr) -> io::Result<SocketAddr> {
 
 /// Runs the echo server on the current thread until the process ends.
 pub fn run_blocking(listen: SocketAddr) -> io::Result<()> {
-    let std_listener = std::net::TcpListener::bind(listen)?;
-    std_listener.set_nonblocking(true)?;
+    let std_listener = bind_listener(listen, false)?;
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()?;

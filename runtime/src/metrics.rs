@@ -155,6 +155,8 @@ struct BackendCounters {
 pub struct ShardConnections {
     pub accepted: u64,
     pub open: u64,
+    /// Idle keep-alive connections to backends, held for reuse.
+    pub idle_backend: u64,
 }
 
 /// One shard's metrics registry. Entries are created when a shard builds a port and are kept
@@ -215,15 +217,22 @@ impl ShardMetrics {
         }
     }
 
-    /// A copy of every counter, to send to the admin thread; `shard` is this shard's index and
-    /// `open_connections` its open connections now.
-    pub fn sample(&self, shard: usize, open_connections: usize) -> MetricsSample {
+    /// A copy of every counter, to send to the admin thread; `shard` is this shard's index,
+    /// `open_connections` its open client connections now and `idle_backend_connections` the
+    /// backend connections its pool holds.
+    pub fn sample(
+        &self,
+        shard: usize,
+        open_connections: usize,
+        idle_backend_connections: usize,
+    ) -> MetricsSample {
         let mut sample = MetricsSample::default();
         sample.shards.insert(
             shard,
             ShardConnections {
                 accepted: self.connections_accepted.get(),
                 open: open_connections as u64,
+                idle_backend: idle_backend_connections as u64,
             },
         );
         for (port, m) in self.ports.borrow().iter() {
@@ -507,7 +516,7 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
             );
         }
     }
-    let per_shard: [PerShardFamily; 2] = [
+    let per_shard: [PerShardFamily; 3] = [
         (
             "portcullis_shard_connections_accepted_total",
             "counter",
@@ -519,6 +528,12 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
             "gauge",
             "Client connections open on each shard, all ports together.",
             |c| c.open,
+        ),
+        (
+            "portcullis_shard_idle_backend_connections",
+            "gauge",
+            "Idle keep-alive connections to backends each shard holds for reuse (closed after 4 s unused).",
+            |c| c.idle_backend,
         ),
     ];
     for (name, kind, help, value) in per_shard {
@@ -586,8 +601,8 @@ mod tests {
         a.connection_accepted();
         b.connection_accepted();
         b.connection_accepted();
-        let mut total = a.sample(0, 1);
-        total.add(&b.sample(1, 0));
+        let mut total = a.sample(0, 1, 7);
+        total.add(&b.sample(1, 0, 0));
         assert_eq!(total.handshakes(443, "l", HandshakeOutcome::Ok), 2);
         assert_eq!(
             total.handshakes(443, "l", HandshakeOutcome::NoClientCert),
@@ -605,6 +620,8 @@ mod tests {
         assert!(text.contains("portcullis_shard_connections_accepted_total{shard=\"1\"} 2\n"));
         assert!(text.contains("portcullis_shard_open_connections{shard=\"0\"} 1\n"));
         assert!(text.contains("portcullis_shard_open_connections{shard=\"1\"} 0\n"));
+        assert!(text.contains("portcullis_shard_idle_backend_connections{shard=\"0\"} 7\n"));
+        assert!(text.contains("portcullis_shard_idle_backend_connections{shard=\"1\"} 0\n"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::backend::BackendPool;
+use crate::backend::{BackendPool, STALE_SWEEP_INTERVAL};
 use crate::drain::DrainSignal;
 use crate::limits::Limits;
 use crate::logging::RateLimiter;
@@ -398,6 +398,7 @@ async fn shard_main(
         draining: DrainSignal::default(),
         handshake_log: RateLimiter::new(HANDSHAKE_FAILURE_LOG_RATE),
     });
+    monoio::spawn(close_stale_backend_connections(Rc::clone(&ctx)));
     let mut ports: HashMap<u16, Rc<PortSlot>> = HashMap::new();
     let mut apply = true;
     let drain_deadline = loop {
@@ -419,7 +420,11 @@ async fn shard_main(
                 apply = false;
                 match command {
                     Some(ShardCommand::SampleMetrics(reply)) => {
-                        let _ = reply.send(ctx.metrics.sample(ctx.index, ctx.open_connections.get()));
+                        let _ = reply.send(ctx.metrics.sample(
+                            ctx.index,
+                            ctx.open_connections.get(),
+                            ctx.backends.idle_count(),
+                        ));
                     }
                     Some(ShardCommand::Drain { deadline }) => break Some(deadline),
                     None => break None,
@@ -457,6 +462,15 @@ async fn shard_main(
         }
     }
     debug!(shard = index, "shard stopped");
+}
+
+/// Closes the shard's idle backend connections once they are too old to reuse, for as long as
+/// the shard runs.
+async fn close_stale_backend_connections(ctx: Rc<ShardContext>) {
+    loop {
+        monoio::time::sleep(STALE_SWEEP_INTERVAL).await;
+        ctx.backends.close_stale();
+    }
 }
 
 fn apply_snapshot(
@@ -600,27 +614,35 @@ impl Drop for ConnectionGuard<'_> {
 /// shards without a shared accept queue.
 fn bind_reuseport(port: u16, address: Option<IpAddr>) -> io::Result<TcpListener> {
     let std_listener = match address {
-        Some(ip) => bind_socket(SocketAddr::new(ip, port))?,
+        Some(ip) => bind_listener(SocketAddr::new(ip, port), true)?,
         // Dual-stack: `[::]` also takes IPv4 (curl tries `localhost` as ::1 first).
-        None => {
-            bind_socket(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)).or_else(|_| {
-                bind_socket(SocketAddr::new(
-                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                    port,
-                ))
-            })?
-        }
+        None => bind_listener(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            true,
+        )
+        .or_else(|_| {
+            bind_listener(
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
+                true,
+            )
+        })?,
     };
     TcpListener::from_std(std_listener)
 }
 
-fn bind_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// A non-blocking listening socket with the data plane's backlog and `TCP_NODELAY`;
+/// `reuse_port` for the shards' listeners, not for a single-process server such as the echo
+/// backend (where it would let a stale copy share the port unnoticed).
+pub(crate) fn bind_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     // Responses leave as soon as they are written. Linux copies TCP_NODELAY to every accepted
     // socket, so setting it here once saves a setsockopt per connection.
     socket.set_tcp_nodelay(true)?;
@@ -636,7 +658,7 @@ mod tests {
 
     #[test]
     fn accepted_connections_inherit_nodelay_from_the_listener() {
-        let listener = bind_socket(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let listener = bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)), true).unwrap();
         listener.set_nonblocking(false).unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();

@@ -5,12 +5,15 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
 
 use portcullis_runtime::pki::{GuidePki, KeyKind};
-use support::backends::{After, canned_backend, echo, named_backend};
+use support::backends::{After, canned_backend, echo, named_backend, raw_backend};
 use support::*;
 
 /// A gateway with an HTTPS port (no client validation) and a plain HTTP port, both routing:
@@ -553,4 +556,65 @@ fn a_large_response_body_is_streamed_whole() {
     assert_eq!(response.body.len(), 4_000_000);
     assert!(response.body.iter().all(|b| *b == b'x'));
     assert_eq!(http.get("example.com", "/get").unwrap().status, 200);
+}
+
+/// A burst of concurrent requests, and the same burst again: the second finds the first's
+/// backend connections in the shard's pool, however many there were (a fixed cap of 64 made
+/// every request beyond it connect anew and close again), and the shard closes them once they
+/// sat idle too long to reuse.
+#[test]
+fn a_burst_of_concurrent_requests_reuses_its_backend_connections_in_the_next_burst() {
+    // More than the 64 a fixed cap kept, on the test gateway's one shard.
+    const CONCURRENT: usize = 100;
+    // The backend answers only once every request of the burst is in, so the burst is truly
+    // concurrent: one backend connection per request.
+    let burst = Arc::new(Barrier::new(CONCURRENT));
+    let connections = Arc::new(Mutex::new(HashSet::new()));
+    let backend = {
+        let (burst, connections) = (Arc::clone(&burst), Arc::clone(&connections));
+        raw_backend(move |_, tcp| {
+            connections.lock().unwrap().insert(tcp.peer_addr().unwrap());
+            burst.wait();
+            match tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok") {
+                Ok(()) => After::KeepAlive,
+                Err(_) => After::Close,
+            }
+        })
+    };
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let port = free_port();
+    let gateway = Gateway::start(desired(&[
+        GatewayYaml::new()
+            .listener(https("https", port, "server-cert"))
+            .yaml(),
+        route("all", &[], &rule_to("burst")),
+        server_secret("server-cert", &pki.server),
+        service("burst", backend),
+    ]));
+    let config = any_server_client_config(None);
+    let mut clients: Vec<Http<TlsStream>> = (0..CONCURRENT)
+        .map(|_| Http::connect(port, "example.com", &config).unwrap())
+        .collect();
+    for burst in 1..=2 {
+        for client in &mut clients {
+            client
+                .send(b"GET /burst HTTP/1.1\r\nHost: example.com\r\n\r\n")
+                .unwrap();
+        }
+        for client in &mut clients {
+            assert_eq!(client.read_response().unwrap().status, 200);
+        }
+        assert_eq!(
+            connections.lock().unwrap().len(),
+            CONCURRENT,
+            "backend connections after burst {burst}"
+        );
+    }
+    assert_eq!(gateway.metrics().shards[&0].idle_backend, CONCURRENT as u64);
+    // Idle past the reuse age (4 s), they are closed at the next sweep (every 4 s).
+    wait_until_within(
+        "the shard closes its stale backend connections",
+        Duration::from_secs(20),
+        || gateway.metrics().shards[&0].idle_backend == 0,
+    );
 }

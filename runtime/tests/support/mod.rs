@@ -149,6 +149,15 @@ impl Gateway {
         generation
     }
 
+    /// Every shard's metrics, summed (per-shard series kept apart).
+    pub fn metrics(&self) -> portcullis_runtime::metrics::MetricsSample {
+        self.shards
+            .as_ref()
+            .unwrap()
+            .handles
+            .sample_metrics(PATIENCE)
+    }
+
     pub fn wait_applied(&self, generation: u64) {
         let shards = self.shards.as_ref().unwrap();
         wait_until("every shard applies the snapshot", || {
@@ -183,8 +192,14 @@ impl Drop for Gateway {
 
 /// Polls `condition` until it holds; panics after [`PATIENCE`] (a bound against hangs, not a
 /// timing assertion).
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_until_within(what, PATIENCE, condition);
+}
+
+/// [`wait_until`] for a condition that takes `patience` to come about by design (a timer of
+/// the gateway's own).
+pub fn wait_until_within(what: &str, patience: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + patience;
     while !condition() {
         assert!(Instant::now() < deadline, "gave up waiting: {what}");
         std::thread::sleep(Duration::from_millis(5));

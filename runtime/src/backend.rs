@@ -6,12 +6,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+
+use crate::sockets::quiet_and_open;
 
 /// An idle connection older than this is closed instead of reused. Many servers drop idle
 /// keep-alive connections after 5 to 60 seconds; reusing one they are closing races with
@@ -107,7 +107,7 @@ impl BackendPool {
         let now = Instant::now();
         while let Some(conn) = list.pop() {
             if now.saturating_duration_since(conn.since) < MAX_IDLE_REUSE_AGE
-                && (!probe || still_open(&conn.tcp))
+                && (!probe || quiet_and_open(&conn.tcp))
             {
                 return Some(conn.tcp);
             }
@@ -154,19 +154,4 @@ fn drop_stale(list: &mut Vec<IdleConnection>, now: Instant) {
         .position(|c| now.saturating_duration_since(c.since) < MAX_IDLE_REUSE_AGE)
         .unwrap_or(list.len());
     list.drain(..stale);
-}
-
-/// Whether an idle backend connection can carry a request: the backend has neither closed it
-/// (a read would return EOF) nor sent anything unasked (a read would return data).
-fn still_open(tcp: &TcpStream) -> bool {
-    // SAFETY: `tcp` owns this open descriptor for the whole call, and the borrow ends with it.
-    // monoio's TcpStream offers only `AsRawFd`, not `AsFd`.
-    #[allow(unsafe_code)]
-    let fd = unsafe { BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
-    let socket = socket2::SockRef::from(&fd);
-    let mut probe = [MaybeUninit::<u8>::uninit(); 1];
-    match socket.recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-        Ok(_) => false,
-    }
 }

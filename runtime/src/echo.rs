@@ -22,9 +22,7 @@ use portcullis_core::http1::{
 };
 
 use crate::bufpool;
-// The shards' backlog: a gateway opening hundreds of backend connections at once (a burst of
-// concurrent requests) would overflow std's 128 and wait a second per SYN sent again.
-use crate::shard::bind_listener;
+use crate::sockets::bind_listener;
 use crate::tls::read_append;
 
 /// Largest `/bytes/N` response: enough for throughput tests, small enough to build in memory.

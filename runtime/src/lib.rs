@@ -19,4 +19,5 @@ pub mod pki;
 pub mod publish;
 pub mod serve;
 pub mod shard;
+pub mod sockets;
 pub mod tls;

@@ -21,7 +21,6 @@ use portcullis_core::compile::{CompiledPort, ShardServerConfigs, Snapshot};
 use portcullis_core::desired::PortProtocol;
 use rustls::ServerConfig;
 use rustls::server::ClientHello;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -30,15 +29,20 @@ use crate::drain::DrainSignal;
 use crate::limits::Limits;
 use crate::logging::RateLimiter;
 use crate::metrics::{ListenerMetrics, MetricsSample, PortMetrics, ShardMetrics};
+use crate::sockets::{accept_waiting, bind_listener};
 use crate::{conn, http};
-
-/// Pending connections the kernel queues per shard listener before refusing. Handshake storms
-/// arrive in bursts; 4096 rides them out (the kernel caps it at `net.core.somaxconn`).
-const LISTEN_BACKLOG: i32 = 4096;
 
 /// io_uring submission queue entries per shard: room for one in-flight operation per busy
 /// connection in a burst without the queue filling.
 const IO_URING_ENTRIES: u32 = 4096;
+
+/// Connections the accept loop takes from the listener's queue each time it runs, beyond the
+/// one its accept operation returned. A busy shard runs the accept loop once per turn of its
+/// run queue; taking one connection per turn, a shard serving 1024 busy keep-alive
+/// connections (a turn of about 30 ms on the 2-CPU machine) accepted some 30 a second, and a
+/// burst of new clients waited seconds for their handshake. HAProxy's `tune.maxaccept`
+/// defaults to 64 for the same reason.
+const ACCEPT_BATCH: usize = 63;
 
 /// Pause after an accept error such as EMFILE before accepting again, so a full file table
 /// does not spin a core.
@@ -549,21 +553,24 @@ async fn accept_loop(
     loop {
         match listener.cancelable_accept(stop.clone()).await {
             Ok((tcp, peer)) => {
-                // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d.
-                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                if slot.stop.borrow().is_none() {
-                    break; // the port was removed while this accept completed
+                if !admit(tcp, peer, &slot, &ctx) {
+                    break;
                 }
-                if ctx.open_connections.get() >= ctx.limits.max_connections_per_shard {
-                    debug!(
-                        shard = ctx.index,
-                        "connection limit reached; closing new connection"
-                    );
-                    drop(tcp);
-                    continue;
+                // Then whatever else waits in the queue, without waiting a turn for each.
+                for _ in 0..ACCEPT_BATCH {
+                    match accept_waiting(&listener) {
+                        Ok(Some((tcp, peer))) => {
+                            if !admit(tcp, peer, &slot, &ctx) {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(shard = ctx.index, error = %e, "accept failed");
+                            break;
+                        }
+                    }
                 }
-                let port = Rc::clone(&slot.current.borrow());
-                monoio::spawn(serve(tcp, peer, port, Rc::clone(&ctx)));
             }
             Err(_) if slot.stop.borrow().is_none() => break,
             Err(e) => {
@@ -572,6 +579,26 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Starts serving an accepted connection, or closes it at the connection limit; `false` when
+/// the port was removed meanwhile (the accept loop ends).
+fn admit(tcp: TcpStream, peer: SocketAddr, slot: &Rc<PortSlot>, ctx: &Rc<ShardContext>) -> bool {
+    // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d.
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    if slot.stop.borrow().is_none() {
+        return false;
+    }
+    if ctx.open_connections.get() >= ctx.limits.max_connections_per_shard {
+        debug!(
+            shard = ctx.index,
+            "connection limit reached; closing new connection"
+        );
+        return true;
+    }
+    let port = Rc::clone(&slot.current.borrow());
+    monoio::spawn(serve(tcp, peer, port, Rc::clone(ctx)));
+    true
 }
 
 async fn serve(tcp: TcpStream, peer: SocketAddr, port: Rc<ShardPort>, ctx: Rc<ShardContext>) {
@@ -628,40 +655,4 @@ fn bind_reuseport(port: u16, address: Option<IpAddr>) -> io::Result<TcpListener>
         })?,
     };
     TcpListener::from_std(std_listener)
-}
-
-/// A non-blocking listening socket with the data plane's backlog and `TCP_NODELAY`;
-/// `reuse_port` for the shards' listeners, not for a single-process server such as the echo
-/// backend (where it would let a stale copy share the port unnoticed).
-pub(crate) fn bind_listener(
-    addr: SocketAddr,
-    reuse_port: bool,
-) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() && addr.ip().is_unspecified() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(reuse_port)?;
-    // Responses leave as soon as they are written. Linux copies TCP_NODELAY to every accepted
-    // socket, so setting it here once saves a setsockopt per connection.
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accepted_connections_inherit_nodelay_from_the_listener() {
-        let listener = bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)), true).unwrap();
-        listener.set_nonblocking(false).unwrap();
-        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        assert!(accepted.nodelay().unwrap());
-    }
 }

@@ -11,16 +11,24 @@ use tracing::{debug, info};
 
 use crate::http::{self, ConnInfo};
 use crate::metrics::{HandshakeOutcome, ListenerMetrics};
-use crate::shard::{ShardContext, ShardPort};
+use crate::shard::{HandshakeInProgress, ShardContext, ShardPort};
 use crate::tls::{self, ClientIo, HandshakeError, HandshakeFailure, PlainStream};
 
-pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx: &ShardContext) {
+/// `in_progress` counts this connection's handshake as in progress until it ends.
+pub async fn serve_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: &ShardPort,
+    ctx: &ShardContext,
+    in_progress: HandshakeInProgress,
+) {
     let started = Instant::now();
     let handshake = monoio::time::timeout(
         ctx.limits.handshake_timeout,
         tls::accept(tcp, |hello| port.choose(hello)),
     )
     .await;
+    drop(in_progress);
     let accepted = match handshake {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(failure)) => {

@@ -154,7 +154,16 @@ struct BackendCounters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardConnections {
     pub accepted: u64,
+    pub now: ShardGauges,
+}
+
+/// What a shard holds at the moment it is sampled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardGauges {
+    /// Client connections open.
     pub open: u64,
+    /// Of those, TLS connections still in their handshake.
+    pub handshaking: u64,
     /// Idle keep-alive connections to backends, held for reuse.
     pub idle_backend: u64,
 }
@@ -217,22 +226,15 @@ impl ShardMetrics {
         }
     }
 
-    /// A copy of every counter, to send to the admin thread; `shard` is this shard's index,
-    /// `open_connections` its open client connections now and `idle_backend_connections` the
-    /// backend connections its pool holds.
-    pub fn sample(
-        &self,
-        shard: usize,
-        open_connections: usize,
-        idle_backend_connections: usize,
-    ) -> MetricsSample {
+    /// A copy of every counter, to send to the admin thread; `shard` is this shard's index and
+    /// `now` what it holds at this moment.
+    pub fn sample(&self, shard: usize, now: ShardGauges) -> MetricsSample {
         let mut sample = MetricsSample::default();
         sample.shards.insert(
             shard,
             ShardConnections {
                 accepted: self.connections_accepted.get(),
-                open: open_connections as u64,
-                idle_backend: idle_backend_connections as u64,
+                now,
             },
         );
         for (port, m) in self.ports.borrow().iter() {
@@ -516,7 +518,7 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
             );
         }
     }
-    let per_shard: [PerShardFamily; 3] = [
+    let per_shard: [PerShardFamily; 4] = [
         (
             "portcullis_shard_connections_accepted_total",
             "counter",
@@ -527,13 +529,19 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
             "portcullis_shard_open_connections",
             "gauge",
             "Client connections open on each shard, all ports together.",
-            |c| c.open,
+            |c| c.now.open,
+        ),
+        (
+            "portcullis_shard_handshakes_in_progress",
+            "gauge",
+            "TLS connections each shard accepted whose handshake has not ended.",
+            |c| c.now.handshaking,
         ),
         (
             "portcullis_shard_idle_backend_connections",
             "gauge",
             "Idle keep-alive connections to backends each shard holds for reuse (closed after 4 s unused).",
-            |c| c.idle_backend,
+            |c| c.now.idle_backend,
         ),
     ];
     for (name, kind, help, value) in per_shard {
@@ -601,8 +609,15 @@ mod tests {
         a.connection_accepted();
         b.connection_accepted();
         b.connection_accepted();
-        let mut total = a.sample(0, 1, 7);
-        total.add(&b.sample(1, 0, 0));
+        let mut total = a.sample(
+            0,
+            ShardGauges {
+                open: 1,
+                handshaking: 3,
+                idle_backend: 7,
+            },
+        );
+        total.add(&b.sample(1, ShardGauges::default()));
         assert_eq!(total.handshakes(443, "l", HandshakeOutcome::Ok), 2);
         assert_eq!(
             total.handshakes(443, "l", HandshakeOutcome::NoClientCert),
@@ -620,6 +635,7 @@ mod tests {
         assert!(text.contains("portcullis_shard_connections_accepted_total{shard=\"1\"} 2\n"));
         assert!(text.contains("portcullis_shard_open_connections{shard=\"0\"} 1\n"));
         assert!(text.contains("portcullis_shard_open_connections{shard=\"1\"} 0\n"));
+        assert!(text.contains("portcullis_shard_handshakes_in_progress{shard=\"0\"} 3\n"));
         assert!(text.contains("portcullis_shard_idle_backend_connections{shard=\"0\"} 7\n"));
         assert!(text.contains("portcullis_shard_idle_backend_connections{shard=\"1\"} 0\n"));
     }

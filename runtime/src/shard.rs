@@ -28,7 +28,7 @@ use crate::backend::{BackendPool, STALE_SWEEP_INTERVAL};
 use crate::drain::DrainSignal;
 use crate::limits::Limits;
 use crate::logging::RateLimiter;
-use crate::metrics::{ListenerMetrics, MetricsSample, PortMetrics, ShardMetrics};
+use crate::metrics::{ListenerMetrics, MetricsSample, PortMetrics, ShardGauges, ShardMetrics};
 use crate::sockets::{accept_waiting, bind_listener};
 use crate::{conn, http};
 
@@ -36,13 +36,17 @@ use crate::{conn, http};
 /// connection in a burst without the queue filling.
 const IO_URING_ENTRIES: u32 = 4096;
 
-/// Connections the accept loop takes from the listener's queue each time it runs, beyond the
-/// one its accept operation returned. A busy shard runs the accept loop once per turn of its
-/// run queue; taking one connection per turn, a shard serving 1024 busy keep-alive
-/// connections (a turn of about 30 ms on the 2-CPU machine) accepted some 30 a second, and a
-/// burst of new clients waited seconds for their handshake. HAProxy's `tune.maxaccept`
-/// defaults to 64 for the same reason.
-const ACCEPT_BATCH: usize = 63;
+/// The accept loop takes the connections already waiting in the listener's queue, beyond the
+/// one its accept operation returned, while fewer than this many handshakes are in progress
+/// on the shard. A busy shard runs the accept loop once per turn of its run queue: taking one
+/// connection per turn, a shard serving 1024 busy keep-alive connections (a turn of 30–40 ms
+/// on the 2-CPU machine) admitted some 30 new clients a second, and a burst of them waited
+/// most of a second for their handshakes. Taking every waiting one put up to 64 handshakes in
+/// progress under the compare's full-handshake load; their steps then waited long enough for
+/// the clients' tail-loss probes to fire (about 1000 spurious retransmissions per 8 s), the
+/// shard idled 4% and its handshake rate fell 11–22%. At 16 neither shows (BENCHMARKS.md,
+/// "Many keep-alive clients on one shard").
+const BATCH_ACCEPT_HANDSHAKE_LIMIT: usize = 16;
 
 /// Pause after an accept error such as EMFILE before accepting again, so a full file table
 /// does not spin a core.
@@ -327,6 +331,8 @@ pub struct ShardContext {
     pub limits: Limits,
     pub backends: BackendPool,
     pub open_connections: Cell<usize>,
+    /// Accepted TLS connections whose handshake has not finished (see [`HandshakeInProgress`]).
+    pub handshakes_in_progress: Cell<usize>,
     pub metrics: ShardMetrics,
     /// Fired when the shard starts draining.
     pub draining: DrainSignal,
@@ -398,6 +404,7 @@ async fn shard_main(
         limits: options.limits.clone(),
         backends: BackendPool::default(),
         open_connections: Cell::new(0),
+        handshakes_in_progress: Cell::new(0),
         metrics: ShardMetrics::default(),
         draining: DrainSignal::default(),
         handshake_log: RateLimiter::new(HANDSHAKE_FAILURE_LOG_RATE),
@@ -426,8 +433,11 @@ async fn shard_main(
                     Some(ShardCommand::SampleMetrics(reply)) => {
                         let _ = reply.send(ctx.metrics.sample(
                             ctx.index,
-                            ctx.open_connections.get(),
-                            ctx.backends.idle_count(),
+                            ShardGauges {
+                                open: ctx.open_connections.get() as u64,
+                                handshaking: ctx.handshakes_in_progress.get() as u64,
+                                idle_backend: ctx.backends.idle_count() as u64,
+                            },
                         ));
                     }
                     Some(ShardCommand::Drain { deadline }) => break Some(deadline),
@@ -556,8 +566,9 @@ async fn accept_loop(
                 if !admit(tcp, peer, &slot, &ctx) {
                     break;
                 }
-                // Then whatever else waits in the queue, without waiting a turn for each.
-                for _ in 0..ACCEPT_BATCH {
+                // Then what else waits in the queue, without a turn for each, while the shard
+                // has few handshakes in progress.
+                while ctx.handshakes_in_progress.get() < BATCH_ACCEPT_HANDSHAKE_LIMIT {
                     match accept_waiting(&listener) {
                         Ok(Some((tcp, peer))) => {
                             if !admit(tcp, peer, &slot, &ctx) {
@@ -597,15 +608,46 @@ fn admit(tcp: TcpStream, peer: SocketAddr, slot: &Rc<PortSlot>, ctx: &Rc<ShardCo
         return true;
     }
     let port = Rc::clone(&slot.current.borrow());
-    monoio::spawn(serve(tcp, peer, port, Rc::clone(ctx)));
+    let handshake = HandshakeInProgress::new(ctx);
+    monoio::spawn(serve(tcp, peer, port, Rc::clone(ctx), handshake));
     true
 }
 
-async fn serve(tcp: TcpStream, peer: SocketAddr, port: Rc<ShardPort>, ctx: Rc<ShardContext>) {
+/// Counts a connection in [`ShardContext::handshakes_in_progress`] from its accept until its
+/// handshake ends (or the connection is dropped before that); plain-HTTP connections end it
+/// at once.
+#[derive(Debug)]
+pub struct HandshakeInProgress(Rc<ShardContext>);
+
+impl HandshakeInProgress {
+    fn new(ctx: &Rc<ShardContext>) -> Self {
+        ctx.handshakes_in_progress
+            .set(ctx.handshakes_in_progress.get() + 1);
+        HandshakeInProgress(Rc::clone(ctx))
+    }
+}
+
+impl Drop for HandshakeInProgress {
+    fn drop(&mut self) {
+        let count = &self.0.handshakes_in_progress;
+        count.set(count.get().saturating_sub(1));
+    }
+}
+
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: Rc<ShardPort>,
+    ctx: Rc<ShardContext>,
+    handshake: HandshakeInProgress,
+) {
     let _guard = ConnectionGuard::new(&ctx, &port.metrics);
     match port.compiled.protocol {
-        PortProtocol::Https => conn::serve_tls(tcp, peer, &port, &ctx).await,
-        PortProtocol::Http => conn::serve_plain(tcp, peer, &port, &ctx).await,
+        PortProtocol::Https => conn::serve_tls(tcp, peer, &port, &ctx, handshake).await,
+        PortProtocol::Http => {
+            drop(handshake);
+            conn::serve_plain(tcp, peer, &port, &ctx).await
+        }
     }
 }
 

@@ -610,11 +610,40 @@ fn a_burst_of_concurrent_requests_reuses_its_backend_connections_in_the_next_bur
             "backend connections after burst {burst}"
         );
     }
-    assert_eq!(gateway.metrics().shards[&0].idle_backend, CONCURRENT as u64);
+    assert_eq!(
+        gateway.metrics().shards[&0].now.idle_backend,
+        CONCURRENT as u64
+    );
     // Idle past the reuse age (4 s), they are closed at the next sweep (every 4 s).
     wait_until_within(
         "the shard closes its stale backend connections",
         Duration::from_secs(20),
-        || gateway.metrics().shards[&0].idle_backend == 0,
+        || gateway.metrics().shards[&0].now.idle_backend == 0,
     );
+}
+
+/// A connection counts as handshaking from its accept until its handshake ends, however it
+/// ends (the shard's accept loop takes waiting connections in batches only while few are).
+#[test]
+fn a_connection_counts_as_handshaking_until_its_handshake_ends() {
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let port = free_port();
+    let gateway = Gateway::start(desired(&[
+        GatewayYaml::new()
+            .listener(https("https", port, "server-cert"))
+            .yaml(),
+        route("all", &[], &rule_to("echo")),
+        server_secret("server-cert", &pki.server),
+        service("echo", echo()),
+    ]));
+    let handshaking = || gateway.metrics().shards[&0].now.handshaking;
+    let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    wait_until("the silent connection is accepted", || handshaking() == 1);
+    let mut client = Http::connect(port, "example.com", &any_server_client_config(None)).unwrap();
+    assert_eq!(client.get("example.com", "/get").unwrap().status, 200);
+    assert_eq!(handshaking(), 1, "the completed handshake no longer counts");
+    drop(silent);
+    wait_until("the silent connection's handshake ends at its EOF", || {
+        handshaking() == 0
+    });
 }

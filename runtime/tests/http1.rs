@@ -583,14 +583,7 @@ fn a_burst_of_concurrent_requests_reuses_its_backend_connections_in_the_next_bur
     };
     let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
     let port = free_port();
-    let gateway = Gateway::start(desired(&[
-        GatewayYaml::new()
-            .listener(https("https", port, "server-cert"))
-            .yaml(),
-        route("all", &[], &rule_to("burst")),
-        server_secret("server-cert", &pki.server),
-        service("burst", backend),
-    ]));
+    let gateway = Gateway::start(desired(&one_https_port(port, &pki.server, backend)));
     let config = any_server_client_config(None);
     let mut clients: Vec<Http<TlsStream>> = (0..CONCURRENT)
         .map(|_| Http::connect(port, "example.com", &config).unwrap())
@@ -628,14 +621,7 @@ fn a_burst_of_concurrent_requests_reuses_its_backend_connections_in_the_next_bur
 fn a_connection_counts_as_handshaking_until_its_handshake_ends() {
     let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
     let port = free_port();
-    let gateway = Gateway::start(desired(&[
-        GatewayYaml::new()
-            .listener(https("https", port, "server-cert"))
-            .yaml(),
-        route("all", &[], &rule_to("echo")),
-        server_secret("server-cert", &pki.server),
-        service("echo", echo()),
-    ]));
+    let gateway = Gateway::start(desired(&one_https_port(port, &pki.server, echo())));
     let handshaking = || gateway.metrics().shards[&0].now.handshaking;
     let silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
     wait_until("the silent connection is accepted", || handshaking() == 1);

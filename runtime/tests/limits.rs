@@ -21,14 +21,7 @@ const SHORT: Duration = Duration::from_millis(300);
 fn gateway(limits: Limits) -> (Gateway, u16) {
     let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
     let port = free_port();
-    let docs = vec![
-        GatewayYaml::new()
-            .listener(https("https", port, "server-cert"))
-            .yaml(),
-        route("all", &[], &rule_to("echo")),
-        server_secret("server-cert", &pki.server),
-        service("echo", echo()),
-    ];
+    let docs = one_https_port(port, &pki.server, echo());
     (Gateway::start_with_limits(desired(&docs), limits), port)
 }
 

@@ -21,14 +21,7 @@ use support::*;
 fn gateway() -> (Gateway, u16, GuidePki) {
     let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
     let port = free_port();
-    let docs = vec![
-        GatewayYaml::new()
-            .listener(https("https", port, "server-cert"))
-            .yaml(),
-        route("all", &[], &rule_to("echo")),
-        server_secret("server-cert", &pki.server),
-        service("echo", echo()),
-    ];
+    let docs = one_https_port(port, &pki.server, echo());
     (Gateway::start(desired(&docs)), port, pki)
 }
 

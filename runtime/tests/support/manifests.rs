@@ -255,6 +255,19 @@ pub fn rule_with_matches(matches: &str, backends: &[(&str, u32)]) -> String {
 }
 
 /// The `kubernetes.io/tls` Secret `name` holding a server certificate and key.
+/// One HTTPS port without client validation (the server certificate from `server`),
+/// routing everything to `backend`.
+pub fn one_https_port(port: u16, server: &CertKeyPem, backend: SocketAddr) -> Vec<String> {
+    vec![
+        GatewayYaml::new()
+            .listener(https("https", port, "server-cert"))
+            .yaml(),
+        route("all", &[], &rule_to("backend")),
+        server_secret("server-cert", server),
+        service("backend", backend),
+    ]
+}
+
 pub fn server_secret(name: &str, server: &CertKeyPem) -> String {
     demo::tls_secret(NS, name, &server.cert, &server.key)
 }

@@ -39,9 +39,9 @@ const IO_URING_ENTRIES: u32 = 4096;
 /// The accept loop takes the connections already waiting in the listener's queue, beyond the
 /// one its accept operation returned, while fewer than this many handshakes are in progress
 /// on the shard. A busy shard runs the accept loop once per turn of its run queue: taking one
-/// connection per turn, a shard serving 1024 busy keep-alive connections (a turn of 30–40 ms
-/// on the 2-CPU machine) admitted some 30 new clients a second, and a burst of them waited
-/// most of a second for their handshakes. Taking every waiting one put up to 64 handshakes in
+/// connection per turn, a shard serving 1024 busy keep-alive connections admitted new clients
+/// at the pace of its turns, 77–480 a second on the 2-CPU machine depending on how long the
+/// turns ran, and a burst of them waited up to most of a second for their handshakes. Taking every waiting one put up to 64 handshakes in
 /// progress under the compare's full-handshake load; their steps then waited long enough for
 /// the clients' tail-loss probes to fire (about 1000 spurious retransmissions per 8 s), the
 /// shard idled 4% and its handshake rate fell 11–22%. At 16 neither shows (BENCHMARKS.md,

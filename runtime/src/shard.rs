@@ -608,14 +608,16 @@ fn admit(tcp: TcpStream, peer: SocketAddr, slot: &Rc<PortSlot>, ctx: &Rc<ShardCo
         return true;
     }
     let port = Rc::clone(&slot.current.borrow());
-    let handshake = HandshakeInProgress::new(ctx);
+    let handshake = match port.compiled.protocol {
+        PortProtocol::Https => Some(HandshakeInProgress::new(ctx)),
+        PortProtocol::Http => None,
+    };
     monoio::spawn(serve(tcp, peer, port, Rc::clone(ctx), handshake));
     true
 }
 
-/// Counts a connection in [`ShardContext::handshakes_in_progress`] from its accept until its
-/// handshake ends (or the connection is dropped before that); plain-HTTP connections end it
-/// at once.
+/// Counts a TLS connection in [`ShardContext::handshakes_in_progress`] from its accept until
+/// its handshake ends (or the connection is dropped before that).
 #[derive(Debug)]
 pub struct HandshakeInProgress(Rc<ShardContext>);
 
@@ -639,15 +641,13 @@ async fn serve(
     peer: SocketAddr,
     port: Rc<ShardPort>,
     ctx: Rc<ShardContext>,
-    handshake: HandshakeInProgress,
+    handshake: Option<HandshakeInProgress>,
 ) {
     let _guard = ConnectionGuard::new(&ctx, &port.metrics);
-    match port.compiled.protocol {
-        PortProtocol::Https => conn::serve_tls(tcp, peer, &port, &ctx, handshake).await,
-        PortProtocol::Http => {
-            drop(handshake);
-            conn::serve_plain(tcp, peer, &port, &ctx).await
-        }
+    // `handshake` is there exactly for HTTPS ports (see `admit`).
+    match handshake {
+        Some(in_progress) => conn::serve_tls(tcp, peer, &port, &ctx, in_progress).await,
+        None => conn::serve_plain(tcp, peer, &port, &ctx).await,
     }
 }
 

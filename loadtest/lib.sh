@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shell helpers shared by loadtest/compare and loadtest/cpu-scaling (sourced; needs $ROOT).
+# Shell helpers shared by the loadtest scripts (sourced; needs $ROOT).
 
 # The in-memory ceiling bench: the server's share of one full AllowValidOnly handshake with the
 # guide's RSA-2048 server key, by client key (the socket runs' --client-key).
@@ -35,4 +35,18 @@ handshake_bench_exe() {
       jq -r 'select(.reason == "compiler-artifact" and .target.name == "handshake") | .executable // empty' | tail -1)"
   fi
   [ -x "$exe" ] && echo "$exe"
+}
+
+# Prints a script's help: its header comment, from the second line to `set -e...`.
+print_help() { sed -n '2,/^set -e/p' "$1" | sed '$d; s/^# \{0,1\}//'; }
+
+# Waits up to 10 s until something listens on 127.0.0.1 port $1; after that, ends the script
+# (from a command substitution too, where `set -e` would not).
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "$(basename "$0"): nothing listens on port $1" >&2
+  exit 1
 }

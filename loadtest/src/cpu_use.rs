@@ -34,6 +34,16 @@ pub struct Watch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuList(pub Vec<usize>);
 
+impl CpuList {
+    /// The set of `cpus`, in any order and with repeats.
+    pub fn new(cpus: impl IntoIterator<Item = usize>) -> Self {
+        let mut cpus: Vec<usize> = cpus.into_iter().collect();
+        cpus.sort_unstable();
+        cpus.dedup();
+        CpuList(cpus)
+    }
+}
+
 /// One reading of everything watched.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -158,9 +168,7 @@ pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
             None => cpus.push(number(part)?),
         }
     }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(CpuList(cpus))
+    Ok(CpuList::new(cpus))
 }
 
 fn format_cpu_list(cpus: &[usize]) -> String {

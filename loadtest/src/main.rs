@@ -222,11 +222,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let watch = Watch {
         pid: cli.watch_pid,
         cpus: cli.watch_cpus.clone(),
-        own_cpus: (!cores.is_empty()).then(|| {
-            let mut ids: Vec<usize> = cores.iter().map(|c| c.id).collect();
-            ids.sort_unstable();
-            cpu_use::CpuList(ids)
-        }),
+        own_cpus: (!cores.is_empty()).then(|| cpu_use::CpuList::new(cores.iter().map(|c| c.id))),
     };
     watch.check()?;
     let base_config = Arc::new(client_config::build(

@@ -41,11 +41,11 @@ const IO_URING_ENTRIES: u32 = 4096;
 /// on the shard. A busy shard runs the accept loop once per turn of its run queue: taking one
 /// connection per turn, a shard serving 1024 busy keep-alive connections admitted new clients
 /// at the pace of its turns, 77–480 a second on the 2-CPU machine depending on how long the
-/// turns ran, and a burst of them waited up to most of a second for their handshakes. Taking every waiting one put up to 64 handshakes in
-/// progress under the compare's full-handshake load; their steps then waited long enough for
-/// the clients' tail-loss probes to fire (about 1000 spurious retransmissions per 8 s), the
-/// shard idled 4% and its handshake rate fell 11–22%. At 16 neither shows (BENCHMARKS.md,
-/// "Many keep-alive clients on one shard").
+/// turns ran, and a burst of them waited up to most of a second for their handshakes. Taking
+/// every waiting one put up to 64 handshakes in progress under the compare's full-handshake
+/// load; their steps then waited long enough for the clients' tail-loss probes to fire (about
+/// 1000 spurious retransmissions per 8 s), the shard idled 4% and its handshake rate fell
+/// 11–22%. At 16 neither shows (BENCHMARKS.md, "Many keep-alive clients on one shard").
 const BATCH_ACCEPT_HANDSHAKE_LIMIT: usize = 16;
 
 /// Pause after an accept error such as EMFILE before accepting again, so a full file table

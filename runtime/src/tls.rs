@@ -181,25 +181,26 @@ async fn accept_inner(
     choose: impl FnOnce(&ClientHello<'_>) -> Option<(usize, Arc<ServerConfig>)>,
     chosen: &mut Option<usize>,
 ) -> Result<Accepted, HandshakeError> {
-    let mut acceptor = Acceptor::default();
+    let mut reader = ClientHelloReader::default();
     let mut rx = bufpool::take();
-    let accepted = loop {
+    let (accepted, consumed) = loop {
         let (res, buf) = tcp.read(rx).await;
         rx = buf;
         if res? == 0 {
             bufpool::give(rx);
             return Err(HandshakeError::Eof);
         }
-        acceptor.read_tls(&mut rx.as_slice())?;
-        match acceptor.accept() {
-            Ok(Some(accepted)) => break accepted,
-            Ok(None) => continue,
-            Err((err, mut alert)) => {
-                let mut out = Vec::new();
-                let _ = alert.write_all(&mut out);
-                let _ = tcp.write_all(out).await;
+        match reader.push(&rx) {
+            Ok(HelloProgress::NeedMore) => continue,
+            Ok(HelloProgress::Complete { accepted, consumed }) => break (accepted, consumed),
+            Err(HelloError::Io(e)) => {
                 bufpool::give(rx);
-                return Err(HandshakeError::tls(err));
+                return Err(HandshakeError::Io(e));
+            }
+            Err(HelloError::Tls { error, alert }) => {
+                let _ = tcp.write_all(alert).await;
+                bufpool::give(rx);
+                return Err(HandshakeError::tls(error));
             }
         }
     };
@@ -221,12 +222,12 @@ async fn accept_inner(
             return Err(HandshakeError::tls(err));
         }
     };
-    rx.clear();
+    // What followed the hello in the last read belongs to the connection.
     let mut stream = TlsStream {
         tcp,
         tls,
         rx,
-        rx_pos: 0,
+        rx_pos: consumed,
         tx: Vec::new(),
     };
     stream.complete_handshake().await?;
@@ -235,6 +236,97 @@ async fn accept_inner(
         listener,
         server_name,
     })
+}
+
+/// Reads a ClientHello from ciphertext that arrives in pieces of any size: the sans-IO first
+/// step of [`accept`], before the listener (and so the `ServerConfig`) is known.
+///
+/// rustls' `Acceptor::read_tls` takes at most 4 KiB per call, while one socket read can hold a
+/// whole hello of up to 16 KiB (a post-quantum key share plus a resumption ticket that carries
+/// a client chain passes 4 KiB) and the bytes behind it. So each piece is fed in a loop, the
+/// hello is tried after each step, and feeding stops as soon as it is complete: the bytes not
+/// fed then belong to the connection, which rustls continues with what it already buffered.
+#[derive(Default)]
+pub struct ClientHelloReader {
+    acceptor: Acceptor,
+}
+
+impl std::fmt::Debug for ClientHelloReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHelloReader").finish_non_exhaustive()
+    }
+}
+
+/// Where reading the ClientHello stands after a piece of input.
+// Returned once per connection and moved straight on: a box would be an allocation per
+// handshake for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum HelloProgress {
+    /// Not complete yet; the whole piece was taken.
+    NeedMore,
+    /// Complete: the first `consumed` bytes of the piece went to rustls, the rest is the
+    /// connection's to process next.
+    Complete {
+        accepted: rustls::server::Accepted,
+        consumed: usize,
+    },
+}
+
+impl std::fmt::Debug for HelloProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HelloProgress::NeedMore => f.write_str("NeedMore"),
+            HelloProgress::Complete { consumed, .. } => f
+                .debug_struct("Complete")
+                .field("consumed", consumed)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Why the first flight was refused.
+#[derive(Debug)]
+pub enum HelloError {
+    /// rustls could not buffer the input (a message over its size limit).
+    Io(io::Error),
+    /// Not a ClientHello rustls accepts; `alert` is the TLS alert to send the client.
+    Tls {
+        error: rustls::Error,
+        alert: Vec<u8>,
+    },
+}
+
+impl ClientHelloReader {
+    /// Takes the next piece of the client's first flight.
+    pub fn push(&mut self, input: &[u8]) -> Result<HelloProgress, HelloError> {
+        let mut rest = input;
+        while !rest.is_empty() {
+            let fed = self.acceptor.read_tls(&mut rest).map_err(HelloError::Io)?;
+            match self.acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    return Ok(HelloProgress::Complete {
+                        accepted,
+                        consumed: input.len() - rest.len(),
+                    });
+                }
+                Ok(None) if fed == 0 => {
+                    // Not taken and not complete: rustls' buffer is full of a message it
+                    // cannot finish; a loop would never end.
+                    return Err(HelloError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "ClientHello larger than rustls accepts",
+                    )));
+                }
+                Ok(None) => {}
+                Err((error, mut alert)) => {
+                    let mut out = Vec::new();
+                    let _ = alert.write_all(&mut out);
+                    return Err(HelloError::Tls { error, alert: out });
+                }
+            }
+        }
+        Ok(HelloProgress::NeedMore)
+    }
 }
 
 impl TlsStream {
@@ -412,5 +504,132 @@ impl Drop for TlsStream {
     fn drop(&mut self) {
         bufpool::give(std::mem::take(&mut self.rx));
         bufpool::give(std::mem::take(&mut self.tx));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    use crate::pki::{GuidePki, KeyKind};
+
+    /// A server for `example.com` and a client trusting it whose first flight is padded with
+    /// filler ALPN names (`http/1.1` last, so the handshake still agrees) to about
+    /// `hello_bytes`.
+    fn configs(pki: &GuidePki, hello_bytes: usize) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(pki.server.cert.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(pki.server.key.as_bytes()).unwrap();
+        let mut server = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca.pem.cert.as_bytes()).unwrap())
+            .unwrap();
+        let mut client = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = filler_alpn(hello_bytes);
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// ALPN names adding about `bytes` to a ClientHello, then `http/1.1`.
+    fn filler_alpn(bytes: usize) -> Vec<Vec<u8>> {
+        let mut names: Vec<Vec<u8>> = (0..bytes / 201)
+            .map(|i| format!("x-filler-{i:03}-{}", "p".repeat(186)).into_bytes())
+            .collect();
+        names.push(b"http/1.1".to_vec());
+        names
+    }
+
+    /// Hands `input` to the server connection, all of it.
+    fn feed(server: &mut ServerConnection, mut input: &[u8]) {
+        while !input.is_empty() {
+            server.read_tls(&mut input).unwrap();
+            server.process_new_packets().unwrap();
+        }
+    }
+
+    fn pump(from: &mut impl FnMut(&mut Vec<u8>) -> usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while from(&mut out) > 0 {}
+        out
+    }
+
+    /// The client's first flight arrives in pieces of `piece` bytes; the server reads the hello
+    /// with [`ClientHelloReader`], and the handshake must then complete in memory. Returns the
+    /// size of the first flight.
+    fn handshake_with_pieces(pki: &GuidePki, hello_bytes: usize, piece: usize) -> usize {
+        let (server_config, client_config) = configs(pki, hello_bytes);
+        let mut client =
+            ClientConnection::new(client_config, ServerName::try_from("example.com").unwrap())
+                .unwrap();
+        let first_flight = pump(&mut |out| client.write_tls(out).unwrap());
+        let mut reader = ClientHelloReader::default();
+        let mut server = None;
+        for chunk in first_flight.chunks(piece) {
+            match &mut server {
+                Some(server) => feed(server, chunk),
+                None => match reader.push(chunk).unwrap() {
+                    HelloProgress::NeedMore => {}
+                    HelloProgress::Complete { accepted, consumed } => {
+                        assert!(consumed <= chunk.len());
+                        let mut conn = accepted
+                            .into_connection(Arc::clone(&server_config))
+                            .unwrap();
+                        feed(&mut conn, &chunk[consumed..]);
+                        server = Some(conn);
+                    }
+                },
+            }
+        }
+        let mut server = server.expect("the whole first flight was sent: the hello is complete");
+        while server.is_handshaking() || client.is_handshaking() {
+            let to_client = pump(&mut |out| server.write_tls(out).unwrap());
+            let mut rest = to_client.as_slice();
+            while !rest.is_empty() {
+                client.read_tls(&mut rest).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            let to_server = pump(&mut |out| client.write_tls(out).unwrap());
+            feed(&mut server, &to_server);
+        }
+        assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
+        first_flight.len()
+    }
+
+    #[test]
+    fn client_hellos_of_4_to_16_kib_complete_in_any_pieces() {
+        let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+        for hello_bytes in [0, 3_000, 4_085, 4_385, 8_000, 12_000, 15_500] {
+            for piece in [1, 7, 100, 1_000, 4_095, 4_096, 4_097, 9_000, usize::MAX] {
+                let sent = handshake_with_pieces(&pki, hello_bytes, piece);
+                assert!(sent >= hello_bytes, "padding reached {sent} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused_with_an_alert_and_never_loops() {
+        let mut reader = ClientHelloReader::default();
+        match reader.push(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n") {
+            Err(HelloError::Tls { alert, .. }) => assert_eq!(alert.first(), Some(&0x15)),
+            other => panic!("{other:?}"),
+        }
+        // A handshake record header announcing more than rustls buffers, then filler.
+        let mut reader = ClientHelloReader::default();
+        let mut oversized = vec![0x16, 0x03, 0x01, 0xff, 0xff];
+        oversized.resize(70_000, 0x01);
+        assert!(reader.push(&oversized).is_err());
     }
 }

@@ -317,6 +317,20 @@ pub fn client_config_tls12(ca_pem: &str, client: Option<&CertKeyPem>) -> Arc<Cli
     )
 }
 
+/// Like [`client_config`], with the key exchange groups and suites of `provider`.
+pub fn client_config_with_provider(
+    provider: rustls::crypto::CryptoProvider,
+    ca_pem: &str,
+    client: Option<&CertKeyPem>,
+) -> Arc<ClientConfig> {
+    build_client_with(
+        provider,
+        ServerCheck::Roots(ca_pem),
+        client,
+        rustls::DEFAULT_VERSIONS,
+    )
+}
+
 /// A client that accepts any server certificate (as `curl -k`), presenting `client` if given.
 pub fn any_server_client_config(client: Option<&CertKeyPem>) -> Arc<ClientConfig> {
     build_client(ServerCheck::Any, client, rustls::DEFAULT_VERSIONS)

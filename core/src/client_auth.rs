@@ -10,6 +10,10 @@
 //!   the connection carries a verified identity; a failure is tolerated, never forwarded.
 //! - A resumed session restores the client chain from the ticket; it is checked again against
 //!   the listener's current policy (dates included), so resumption never skips a check.
+//! - X.509 v1 certificates (no extensions; webpki parses v3 only): refused by
+//!   `AllowValidOnly` as [`ClientCertFailure::NotVersion3`]; under `AllowInsecureFallback` the
+//!   client's signature is checked against the key read with x509-parser and the connection is
+//!   served unverified (docs/architecture.md says why).
 //! - Fail closed: with no valid CA, every client is refused in the handshake.
 //! - A chain that passed the chain check on this shard is not checked again under the same
 //!   policy while its certificates are in date ([`verified_chains`]); the SAN/hash rules and
@@ -21,7 +25,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{WebPkiSupportedAlgorithms, aws_lc_rs};
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::{CertificateDer, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError};
@@ -51,6 +55,9 @@ pub enum PeerIdentity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCertFailure {
     Missing,
+    /// An X.509 v1 (or v2) certificate: no extensions, so nothing says it may identify a
+    /// client, and webpki verifies v3 only.
+    NotVersion3,
     Invalid(String),
     SanMismatch,
     HashMismatch,
@@ -60,6 +67,9 @@ impl fmt::Display for ClientCertFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientCertFailure::Missing => f.write_str("no client certificate"),
+            ClientCertFailure::NotVersion3 => f.write_str(
+                "client certificate is X.509 v1, not v3 (issue it with extensions, e.g. openssl x509 -req -extfile)",
+            ),
             ClientCertFailure::Invalid(why) => write!(f, "invalid client certificate: {why}"),
             ClientCertFailure::SanMismatch => {
                 f.write_str("client certificate carries none of the allowed subject alt names")
@@ -282,6 +292,11 @@ pub fn classify_error(err: &rustls::Error) -> Option<ClientCertFailure> {
     match err {
         rustls::Error::NoCertificatesPresented => Some(ClientCertFailure::Missing),
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            if let Some(webpki::Error::UnsupportedCertVersion) =
+                other.0.downcast_ref::<webpki::Error>()
+            {
+                return Some(ClientCertFailure::NotVersion3);
+            }
             match other.0.downcast_ref::<IdentityMismatch>() {
                 Some(IdentityMismatch::SubjectAltName) => Some(ClientCertFailure::SanMismatch),
                 Some(IdentityMismatch::Hash) => Some(ClientCertFailure::HashMismatch),
@@ -305,6 +320,65 @@ impl fmt::Debug for HandshakeVerifier {
             .field("policy", &self.policy)
             .finish()
     }
+}
+
+impl HandshakeVerifier {
+    /// The public key of a certificate that webpki could not parse (`error`), under
+    /// `AllowInsecureFallback` only: fallback serves clients whose certificate does not
+    /// verify, so it must not refuse one for its format (an X.509 v1 certificate, as
+    /// `openssl x509 -req` makes without `-extfile`), yet the client must still prove it holds
+    /// the key it presents. Any other policy, or a certificate with no readable key, keeps
+    /// `error`.
+    fn key_of_unparsable_certificate(
+        &self,
+        cert: &CertificateDer<'_>,
+        error: rustls::Error,
+    ) -> Result<SubjectPublicKeyInfoDer<'static>, rustls::Error> {
+        let fallback = matches!(
+            self.policy.validation,
+            Validation::Verify {
+                mode: ValidationMode::AllowInsecureFallback,
+                ..
+            }
+        );
+        if !fallback || webpki::EndEntityCert::try_from(cert).is_ok() {
+            return Err(error);
+        }
+        match x509_parser::parse_x509_certificate(cert) {
+            Ok((_, parsed)) => Ok(SubjectPublicKeyInfoDer::from(
+                parsed.tbs_certificate.subject_pki.raw.to_vec(),
+            )),
+            Err(_) => Err(error),
+        }
+    }
+}
+
+/// rustls' TLS 1.2 signature check, for a bare public key (it has one for TLS 1.3 only): the
+/// first of the scheme's algorithms that fits the key decides.
+fn verify_tls12_signature_with_raw_key(
+    message: &[u8],
+    spki: &SubjectPublicKeyInfoDer<'_>,
+    dss: &DigitallySignedStruct,
+    algorithms: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let bad_signature = || rustls::Error::InvalidCertificate(CertificateError::BadSignature);
+    let key = webpki::RawPublicKeyEntity::try_from(spki).map_err(|_| bad_signature())?;
+    let candidates = algorithms
+        .mapping
+        .iter()
+        .find(|(scheme, _)| *scheme == dss.scheme)
+        .map(|(_, algs)| *algs)
+        .ok_or(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ))?;
+    for alg in candidates {
+        match key.verify_signature(*alg, message, dss.signature()) {
+            Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+            Err(webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => continue,
+            Err(_) => return Err(bad_signature()),
+        }
+    }
+    Err(bad_signature())
 }
 
 impl ClientCertVerifier for HandshakeVerifier {
@@ -374,7 +448,12 @@ impl ClientCertVerifier for HandshakeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms).or_else(
+            |error| {
+                let spki = self.key_of_unparsable_certificate(cert, error)?;
+                verify_tls12_signature_with_raw_key(message, &spki, dss, &self.algorithms)
+            },
+        )
     }
 
     fn verify_tls13_signature(
@@ -383,7 +462,17 @@ impl ClientCertVerifier for HandshakeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms).or_else(
+            |error| {
+                let spki = self.key_of_unparsable_certificate(cert, error)?;
+                rustls::crypto::verify_tls13_signature_with_raw_key(
+                    message,
+                    &spki,
+                    dss,
+                    &self.algorithms,
+                )
+            },
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -67,8 +67,15 @@ pub async fn serve_tls(
             listener_metrics.handshake(HandshakeOutcome::Ok);
             &[]
         }
-        PeerIdentity::Unverified(_) => {
+        PeerIdentity::Unverified(failure) => {
             listener_metrics.handshake(HandshakeOutcome::UnverifiedAccepted);
+            // A presented certificate that did not pass is worth a line (the client may think
+            // it is verified); no certificate at all is what fallback exists for.
+            if *failure != ClientCertFailure::Missing
+                && let Some(suppressed) = ctx.handshake_log.allow()
+            {
+                info!(port = port.compiled.port, %peer, reason = %failure, suppressed, "client certificate not verified; forwarding the connection as unverified");
+            }
             &[]
         }
         PeerIdentity::Rejected(failure) => {
@@ -111,6 +118,7 @@ fn outcome_of(failure: &ClientCertFailure) -> HandshakeOutcome {
     match failure {
         ClientCertFailure::Missing => HandshakeOutcome::NoClientCert,
         ClientCertFailure::Invalid(_) => HandshakeOutcome::InvalidClientCert,
+        ClientCertFailure::NotVersion3 => HandshakeOutcome::X509V1ClientCert,
         ClientCertFailure::SanMismatch => HandshakeOutcome::SanMismatch,
         ClientCertFailure::HashMismatch => HandshakeOutcome::HashMismatch,
     }

@@ -30,6 +30,8 @@ pub enum HandshakeOutcome {
     NoClientCert,
     /// Refused: the certificate did not verify (chain, dates, usage).
     InvalidClientCert,
+    /// Refused: an X.509 v1 certificate, which cannot be verified.
+    X509V1ClientCert,
     /// Refused: verified, but carries none of the listener's allowed SANs.
     SanMismatch,
     /// Refused: verified, but its hash is not one of the listener's allowed hashes.
@@ -41,10 +43,11 @@ pub enum HandshakeOutcome {
 }
 
 impl HandshakeOutcome {
-    const ALL: [HandshakeOutcome; 7] = [
+    const ALL: [HandshakeOutcome; 8] = [
         HandshakeOutcome::Ok,
         HandshakeOutcome::NoClientCert,
         HandshakeOutcome::InvalidClientCert,
+        HandshakeOutcome::X509V1ClientCert,
         HandshakeOutcome::SanMismatch,
         HandshakeOutcome::HashMismatch,
         HandshakeOutcome::UnverifiedAccepted,
@@ -56,6 +59,7 @@ impl HandshakeOutcome {
             HandshakeOutcome::Ok => "ok",
             HandshakeOutcome::NoClientCert => "no_client_cert",
             HandshakeOutcome::InvalidClientCert => "invalid_client_cert",
+            HandshakeOutcome::X509V1ClientCert => "x509_v1_client_cert",
             HandshakeOutcome::SanMismatch => "san_mismatch",
             HandshakeOutcome::HashMismatch => "hash_mismatch",
             HandshakeOutcome::UnverifiedAccepted => "unverified_accepted",

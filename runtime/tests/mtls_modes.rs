@@ -362,3 +362,48 @@ fn guide_per_port_step_tolerates_missing_certificates_on_8444_only() {
         "an anonymous client has no identity to forward"
     );
 }
+
+#[test]
+fn insecure_fallback_serves_an_x509_v1_certificate_as_unverified_but_checks_its_key() {
+    let clients = Clients::generate();
+    let gw = two_modes(&clients);
+    let tutorial = openssl_x509_v1_client(CLIENT_NAME, None);
+    let trusted_v1 = openssl_x509_v1_client(CLIENT_NAME, Some(&clients.pki.ca.pem));
+    let ca = &clients.pki.ca.pem.cert;
+    for cert in [&tutorial, &trusted_v1] {
+        for versions in [rustls::DEFAULT_VERSIONS, &[&rustls::version::TLS12]] {
+            let config = unchecked_client_config(ca, cert, versions);
+            let ok = get_with_spoofed_identity(gw.fallback, &config).unwrap();
+            assert_eq!(ok.status, 200, "{}", ok.body_text());
+            for name in IDENTITY_HEADER_NAMES {
+                assert_eq!(ok.echoed_header(name), None, "{name} forwarded");
+            }
+        }
+    }
+    // The client must still own the key of the certificate it presents.
+    let impostor = impostor_client_config(ca, &tutorial, &clients.pki.client);
+    let alert = expect_alert(get_with_spoofed_identity(gw.fallback, &impostor));
+    assert_eq!(alert, AlertDescription::DecryptError);
+}
+
+#[test]
+fn allow_valid_only_refuses_an_x509_v1_certificate_even_from_a_trusted_ca_and_says_why() {
+    let clients = Clients::generate();
+    let gw = two_modes(&clients);
+    let trusted_v1 = openssl_x509_v1_client(CLIENT_NAME, Some(&clients.pki.ca.pem));
+    let alert = expect_alert(get_with_spoofed_identity(
+        gw.strict,
+        &unchecked_client_config(
+            &clients.pki.ca.pem.cert,
+            &trusted_v1,
+            rustls::DEFAULT_VERSIONS,
+        ),
+    ));
+    assert_eq!(alert, AlertDescription::CertificateUnknown);
+    let refused = gw._gateway.metrics().handshakes(
+        gw.strict,
+        "strict",
+        portcullis_runtime::metrics::HandshakeOutcome::X509V1ClientCert,
+    );
+    assert_eq!(refused, 1, "counted under its own outcome");
+}

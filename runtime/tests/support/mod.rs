@@ -356,13 +356,32 @@ pub fn impostor_client_config(
     cert: &CertKeyPem,
     key: &CertKeyPem,
 ) -> Arc<ClientConfig> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.cert.as_bytes())
+    presenting_client_config(ca_pem, &cert.cert, &key.key, rustls::DEFAULT_VERSIONS)
+}
+
+/// A client presenting `client` (its certificate and key) without rustls' client-side check
+/// that they match, which parses the certificate and so refuses X.509 v1 ones.
+pub fn unchecked_client_config(
+    ca_pem: &str,
+    client: &CertKeyPem,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    presenting_client_config(ca_pem, &client.cert, &client.key, versions)
+}
+
+fn presenting_client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .map(Result::unwrap)
         .collect();
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let signing_key = provider
         .key_provider
-        .load_private_key(PrivateKeyDer::from_pem_slice(key.key.as_bytes()).unwrap())
+        .load_private_key(PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap())
         .unwrap();
     let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signing_key));
     let mut roots = RootCertStore::empty();
@@ -370,7 +389,7 @@ pub fn impostor_client_config(
         roots.add(ca.unwrap()).unwrap();
     }
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_client_cert_resolver(Arc::new(PresentAlways(certified)));
@@ -767,5 +786,77 @@ pub fn expect_alert(result: io::Result<Response>) -> AlertDescription {
         ),
         Err(err) => alert_of(&err)
             .unwrap_or_else(|| panic!("expected a TLS alert, got {err} ({:?})", err.kind())),
+    }
+}
+
+/// An X.509 v1 client certificate (P-256) as `openssl x509 -req` without `-extfile` makes it,
+/// issued by `issuer` (certificate and key), or by a new CA of openssl's own for `None`.
+pub fn openssl_x509_v1_client(common_name: &str, issuer: Option<&CertKeyPem>) -> CertKeyPem {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is installed (scripts/install-test-deps)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    match issuer {
+        Some(ca) => {
+            std::fs::write(path("ca.crt"), &ca.cert).unwrap();
+            std::fs::write(path("ca.key"), &ca.key).unwrap();
+        }
+        None => openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", &path("ca.key"), "-out", &path("ca.crt")],
+                &["-subj", "/CN=Openssl Tutorial CA", "-days", "30"],
+            ]
+            .concat(),
+        ),
+    }
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", &path("client.key"), "-out", &path("client.csr")],
+            &["-subj", &format!("/CN={common_name}")],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("client.csr"),
+        "-CA",
+        &path("ca.crt"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-out",
+        &path("client.crt"),
+    ]);
+    let cert = std::fs::read_to_string(path("client.crt")).unwrap();
+    let der = der_of(&cert);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(parsed.version(), x509_parser::x509::X509Version::V1);
+    CertKeyPem {
+        cert,
+        key: std::fs::read_to_string(path("client.key")).unwrap(),
     }
 }

@@ -1,7 +1,8 @@
 //! The admin endpoint (`--admin ADDR`): plain HTTP on its own thread, off the shards.
 //!
 //! - `/healthz`: the process is alive.
-//! - `/readyz`: every shard applied a config snapshot and the process is not draining (else 503).
+//! - `/readyz`: every shard applied a config snapshot and listens on each of its ports, and the
+//!   process is not draining (else 503, naming the ports not served and why).
 //! - `/metrics`: Prometheus text format, summed over shards at scrape time.
 //! - `/config`: the snapshot in force as YAML (private keys redacted), with each shard's
 //!   applied generation.
@@ -121,6 +122,14 @@ fn readiness(ctx: &AdminContext) -> (u16, &'static str, String) {
         (503, "text/plain", "draining\n".to_owned())
     } else if !ctx.shards.all_applied() {
         (503, "text/plain", "waiting for configuration\n".to_owned())
+    } else if let unserved = ctx.shards.unserved_ports()
+        && !unserved.is_empty()
+    {
+        let mut body = String::new();
+        for (port, why) in unserved {
+            body.push_str(&format!("port {port} not served: {why}\n"));
+        }
+        (503, "text/plain", body)
     } else {
         (200, "text/plain", "ready\n".to_owned())
     }

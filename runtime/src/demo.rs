@@ -15,6 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::pki::{GuidePki, KeyKind};
+use crate::serve::PortsReport;
 
 /// The `gatewayClassName` of the guide's manifests, served without a GatewayClass object.
 pub const GUIDE_GATEWAY_CLASS: &str = "agentgateway";
@@ -208,13 +209,31 @@ impl DemoFolder {
         })
     }
 
-    /// What to try, printed when the demo starts.
-    pub fn instructions(&self) -> String {
+    /// What to try, printed once the shards listen: which ports are served, and what is wrong
+    /// with the others.
+    pub fn instructions(&self, ports: &PortsReport) -> String {
         let d = self.dir.display();
+        let served = match ports.served.as_slice() {
+            [] => "serving no port".to_owned(),
+            [one] => format!("serving port {one}"),
+            [first @ .., last] => format!(
+                "serving ports {} and {last}",
+                first
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let problems: String = ports
+            .unserved
+            .iter()
+            .map(|(port, why)| format!("NOT serving port {port}: {why}\n"))
+            .collect();
         format!(
             r#"
-Portcullis demo: the user guide's mTLS Gateway is serving ports 8443 and 8444.
-Files (certificates and manifests) are in {d}; try, from that folder:
+Portcullis demo: the user guide's mTLS Gateway is {served}.
+{problems}Files (certificates and manifests) are in {d}; try, from that folder:
 
   cd {d}
   # no client certificate: the TLS handshake fails on both ports

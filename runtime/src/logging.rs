@@ -1,6 +1,7 @@
 //! Logging setup (text or JSON) and a shard-local rate limiter for noisy log lines.
 
 use std::cell::Cell;
+use std::io::IsTerminal;
 use std::time::Instant;
 
 /// Log output format.
@@ -10,12 +11,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), stderr output.
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), stderr output, with
+/// colours only when stderr is a terminal (a file or a pipe gets plain text).
 pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests) keeps the first subscriber.
     let _ = match format {

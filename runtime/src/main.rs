@@ -224,9 +224,9 @@ fn run_demo(dir: &std::path::Path, data_plane: DataPlaneArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{}", folder.instructions());
-    serve::serve_manifests(
-        ManifestSource::new(folder.dir, Some(GUIDE_GATEWAY_CLASS.to_owned())),
-        data_plane.into_options(),
-    )
+    let source = ManifestSource::new(folder.dir.clone(), Some(GUIDE_GATEWAY_CLASS.to_owned()));
+    serve::serve_with(source, data_plane.into_options(), |report| {
+        report.log();
+        println!("{}", folder.instructions(report));
+    })
 }

@@ -2,11 +2,12 @@
 //! admin endpoint on another, and a graceful drain on SIGTERM/SIGINT. One loop for every
 //! config source ([`ConfigSource`]): a folder of manifests, or the API server (`serve --kube`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis_core::desired::DesiredConfig;
 use tracing::{error, info};
@@ -20,6 +21,13 @@ use crate::shard::{self, ShardOptions, Shards};
 /// ticket-key rotation again: the manifest folder's poll interval (a kube source answers as
 /// soon as a change arrives).
 const CONTROL_LOOP_WAIT: Duration = POLL_INTERVAL;
+
+/// How long the control loop waits for every shard to apply the first configuration before it
+/// reports which ports are served; shards apply it as they start, in milliseconds.
+const FIRST_APPLY_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How often the control loop looks whether every shard applied the first configuration.
+const FIRST_APPLY_CHECK_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Exit status after a second SIGTERM/SIGINT cut a drain short (as a shell reports SIGINT).
 const EXIT_INTERRUPTED: i32 = 130;
@@ -99,13 +107,41 @@ pub fn serve_manifests(source: ManifestSource, options: ServeOptions) -> ExitCod
     serve(source, options)
 }
 
+/// Which ports of the first configuration the shards listen on, once they applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortsReport {
+    pub served: Vec<u16>,
+    /// Port -> why it is not served.
+    pub unserved: BTreeMap<u16, String>,
+}
+
+impl PortsReport {
+    /// Logs the served ports, and each port not served with its reason.
+    pub fn log(&self) {
+        info!(ports = ?self.served, "serving");
+        for (port, why) in &self.unserved {
+            error!(port, reason = %why, "not serving port: not ready until it is");
+        }
+    }
+}
+
 /// Exit status when the first configuration cannot be had.
 const EXIT_NOTHING_TO_SERVE: u8 = 2;
 
 /// Serves `source` until SIGTERM/SIGINT, then drains. The first configuration must be had
 /// (there is no last good configuration to fall back to); later broken changes keep the last
 /// good one.
-pub fn serve(mut source: impl ConfigSource, options: ServeOptions) -> ExitCode {
+pub fn serve(source: impl ConfigSource, options: ServeOptions) -> ExitCode {
+    serve_with(source, options, |report| report.log())
+}
+
+/// [`serve`], handing the [`PortsReport`] of the first configuration to `on_serving` (the demo
+/// prints what to try).
+pub fn serve_with(
+    mut source: impl ConfigSource,
+    options: ServeOptions,
+    on_serving: impl FnOnce(&PortsReport),
+) -> ExitCode {
     let terminate = match install_signal_handlers() {
         Ok(flag) => flag,
         Err(e) => {
@@ -135,7 +171,7 @@ pub fn serve(mut source: impl ConfigSource, options: ServeOptions) -> ExitCode {
     if let Some(address) = options.admin {
         let ctx = AdminContext {
             shards: shards.handles.clone(),
-            snapshots,
+            snapshots: snapshots.clone(),
             control: Arc::clone(&control),
         };
         if let Err(e) = admin::spawn(address, ctx) {
@@ -143,6 +179,7 @@ pub fn serve(mut source: impl ConfigSource, options: ServeOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    on_serving(&first_ports_report(&shards, &snapshots));
     let mut lost = false;
     while !terminate.load(Ordering::Acquire) {
         match source.next_update(CONTROL_LOOP_WAIT) {
@@ -174,6 +211,27 @@ pub fn serve(mut source: impl ConfigSource, options: ServeOptions) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Waits (a bounded time) for every shard to apply the first configuration, then says which of
+/// its ports they listen on.
+fn first_ports_report(
+    shards: &Shards,
+    snapshots: &tokio::sync::watch::Receiver<Arc<portcullis_core::compile::Snapshot>>,
+) -> PortsReport {
+    let deadline = Instant::now() + FIRST_APPLY_PATIENCE;
+    while !shards.handles.all_applied() && Instant::now() < deadline {
+        std::thread::sleep(FIRST_APPLY_CHECK_INTERVAL);
+    }
+    let unserved = shards.handles.unserved_ports();
+    let served = snapshots
+        .borrow()
+        .ports
+        .iter()
+        .map(|p| p.port)
+        .filter(|port| !unserved.contains_key(port))
+        .collect();
+    PortsReport { served, unserved }
 }
 
 /// The first SIGTERM or SIGINT sets the returned flag; a second one exits at once.

@@ -6,12 +6,12 @@
 //! keeps the `Rc<ShardPort>` it was accepted with until it ends.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use crate::drain::DrainSignal;
 use crate::limits::Limits;
 use crate::logging::RateLimiter;
 use crate::metrics::{ListenerMetrics, MetricsSample, PortMetrics, ShardGauges, ShardMetrics};
-use crate::sockets::{accept_waiting, bind_listener};
+use crate::sockets::{ListenError, PortClaims, accept_waiting};
 use crate::{conn, http};
 
 /// io_uring submission queue entries per shard: room for one in-flight operation per busy
@@ -55,6 +55,10 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// While draining, how often a shard checks whether its last connection closed. Only runs
 /// during shutdown.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often a shard tries again to listen on a port of its config it could not listen on (the
+/// port was in use, say): the port is served soon after it frees up.
+const LISTEN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Failed-handshake log lines per second per shard (with a burst of twice that): a handshake
 /// storm from a misconfigured client must not flood the log or cost the shard its CPU.
@@ -93,6 +97,8 @@ pub struct ShardStatus {
     pub applied_generation: AtomicU64,
     /// 0 until started, then 1 = io_uring, 2 = epoll.
     driver: AtomicU8,
+    /// Ports of the applied config this shard does not listen on, and why.
+    unserved_ports: Mutex<BTreeMap<u16, String>>,
 }
 
 impl ShardStatus {
@@ -102,6 +108,21 @@ impl ShardStatus {
             2 => Some(Driver::Epoll),
             _ => None,
         }
+    }
+
+    /// Ports of the applied config this shard does not listen on, and why.
+    pub fn unserved_ports(&self) -> BTreeMap<u16, String> {
+        self.unserved_ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_unserved_ports(&self, ports: BTreeMap<u16, String>) {
+        *self
+            .unserved_ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = ports;
     }
 
     fn set_driver(&self, d: Driver) {
@@ -169,6 +190,15 @@ impl ShardHandles {
         }
     }
 
+    /// The ports of the applied config some shard does not listen on, and why.
+    pub fn unserved_ports(&self) -> BTreeMap<u16, String> {
+        let mut all = BTreeMap::new();
+        for shard in &self.status {
+            all.extend(shard.unserved_ports());
+        }
+        all
+    }
+
     /// Whether every shard applied a snapshot (generation >= 1).
     pub fn all_applied(&self) -> bool {
         self.status
@@ -195,6 +225,7 @@ impl Shards {
         let mut status = Vec::new();
         let mut commands = Vec::new();
         let mut threads = Vec::new();
+        let claims = Arc::new(PortClaims::default());
         for (index, core) in cores.into_iter().enumerate() {
             let shard_status = Arc::new(ShardStatus::default());
             status.push(Arc::clone(&shard_status));
@@ -202,17 +233,19 @@ impl Shards {
             commands.push(command_sender);
             let options = options.clone();
             let snapshots = snapshots.clone();
+            let claims = Arc::clone(&claims);
             let thread = thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
-                    run_shard(
+                    let shard = Shard {
                         index,
-                        core,
                         options,
                         snapshots,
-                        command_receiver,
-                        shard_status,
-                    )
+                        commands: command_receiver,
+                        status: shard_status,
+                        claims,
+                    };
+                    run_shard(core, shard)
                 })?;
             threads.push(thread);
         }
@@ -248,14 +281,20 @@ pub fn cores_from_affinity(override_count: Option<usize>) -> Vec<Option<core_aff
     }
 }
 
-fn run_shard(
+/// What one shard thread runs with.
+struct Shard {
     index: usize,
-    core: Option<core_affinity::CoreId>,
     options: ShardOptions,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     commands: mpsc::UnboundedReceiver<ShardCommand>,
     status: Arc<ShardStatus>,
-) {
+    claims: Arc<PortClaims>,
+}
+
+fn run_shard(core: Option<core_affinity::CoreId>, shard: Shard) {
+    let index = shard.index;
+    let options = shard.options.clone();
+    let status = Arc::clone(&shard.status);
     if let Some(core) = core
         && !core_affinity::set_for_current(core)
     {
@@ -287,7 +326,7 @@ fn run_shard(
             Ok(mut rt) => {
                 status.set_driver(Driver::IoUring);
                 info!(shard = index, driver = "io_uring", core = ?core.map(|c| c.id), "shard started");
-                rt.block_on(shard_main(index, options, snapshots, commands, status));
+                rt.block_on(shard_main(shard));
                 return;
             }
             Err(e) if options.driver == DriverChoice::Auto => {
@@ -306,7 +345,7 @@ fn run_shard(
         Ok(mut rt) => {
             status.set_driver(Driver::Epoll);
             info!(shard = index, driver = "epoll", core = ?core.map(|c| c.id), "shard started");
-            rt.block_on(shard_main(index, options, snapshots, commands, status));
+            rt.block_on(shard_main(shard));
         }
         Err(e) => error!(shard = index, error = %e, "cannot build the epoll runtime"),
     }
@@ -338,6 +377,8 @@ pub struct ShardContext {
     pub draining: DrainSignal,
     /// Rate limit of failed-handshake log lines.
     pub handshake_log: RateLimiter,
+    /// Why ports could not be listened on, as logged, so that retries do not repeat the line.
+    listen_failures_logged: RefCell<std::collections::BTreeSet<String>>,
 }
 
 /// One port as this shard serves it: the compiled port plus shard-local TLS configs.
@@ -392,13 +433,15 @@ struct PortSlot {
     accepting: RefCell<Option<monoio::task::JoinHandle<()>>>,
 }
 
-async fn shard_main(
-    index: usize,
-    options: ShardOptions,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    mut commands: mpsc::UnboundedReceiver<ShardCommand>,
-    status: Arc<ShardStatus>,
-) {
+async fn shard_main(shard: Shard) {
+    let Shard {
+        index,
+        options,
+        mut snapshots,
+        mut commands,
+        status,
+        claims,
+    } = shard;
     let ctx = Rc::new(ShardContext {
         index,
         limits: options.limits.clone(),
@@ -408,19 +451,38 @@ async fn shard_main(
         metrics: ShardMetrics::default(),
         draining: DrainSignal::default(),
         handshake_log: RateLimiter::new(HANDSHAKE_FAILURE_LOG_RATE),
+        listen_failures_logged: RefCell::default(),
     });
     monoio::spawn(close_stale_backend_connections(Rc::clone(&ctx)));
     let mut ports: HashMap<u16, Rc<PortSlot>> = HashMap::new();
+    let mut unserved = BTreeMap::new();
     let mut apply = true;
     let drain_deadline = loop {
         if apply {
             let snapshot = Arc::clone(&snapshots.borrow_and_update());
-            apply_snapshot(&ctx, &options, &mut ports, &snapshot);
+            let listening = Listening {
+                options: &options,
+                claims: &claims,
+            };
+            let now_unserved = apply_snapshot(&ctx, listening, &mut ports, &snapshot);
+            if now_unserved != unserved {
+                status.set_unserved_ports(now_unserved.clone());
+                unserved = now_unserved;
+            }
             status
                 .applied_generation
                 .store(snapshot.generation, Ordering::Release);
         }
+        let retry_listening = async {
+            if unserved.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            monoio::time::sleep(LISTEN_RETRY_INTERVAL).await;
+        };
         monoio::select! {
+            () = retry_listening => {
+                apply = true;
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     break None; // the control side is gone: stop now
@@ -487,50 +549,54 @@ async fn close_stale_backend_connections(ctx: Rc<ShardContext>) {
     }
 }
 
+/// What a shard needs to open listeners.
+#[derive(Clone, Copy)]
+struct Listening<'a> {
+    options: &'a ShardOptions,
+    claims: &'a Arc<PortClaims>,
+}
+
+/// Swaps in the snapshot's ports, opens listeners for new ones and closes removed ones;
+/// returns the ports it could not listen on, and why. Every apply tries them again.
 fn apply_snapshot(
     ctx: &Rc<ShardContext>,
-    options: &ShardOptions,
+    listening: Listening<'_>,
     ports: &mut HashMap<u16, Rc<PortSlot>>,
     snapshot: &Snapshot,
-) {
+) -> BTreeMap<u16, String> {
+    let mut unserved = BTreeMap::new();
     for compiled in &snapshot.ports {
         let port = Rc::new(ShardPort::new(
             Arc::clone(compiled),
             snapshot.generation,
             &ctx.metrics,
         ));
-        match ports.get(&compiled.port) {
-            Some(slot) => {
-                *slot.current.borrow_mut() = port;
-            }
-            None => match bind_reuseport(compiled.port, options.bind_address) {
-                Ok(listener) => {
-                    let canceller = Canceller::new();
-                    let slot = Rc::new(PortSlot {
-                        current: RefCell::new(port),
-                        stop: RefCell::new(None),
-                        accepting: RefCell::new(None),
-                    });
-                    let accepting = monoio::spawn(accept_loop(
-                        listener,
-                        canceller.handle(),
-                        Rc::clone(&slot),
-                        Rc::clone(ctx),
-                    ));
-                    *slot.stop.borrow_mut() = Some(canceller);
-                    *slot.accepting.borrow_mut() = Some(accepting);
-                    ports.insert(compiled.port, slot);
-                    if ctx.index == 0 {
-                        info!(port = compiled.port, "listening");
-                    }
+        if let Some(slot) = ports.get(&compiled.port) {
+            *slot.current.borrow_mut() = port;
+            continue;
+        }
+        match open_port(ctx, listening, compiled.port, port) {
+            Ok(slot) => {
+                ports.insert(compiled.port, slot);
+                if ctx.index == 0 {
+                    info!(port = compiled.port, "listening");
                 }
-                Err(e) => error!(
-                    shard = ctx.index,
-                    port = compiled.port,
-                    error = %e,
-                    "cannot listen on port; other ports are unaffected"
-                ),
-            },
+            }
+            Err(e) => {
+                // Logged once per shard and cause, not on every retry.
+                if !ctx.listen_failures_logged.borrow().contains(&e.to_string()) {
+                    error!(
+                        shard = ctx.index,
+                        port = compiled.port,
+                        error = %e,
+                        "cannot listen on port; not ready until it is served, other ports are unaffected"
+                    );
+                }
+                ctx.listen_failures_logged
+                    .borrow_mut()
+                    .insert(e.to_string());
+                unserved.insert(compiled.port, e.to_string());
+            }
         }
     }
     ports.retain(|port, slot| {
@@ -546,6 +612,50 @@ fn apply_snapshot(
         }
         keep
     });
+    ctx.listen_failures_logged
+        .borrow_mut()
+        .retain(|logged| unserved.values().any(|why| why == logged));
+    unserved
+}
+
+/// Listens on `port` and starts its accept loop.
+fn open_port(
+    ctx: &Rc<ShardContext>,
+    listening: Listening<'_>,
+    port: u16,
+    config: Rc<ShardPort>,
+) -> Result<Rc<PortSlot>, ListenError> {
+    let std_listener = listening
+        .claims
+        .listen(port, listening.options.bind_address)?;
+    let listener = match TcpListener::from_std(std_listener) {
+        Ok(listener) => listener,
+        Err(source) => {
+            listening.claims.release(port);
+            return Err(ListenError::Bind { port, source });
+        }
+    };
+    let canceller = Canceller::new();
+    let slot = Rc::new(PortSlot {
+        current: RefCell::new(config),
+        stop: RefCell::new(None),
+        accepting: RefCell::new(None),
+    });
+    let claims = Arc::clone(listening.claims);
+    let accept = accept_loop(
+        listener,
+        canceller.handle(),
+        Rc::clone(&slot),
+        Rc::clone(ctx),
+    );
+    let accepting = monoio::spawn(async move {
+        accept.await;
+        // The listener was closed with the loop.
+        claims.release(port);
+    });
+    *slot.stop.borrow_mut() = Some(canceller);
+    *slot.accepting.borrow_mut() = Some(accepting);
+    Ok(slot)
 }
 
 fn stop_accepting(slot: &PortSlot) {
@@ -677,24 +787,4 @@ impl Drop for ConnectionGuard<'_> {
             .active_connections
             .set(self.port.active_connections.get() - 1);
     }
-}
-
-/// Binds one shard's listener with `SO_REUSEPORT`, so the kernel spreads connections over the
-/// shards without a shared accept queue.
-fn bind_reuseport(port: u16, address: Option<IpAddr>) -> io::Result<TcpListener> {
-    let std_listener = match address {
-        Some(ip) => bind_listener(SocketAddr::new(ip, port), true)?,
-        // Dual-stack: `[::]` also takes IPv4 (curl tries `localhost` as ::1 first).
-        None => bind_listener(
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
-            true,
-        )
-        .or_else(|_| {
-            bind_listener(
-                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port),
-                true,
-            )
-        })?,
-    };
-    TcpListener::from_std(std_listener)
 }

@@ -2,9 +2,11 @@
 //! data plane's options, taking the connections already waiting in a listener's queue, and
 //! a `recv` peek. The one `unsafe` here borrows a descriptor monoio owns.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::Mutex;
 
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -33,6 +35,104 @@ pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net:
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
+}
+
+/// Why a shard could not listen on a port.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// Another socket (another process, or another Portcullis) listens on the port. Shards bind
+    /// with `SO_REUSEPORT`, which would let a second process of the same user share the port
+    /// and silently take part of its connections, so this is checked before the first bind.
+    #[error("port {port} is already in use by another process")]
+    InUse { port: u16 },
+    /// The bind itself failed (a port below 1024 without `CAP_NET_BIND_SERVICE`, an address
+    /// this host does not have, ...).
+    #[error("cannot listen on port {port}: {source}")]
+    Bind { port: u16, source: io::Error },
+}
+
+/// The ports this process's shards listen on, shared by the shards only when they open or
+/// close a port (never per connection). The first shard to open a port checks that no other
+/// socket holds it; the others then join its `SO_REUSEPORT` group.
+#[derive(Debug, Default)]
+pub struct PortClaims {
+    /// Port -> how many of our shards hold a listener on it.
+    holders: Mutex<HashMap<u16, usize>>,
+}
+
+impl PortClaims {
+    /// A shard's listener on `port` (all addresses for `None`). Fails with
+    /// [`ListenError::InUse`] when no shard of ours holds the port yet and another socket
+    /// listens on it.
+    pub fn listen(
+        &self,
+        port: u16,
+        address: Option<IpAddr>,
+    ) -> Result<std::net::TcpListener, ListenError> {
+        let mut holders = self
+            .holders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bind = |reuse_port| {
+            bind_on(port, address, reuse_port).map_err(|source| ListenError::Bind { port, source })
+        };
+        if !holders.contains_key(&port) {
+            // A bind without SO_REUSEPORT fails while any socket listens on the port. It does
+            // not listen itself and is closed at once; the lock keeps our other shards from
+            // racing it.
+            match bind(false) {
+                Ok(probe) => drop(probe),
+                Err(ListenError::Bind { source, .. })
+                    if source.kind() == io::ErrorKind::AddrInUse =>
+                {
+                    return Err(ListenError::InUse { port });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let listener = bind(true)?;
+        *holders.entry(port).or_default() += 1;
+        Ok(listener)
+    }
+
+    /// A shard closed its listener on `port`.
+    pub fn release(&self, port: u16) {
+        let mut holders = self
+            .holders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = holders.get_mut(&port) {
+            *count -= 1;
+            if *count == 0 {
+                holders.remove(&port);
+            }
+        }
+    }
+}
+
+/// A listener on `port` of `address`, or of all addresses: dual-stack `[::]` (which also takes
+/// IPv4; curl tries `localhost` as ::1 first), or `0.0.0.0` on a host without IPv6.
+fn bind_on(
+    port: u16,
+    address: Option<IpAddr>,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
+    match address {
+        Some(ip) => bind_listener(SocketAddr::new(ip, port), reuse_port),
+        None => bind_listener(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            reuse_port,
+        )
+        .or_else(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                return Err(e);
+            }
+            bind_listener(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                reuse_port,
+            )
+        }),
+    }
 }
 
 /// Runs `f` on a socket2 view of a socket monoio owns (monoio's types offer only `AsRawFd`,

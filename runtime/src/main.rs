@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use portcullis_core::desired::ObjectRef;
-use portcullis_runtime::admin::DEFAULT_ADMIN_ADDRESS;
+use portcullis_runtime::admin::{
+    AdminAddresses, DEFAULT_ADMIN_ADDRESS, DEFAULT_ADMIN_CONFIG_ADDRESS,
+};
 use portcullis_runtime::demo::{DemoFolder, GUIDE_GATEWAY_CLASS};
 use portcullis_runtime::kube_source::KubeSource;
 use portcullis_runtime::limits::{Limits, parse_duration};
@@ -96,9 +98,14 @@ struct DataPlaneArgs {
     /// Event-loop driver.
     #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
     driver: DriverChoice,
-    /// Admin endpoint (health, readiness, metrics, config); "off" disables it.
+    /// Admin endpoint for probes and scrapes (`/healthz`, `/readyz`, `/metrics`); "off"
+    /// disables it.
     #[arg(long, default_value = DEFAULT_ADMIN_ADDRESS, value_parser = parse_admin)]
     admin: AdminAddress,
+    /// Admin endpoint for `/config` (the whole setup: keep it on loopback); "off" disables it.
+    /// The same address as `--admin` serves every path there.
+    #[arg(long, default_value = DEFAULT_ADMIN_CONFIG_ADDRESS, value_parser = parse_admin)]
+    admin_config: AdminAddress,
     /// On SIGTERM/SIGINT, how long in-flight requests may take before connections are closed.
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     drain_timeout: Duration,
@@ -203,7 +210,10 @@ impl DataPlaneArgs {
                 bind_address: self.bind_address,
                 limits: self.limits,
             },
-            admin: self.admin.0,
+            admin: AdminAddresses {
+                probes: self.admin.0,
+                config: self.admin_config.0,
+            },
             drain_timeout: self.drain_timeout,
         }
     }

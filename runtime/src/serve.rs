@@ -2,7 +2,6 @@
 //! admin endpoint on another, and a graceful drain on SIGTERM/SIGINT. One loop for every
 //! config source ([`ConfigSource`]): a folder of manifests, or the API server (`serve --kube`).
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +10,7 @@ use std::time::Duration;
 use portcullis_core::desired::DesiredConfig;
 use tracing::{error, info};
 
-use crate::admin::{self, AdminContext, ControlState};
+use crate::admin::{self, AdminAddresses, AdminContext, ControlState};
 use crate::manifest_source::{ManifestSource, POLL_INTERVAL};
 use crate::publish::Publisher;
 use crate::shard::{self, ShardOptions, Shards};
@@ -33,8 +32,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct ServeOptions {
     pub shard_count: Option<usize>,
     pub shard: ShardOptions,
-    /// `None`: no admin endpoint.
-    pub admin: Option<SocketAddr>,
+    /// The admin endpoints' addresses (probes and `/config`).
+    pub admin: AdminAddresses,
     pub drain_timeout: Duration,
 }
 
@@ -132,16 +131,14 @@ pub fn serve(mut source: impl ConfigSource, options: ServeOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(address) = options.admin {
-        let ctx = AdminContext {
-            shards: shards.handles.clone(),
-            snapshots,
-            control: Arc::clone(&control),
-        };
-        if let Err(e) = admin::spawn(address, ctx) {
-            error!(error = %e, %address, "cannot start the admin endpoint");
-            return ExitCode::FAILURE;
-        }
+    let ctx = AdminContext {
+        shards: shards.handles.clone(),
+        snapshots,
+        control: Arc::clone(&control),
+    };
+    if let Err(e) = admin::spawn(options.admin, ctx) {
+        error!(error = %e, "cannot start the admin endpoint");
+        return ExitCode::FAILURE;
     }
     let mut lost = false;
     while !terminate.load(Ordering::Acquire) {

@@ -140,18 +140,21 @@ pub fn spawn_thread(
         .enable_io()
         .enable_time()
         .build()?;
+    // Registered with the runtime here, so that the caller hears of a failure.
+    let endpoints = {
+        let _runtime = runtime.enter();
+        endpoints
+            .into_iter()
+            .map(|(listener, routes)| Ok((TcpListener::from_std(listener)?, routes)))
+            .collect::<io::Result<Vec<_>>>()?
+    };
     thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
             runtime.block_on(async move {
                 let mut servers = tokio::task::JoinSet::new();
                 for (listener, routes) in endpoints {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            servers.spawn(serve(listener, routes));
-                        }
-                        Err(e) => warn!(error = %e, "cannot serve an admin listener"),
-                    }
+                    servers.spawn(serve(listener, routes));
                 }
                 while servers.join_next().await.is_some() {}
             });

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use portcullis_core::desired::ObjectRef;
-use portcullis_runtime::admin::DEFAULT_ADMIN_ADDRESS;
+use portcullis_runtime::admin::{self, AdminAddresses, DEFAULT_ADMIN_ADDRESS};
 use portcullis_runtime::demo::{DemoFolder, GUIDE_GATEWAY_CLASS};
 use portcullis_runtime::kube_source::KubeSource;
 use portcullis_runtime::limits::{Limits, parse_duration};
@@ -96,9 +96,15 @@ struct DataPlaneArgs {
     /// Event-loop driver.
     #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
     driver: DriverChoice,
-    /// Admin endpoint (health, readiness, metrics, config); "off" disables it.
+    /// Admin endpoint for probes and scrapes (`/healthz`, `/readyz`, `/metrics`); "off"
+    /// disables it.
     #[arg(long, default_value = DEFAULT_ADMIN_ADDRESS, value_parser = parse_admin)]
     admin: AdminAddress,
+    /// Admin endpoint for `/config` (the whole setup: keep it on loopback); "off" disables it.
+    /// The same address as `--admin` serves every path there. Default: with the probes when
+    /// `--admin` is a loopback address, else 127.0.0.1:9903.
+    #[arg(long, value_parser = parse_admin)]
+    admin_config: Option<AdminAddress>,
     /// On SIGTERM/SIGINT, how long in-flight requests may take before connections are closed.
     #[arg(long, value_parser = parse_duration, default_value = "15s")]
     drain_timeout: Duration,
@@ -203,7 +209,12 @@ impl DataPlaneArgs {
                 bind_address: self.bind_address,
                 limits: self.limits,
             },
-            admin: self.admin.0,
+            admin: AdminAddresses {
+                probes: self.admin.0,
+                config: self
+                    .admin_config
+                    .map_or_else(|| admin::default_config_address(self.admin.0), |a| a.0),
+            },
             drain_timeout: self.drain_timeout,
         }
     }

@@ -3,7 +3,6 @@
 //! config source ([`ConfigSource`]): a folder of manifests, or the API server (`serve --kube`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use portcullis_core::desired::DesiredConfig;
 use tracing::{error, info};
 
-use crate::admin::{self, AdminContext, ControlState};
+use crate::admin::{self, AdminAddresses, AdminContext, ControlState};
 use crate::manifest_source::{ManifestSource, POLL_INTERVAL};
 use crate::publish::Publisher;
 use crate::shard::{self, ShardOptions, Shards};
@@ -41,8 +40,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct ServeOptions {
     pub shard_count: Option<usize>,
     pub shard: ShardOptions,
-    /// `None`: no admin endpoint.
-    pub admin: Option<SocketAddr>,
+    /// The admin endpoints' addresses (probes and `/config`).
+    pub admin: AdminAddresses,
     pub drain_timeout: Duration,
 }
 
@@ -168,16 +167,14 @@ pub fn serve_with(
             return ExitCode::FAILURE;
         }
     };
-    if let Some(address) = options.admin {
-        let ctx = AdminContext {
-            shards: shards.handles.clone(),
-            snapshots: snapshots.clone(),
-            control: Arc::clone(&control),
-        };
-        if let Err(e) = admin::spawn(address, ctx) {
-            error!(error = %e, %address, "cannot start the admin endpoint");
-            return ExitCode::FAILURE;
-        }
+    let ctx = AdminContext {
+        shards: shards.handles.clone(),
+        snapshots: snapshots.clone(),
+        control: Arc::clone(&control),
+    };
+    if let Err(e) = admin::spawn(options.admin, ctx) {
+        error!(error = %e, "cannot start the admin endpoint");
+        return ExitCode::FAILURE;
     }
     on_serving(&first_ports_report(&shards, &snapshots));
     let mut lost = false;

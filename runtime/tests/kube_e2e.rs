@@ -582,6 +582,9 @@ fn run_user_guide(release: Release) {
             "agentgateway-system/mtls",
             "--admin",
             &format!("127.0.0.1:{dp_admin}"),
+            // Not the default loopback port, which another data plane on this host may hold.
+            "--admin-config",
+            "off",
             "--shards",
             "1",
         ],

@@ -1,5 +1,7 @@
 //! Issue 7 on the real binary: the admin endpoint's metrics count exactly what happened (and
-//! parse with Prometheus' own Python parser), and SIGTERM drains gracefully.
+//! parse with Prometheus' own Python parser), and SIGTERM drains gracefully. Issue 17: the
+//! admin endpoint serves every client at once with a deadline each, bounds request heads, and
+//! keeps `/config` off the probe address.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -20,7 +22,10 @@ use support::*;
 /// The `portcullis serve` process under test; killed if a test fails half-way.
 struct Server {
     child: Child,
+    /// `--admin`: probes and metrics.
     admin: SocketAddr,
+    /// `--admin-config`: `/config`.
+    config_admin: SocketAddr,
     ports: (u16, u16),
     _dir: tempfile::TempDir,
 }
@@ -32,7 +37,21 @@ impl Drop for Server {
     }
 }
 
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 fn start_server(pki: &GuidePki, backend: SocketAddr) -> Server {
+    start_server_at(pki, backend, loopback(free_port()), loopback(free_port()))
+}
+
+/// A server with its probe endpoint on `admin` and `/config` on `config_admin`.
+fn start_server_at(
+    pki: &GuidePki,
+    backend: SocketAddr,
+    admin: SocketAddr,
+    config_admin: SocketAddr,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let ports = (free_port(), free_port());
     for (i, doc) in guide_manifests(ports, &pki.ca.pem.cert, &pki.server, backend, false)
@@ -41,13 +60,13 @@ fn start_server(pki: &GuidePki, backend: SocketAddr) -> Server {
     {
         std::fs::write(dir.path().join(format!("{i}.yaml")), doc).unwrap();
     }
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["serve", "--gateway-class", "agentgateway", "--shards", "2"])
         .args(["--bind-address", "127.0.0.1"])
         .arg("--manifests")
         .arg(dir.path())
         .args(["--admin", &admin.to_string()])
+        .args(["--admin-config", &config_admin.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -55,6 +74,7 @@ fn start_server(pki: &GuidePki, backend: SocketAddr) -> Server {
     let server = Server {
         child,
         admin,
+        config_admin,
         ports,
         _dir: dir,
     };
@@ -196,7 +216,7 @@ fn metrics_count_one_good_and_one_certificateless_handshake_exactly() {
         .collect();
     assert_eq!(accepted.iter().sum::<f64>(), 2.0, "{accepted:?}");
 
-    let (status, config) = admin_get(server.admin, "/config").unwrap();
+    let (status, config) = admin_get(server.config_admin, "/config").unwrap();
     assert_eq!(status, 200);
     assert!(config.contains("generation: 1"));
     assert!(config.contains("key: <redacted>"));
@@ -327,13 +347,15 @@ fn drain_timeout_closes_connections_that_outlive_it() {
     {
         std::fs::write(dir.path().join(format!("{i}.yaml")), doc).unwrap();
     }
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = loopback(free_port());
+    let config_admin = loopback(free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["serve", "--gateway-class", "agentgateway", "--shards", "1"])
         .args(["--bind-address", "127.0.0.1", "--drain-timeout", "200ms"])
         .arg("--manifests")
         .arg(dir.path())
         .args(["--admin", &admin.to_string()])
+        .args(["--admin-config", &config_admin.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -341,6 +363,7 @@ fn drain_timeout_closes_connections_that_outlive_it() {
     let mut server = Server {
         child,
         admin,
+        config_admin,
         ports,
         _dir: dir,
     };
@@ -364,4 +387,143 @@ fn drain_timeout_closes_connections_that_outlive_it() {
         "the held request was cut when the drain timed out"
     );
     drop(backend.release);
+}
+
+/// How long a test waits for the admin endpoint to close a client that never finishes its
+/// request: well past the server's deadline, only a bound against hangs.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether the server has closed `tcp` (end of stream or reset); `false` while it is open.
+fn closed_by_server(tcp: &mut TcpStream) -> bool {
+    tcp.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match tcp.read(&mut byte) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    tcp.set_nonblocking(false).unwrap();
+    closed
+}
+
+#[test]
+fn a_half_sent_request_does_not_hold_up_healthz() {
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let server = start_server(&pki, support::backends::echo());
+    let mut stalled = TcpStream::connect(server.admin).unwrap();
+    stalled.write_all(b"GET /hea").unwrap();
+
+    let (status, body) = admin_get(server.admin, "/healthz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // The order, not a duration: a server that serves one connection at a time answers the
+    // second client only once it has given up on (and closed) the first.
+    assert!(
+        !closed_by_server(&mut stalled),
+        "/healthz was answered only after the half-sent request was dropped"
+    );
+}
+
+#[test]
+fn a_client_trickling_its_request_neither_holds_the_endpoint_nor_stays_open() {
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let server = start_server(&pki, support::backends::echo());
+    let mut trickler = TcpStream::connect(server.admin).unwrap();
+    trickler
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nx-slow: ")
+        .unwrap();
+    // One more header byte a second, until the server closes the connection.
+    let trickling = thread::spawn(move || {
+        trickler
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let give_up = Instant::now() + CLOSE_PATIENCE;
+        let mut answer = [0u8; 512];
+        while Instant::now() < give_up {
+            if trickler.write_all(b"a").is_err() {
+                return true;
+            }
+            match trickler.read(&mut answer) {
+                Ok(0) => return true,
+                // An error answer (a timeout status): the close follows.
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    });
+
+    let (status, _) = admin_get(server.admin, "/healthz").expect("/healthz answers");
+    assert_eq!(status, 200);
+    assert!(
+        trickling.join().unwrap(),
+        "the trickling client was still open after {CLOSE_PATIENCE:?}"
+    );
+}
+
+#[test]
+fn an_oversized_request_head_is_refused_and_the_endpoint_still_answers() {
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let server = start_server(&pki, support::backends::echo());
+    let mut tcp = TcpStream::connect(server.admin).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let head = format!(
+        "GET /healthz HTTP/1.1\r\nHost: admin\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    // The server may answer and close before it has all of it.
+    let _ = tcp.write_all(head.as_bytes());
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431 "),
+        "answered: {answer}"
+    );
+
+    let (status, _) = admin_get(server.admin, "/healthz").unwrap();
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn requests_with_a_body_are_refused() {
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let server = start_server(&pki, support::backends::echo());
+    let mut tcp = TcpStream::connect(server.admin).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\ncontent-length: 5\r\n\r\nhello")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "answered: {answer}");
+}
+
+#[test]
+fn config_is_served_on_its_own_address_and_not_on_the_probe_address() {
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let server = start_server(&pki, support::backends::echo());
+
+    let (status, _) = admin_get(server.admin, "/config").unwrap();
+    assert_eq!(status, 404, "/config on the probe address");
+    let (status, config) = admin_get(server.config_admin, "/config").unwrap();
+    assert_eq!(status, 200);
+    assert!(config.contains("generation: 1"), "{config}");
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        let (status, _) = admin_get(server.config_admin, probe).unwrap();
+        assert_eq!(status, 404, "{probe} on the config address");
+    }
+}
+
+#[test]
+fn one_address_given_to_both_flags_serves_every_path() {
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let admin = loopback(free_port());
+    let server = start_server_at(&pki, support::backends::echo(), admin, admin);
+    for path in ["/healthz", "/readyz", "/metrics", "/config"] {
+        let (status, _) = admin_get(server.admin, path).unwrap();
+        assert_eq!(status, 200, "{path}");
+    }
 }

@@ -1,22 +1,16 @@
 //! The controller's admin endpoint: `/healthz` (alive), `/readyz` (watch caches synced),
-//! `/metrics` (Prometheus text: leadership and write counters). Plain HTTP/1.0-style, one
-//! request per connection: it serves probes and scrapes, nothing else.
+//! `/metrics` (Prometheus text: leadership and write counters), served by the shared admin
+//! server (`portcullis_admin_http`: concurrent connections, a deadline each, bounded heads)
+//! on the controller's runtime.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
-
-/// A client has this long to send its request line and read the answer.
-const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Longest request head read; probes and scrapes send a few hundred bytes.
-const MAX_HEAD_LINES: usize = 100;
+use portcullis_admin_http::{PROMETHEUS_TEXT, Reply, Routes, StatusCode};
+use tokio::net::TcpListener;
+use tracing::info;
 
 /// What the controller reports. Written by the control task, read by scrapes.
 #[derive(Debug, Default)]
@@ -92,6 +86,27 @@ impl ControllerMetrics {
     }
 }
 
+impl Routes for ControllerMetrics {
+    fn reply(&self, path: &str) -> Option<Reply> {
+        match path {
+            "/healthz" => Some(Reply::text(StatusCode::OK, "ok\n")),
+            "/readyz" if self.synced.load(Ordering::Relaxed) => {
+                Some(Reply::text(StatusCode::OK, "ready\n"))
+            }
+            "/readyz" => Some(Reply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for the watch caches\n",
+            )),
+            "/metrics" => Some(Reply {
+                status: StatusCode::OK,
+                content_type: PROMETHEUS_TEXT,
+                body: self.render(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Binds `address` and serves on the current tokio runtime.
 pub async fn spawn(
     address: SocketAddr,
@@ -100,82 +115,48 @@ pub async fn spawn(
     let listener = TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
     info!(address = %bound, "controller admin endpoint listening");
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let metrics = Arc::clone(&metrics);
-                    tokio::spawn(async move {
-                        if tokio::time::timeout(ADMIN_IO_TIMEOUT, handle(stream, &metrics))
-                            .await
-                            .is_err()
-                        {
-                            warn!("admin request timed out");
-                        }
-                    });
-                }
-                Err(e) => warn!(error = %e, "admin accept failed"),
-            }
-        }
-    });
+    tokio::spawn(portcullis_admin_http::serve(listener, metrics));
     Ok(bound)
-}
-
-async fn handle(stream: TcpStream, metrics: &ControllerMetrics) {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).await.is_err() {
-        return;
-    }
-    // Read the rest of the head so the client is not reset before it reads the answer.
-    let mut line = String::new();
-    for _ in 0..MAX_HEAD_LINES {
-        line.clear();
-        match reader.read_line(&mut line).await {
-            Ok(n) if n > 2 => {}
-            _ => break,
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or_default();
-    let path = parts
-        .next()
-        .unwrap_or_default()
-        .split('?')
-        .next()
-        .unwrap_or_default();
-    let (status, body) = match (method, path) {
-        ("GET" | "HEAD", "/healthz") => ("200 OK", "ok\n".to_owned()),
-        ("GET" | "HEAD", "/readyz") => {
-            if metrics.synced.load(Ordering::Relaxed) {
-                ("200 OK", "ready\n".to_owned())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "waiting for the watch caches\n".to_owned(),
-                )
-            }
-        }
-        ("GET" | "HEAD", "/metrics") => ("200 OK", metrics.render()),
-        ("GET" | "HEAD", _) => ("404 Not Found", "not found\n".to_owned()),
-        _ => ("405 Method Not Allowed", "method not allowed\n".to_owned()),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = write.write_all(head.as_bytes()).await;
-    if method != "HEAD" {
-        let _ = write.write_all(body.as_bytes()).await;
-    }
-    let _ = write.shutdown().await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A bound against hangs, not a timing assertion.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// Sends `request` and reads the answer to the end (what arrived before an error).
+    async fn exchange(admin: SocketAddr, request: &[u8]) -> String {
+        let mut tcp = TcpStream::connect(admin).await.expect("connect");
+        // The server may answer and close before it has all of the request.
+        let _ = tcp.write_all(request).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_head_is_refused_and_probes_still_answer() {
+        let metrics = Arc::new(ControllerMetrics::default());
+        let admin = spawn(SocketAddr::from(([127, 0, 0, 1], 0)), metrics)
+            .await
+            .expect("admin endpoint");
+        let oversized = format!(
+            "GET /healthz HTTP/1.1\r\nHost: admin\r\nx-big: {}\r\n\r\n",
+            "a".repeat(1024 * 1024)
+        );
+        let answer = exchange(admin, oversized.as_bytes()).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431 "),
+            "answered: {answer}"
+        );
+        let answer = exchange(admin, b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "answered: {answer}");
+    }
 
     #[test]
     fn metrics_render_as_prometheus_text() {

@@ -331,7 +331,8 @@ fn deployment(info: &GatewayInfo<'_>, config: &DataPlaneConfig, ports: &[i32]) -
         "--kube".to_owned(),
         "--gateway".to_owned(),
         info.key.to_string(),
-        // Probes come from the kubelet, outside the pod's loopback.
+        // Probes come from the kubelet, outside the pod's loopback; `/config` stays on the
+        // loopback (the `--admin-config` default), out of other pods' reach.
         "--admin".to_owned(),
         format!("0.0.0.0:{}", config.admin_port),
         "--drain-timeout".to_owned(),

@@ -401,7 +401,12 @@ async fn forward<C: ClientIo>(
             Err(e) => {
                 let failure = e.failure();
                 connect_failed(ctx, endpoint, failure);
-                debug!(shard = ctx.index, reason = failure.label(), error = %e, "backend connect failed");
+                debug!(
+                    shard = ctx.index,
+                    reason = failure.label(),
+                    error = %e,
+                    "backend connect failed"
+                );
                 tried.push(endpoint);
                 match next_endpoint(endpoints, cursor, &tried, &ctx.ejections) {
                     Some(next) if tried.len() < MAX_CONNECT_ATTEMPTS => {

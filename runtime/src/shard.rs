@@ -351,15 +351,12 @@ impl ShardContext {
     fn forget_unused_metrics(&self) {
         let mut ports = self.ports_built.borrow_mut();
         ports.retain(|p| p.strong_count() > 0);
-        let endpoints_in_use = if self.metrics.has_endpoints() {
-            ports
-                .iter()
-                .filter_map(Weak::upgrade)
-                .flat_map(|p| p.endpoints().collect::<Vec<_>>())
-                .collect()
-        } else {
-            HashSet::new()
-        };
+        let mut endpoints_in_use = HashSet::new();
+        if self.metrics.has_endpoints() {
+            for port in ports.iter().filter_map(Weak::upgrade) {
+                endpoints_in_use.extend(port.endpoints());
+            }
+        }
         self.metrics.forget_unused(&endpoints_in_use);
     }
 }

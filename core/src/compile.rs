@@ -28,9 +28,9 @@ use crate::sni::HostResolver;
 use crate::suites;
 use crate::tickets::TicketKeys;
 
-/// The only application protocol Portcullis speaks to clients. Clients that send no ALPN get
-/// it too.
-pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// The application protocols Portcullis speaks to clients, preferred first: HTTP/2, then
+/// HTTP/1.1 (which clients that send no ALPN get too).
+pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Tickets sent after a full TLS 1.3 handshake. One is enough for the next connection, and
 /// each resumed handshake issues a fresh one; more would cost an encryption each for nothing.
@@ -367,7 +367,7 @@ fn build_tls(
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(client_auth.rustls_verifier())
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(&certified_key))));
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     // `ShardServerConfigs` flips this for clients that put ChaCha20 first.
     config.ignore_client_order = true;
     // Resumption is by stateless tickets only: a server-side session cache would be shared

@@ -2,6 +2,7 @@
 //! client's identity (counted and, on failure, logged), then HTTP.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
@@ -9,6 +10,7 @@ use portcullis_core::client_auth::{self, ClientCertFailure, PeerIdentity};
 use portcullis_core::http1::ForwardedProto;
 use tracing::{debug, info};
 
+use crate::h2;
 use crate::http::{self, ConnInfo};
 use crate::metrics::{HandshakeOutcome, ListenerMetrics};
 use crate::shard::{HandshakeInProgress, ShardContext, ShardPort};
@@ -18,8 +20,8 @@ use crate::tls::{self, ClientIo, HandshakeError, HandshakeFailure, PlainStream};
 pub async fn serve_tls(
     tcp: TcpStream,
     peer: SocketAddr,
-    port: &ShardPort,
-    ctx: &ShardContext,
+    port: &Rc<ShardPort>,
+    ctx: &Rc<ShardContext>,
     in_progress: HandshakeInProgress,
 ) {
     let started = Instant::now();
@@ -88,6 +90,24 @@ pub async fn serve_tls(
             return;
         }
     };
+    if stream.alpn() == Some(ALPN_H2) {
+        let client = match identity {
+            PeerIdentity::Verified(client) => Some(client),
+            _ => None,
+        };
+        let conn = h2::H2Conn::new(
+            Rc::clone(port),
+            Rc::clone(ctx),
+            peer,
+            accepted.listener,
+            client,
+        );
+        match stream.into_poll_stream() {
+            Ok(poll_stream) => h2::serve(poll_stream, Rc::new(conn)).await,
+            Err(e) => debug!(%peer, error = %e, "cannot switch the connection to poll mode"),
+        }
+        return;
+    }
     let info = ConnInfo {
         peer,
         proto: ForwardedProto::Https,
@@ -96,6 +116,9 @@ pub async fn serve_tls(
     };
     http::serve(&mut stream, port, ctx, &info).await;
 }
+
+/// The ALPN name of HTTP/2 over TLS.
+const ALPN_H2: &[u8] = b"h2";
 
 pub async fn serve_plain(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx: &ShardContext) {
     let mut stream = PlainStream::new(tcp);

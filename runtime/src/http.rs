@@ -36,7 +36,7 @@ use crate::tls::{ClientIo, read_append};
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Most header fields in a request or response head; beyond it 431 (request) or 502.
-const MAX_HEADERS: usize = portcullis_core::http1::DEFAULT_MAX_HEADERS;
+pub(crate) const MAX_HEADERS: usize = portcullis_core::http1::DEFAULT_MAX_HEADERS;
 
 /// Largest response head accepted from a backend; larger is a 502. Backends set cookies and
 /// CORS headers; 64 KiB is far beyond what well-behaved ones send.
@@ -62,11 +62,11 @@ pub struct PortRouting {
 }
 
 #[derive(Debug)]
-struct TargetState {
+pub(crate) struct TargetState {
     wrr: RefCell<WrrState>,
     /// Round-robin cursor over each backend's endpoints.
     endpoint_cursor: Vec<Cell<usize>>,
-    metrics: Rc<RouteMetrics>,
+    pub(crate) metrics: Rc<RouteMetrics>,
 }
 
 impl PortRouting {
@@ -91,7 +91,7 @@ impl PortRouting {
 }
 
 /// A routing decision for one request.
-enum Route<'p> {
+pub(crate) enum Route<'p> {
     Forward {
         target: &'p RouteTarget,
         state: &'p TargetState,
@@ -100,7 +100,7 @@ enum Route<'p> {
 }
 
 /// Picks the listener by Host (the 421 rule of spec §6) and the rule by the route table.
-fn route<'p>(
+pub(crate) fn route<'p>(
     port: &'p ShardPort,
     head: &RequestHead,
     buf: &[u8],
@@ -173,6 +173,131 @@ fn next_endpoint(
     let index = pick_endpoint(endpoints, cursor.get(), tried, |e| ejections.is_ejected(e))?;
     cursor.set(index + 1);
     endpoints.get(index).copied()
+}
+
+/// One request's way to a backend: the endpoints of the backend its rule's weights chose,
+/// the endpoint it tries now, and those whose connect failed (a retry goes to another one).
+pub(crate) struct BackendAttempts<'p> {
+    endpoints: &'p [SocketAddr],
+    cursor: &'p Cell<usize>,
+    endpoint: SocketAddr,
+    tried: Vec<SocketAddr>,
+}
+
+impl<'p> BackendAttempts<'p> {
+    /// The backend and first endpoint for a request, or the status that says why none.
+    pub(crate) fn choose(
+        target: &'p RouteTarget,
+        state: &'p TargetState,
+        ctx: &ShardContext,
+    ) -> Result<Self, u16> {
+        let (endpoints, cursor) = choose_backend(target, state)?;
+        let endpoint = next_endpoint(endpoints, cursor, &[], &ctx.ejections).ok_or(503u16)?;
+        Ok(Self {
+            endpoints,
+            cursor,
+            endpoint,
+            tried: Vec::new(),
+        })
+    }
+
+    /// A connection to the current endpoint (a pooled one unless `fresh`), moving on to
+    /// endpoints not tried yet while connects fail, up to [`MAX_CONNECT_ATTEMPTS`].
+    pub(crate) async fn connect(
+        &mut self,
+        ctx: &ShardContext,
+        has_body: bool,
+        fresh: bool,
+    ) -> Result<BackendConnection, ForwardError> {
+        loop {
+            let timeout = ctx.limits.backend_connect_timeout;
+            let conn = if fresh {
+                ctx.backends.connect(self.endpoint, timeout).await
+            } else {
+                ctx.backends.get(self.endpoint, timeout, has_body).await
+            };
+            match conn {
+                Ok(conn) => {
+                    if !conn.reused {
+                        ctx.ejections.restore(self.endpoint);
+                    }
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    let failure = e.failure();
+                    connect_failed(ctx, self.endpoint, failure);
+                    debug!(
+                        shard = ctx.index,
+                        reason = failure.label(),
+                        error = %e,
+                        "backend connect failed"
+                    );
+                    self.tried.push(self.endpoint);
+                    match next_endpoint(self.endpoints, self.cursor, &self.tried, &ctx.ejections) {
+                        Some(next) if self.tried.len() < MAX_CONNECT_ATTEMPTS => {
+                            self.endpoint = next;
+                        }
+                        _ => return Err(ForwardError::Status(502)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a response timeout against the endpoint that timed out.
+    pub(crate) fn count_response_timeout<T>(
+        &self,
+        outcome: &Result<T, ForwardError>,
+        ctx: &ShardContext,
+    ) {
+        if matches!(outcome, Err(ForwardError::Status(504))) {
+            ctx.metrics
+                .backend_failure(self.endpoint, BackendFailure::ResponseTimeout);
+        }
+    }
+}
+
+/// Reads from `conn` until `rbuf` starts with a complete response head (an informational 1xx
+/// included: the caller relays or skips it and reads again). `replayable`: the request can be
+/// sent again, so a pooled connection closed before any byte of the answer is stale.
+pub(crate) async fn read_response_head(
+    conn: &mut BackendConnection,
+    rbuf: &mut Vec<u8>,
+    is_head: bool,
+    replayable: bool,
+    ctx: &ShardContext,
+) -> Result<ResponseHead, ForwardError> {
+    let limits = HeadLimits {
+        max_head_bytes: MAX_RESPONSE_HEAD_BYTES,
+        max_headers: MAX_HEADERS,
+    };
+    loop {
+        match parse_response_head(rbuf, is_head, &limits) {
+            Ok(Some(response)) => return Ok(response),
+            Ok(None) => {}
+            Err(e) => {
+                debug!(shard = ctx.index, error = %e, "bad response head from backend");
+                return Err(ForwardError::Status(502));
+            }
+        }
+        let read = monoio::time::timeout(
+            ctx.limits.backend_response_timeout,
+            read_append(&mut conn.tcp, std::mem::take(rbuf)),
+        )
+        .await;
+        let Ok((res, buf)) = read else {
+            return Err(ForwardError::Status(504));
+        };
+        *rbuf = buf;
+        match res {
+            Ok(n) if n > 0 => {}
+            // Closed before any response byte: a stale pooled connection, if it was one.
+            _ if rbuf.is_empty() && conn.reused && replayable => {
+                return Err(ForwardError::StaleConnection);
+            }
+            _ => return Err(ForwardError::Status(502)),
+        }
+    }
 }
 
 /// Serves requests on one client connection until it closes.
@@ -321,7 +446,7 @@ impl BodyFraming {
 
 /// Why an exchange with a backend failed, and what the client gets.
 #[derive(Debug)]
-enum ForwardError {
+pub(crate) enum ForwardError {
     /// Nothing was sent to the client yet: answer with this status.
     Status(u16),
     /// The request could be re-sent on a fresh connection (the reused one was stale).
@@ -343,12 +468,8 @@ async fn forward<C: ClientIo>(
     ctx: &ShardContext,
     info: &ConnInfo<'_>,
 ) -> (bool, u16) {
-    let chosen = choose_backend(target, state).and_then(|(endpoints, cursor)| {
-        let first = next_endpoint(endpoints, cursor, &[], &ctx.ejections).ok_or(503u16)?;
-        Ok((endpoints, cursor, first))
-    });
-    let (endpoints, cursor, mut endpoint) = match chosen {
-        Ok(chosen) => chosen,
+    let mut attempts = match BackendAttempts::choose(target, state, ctx) {
+        Ok(attempts) => attempts,
         Err(status) => {
             let keep =
                 head.keep_alive && head.body == RequestBody::None && !ctx.draining.is_fired();
@@ -379,53 +500,18 @@ async fn forward<C: ClientIo>(
         &mut request_head,
     );
     drop_prefix(inbuf, head.head_len);
-    // Endpoints whose connect failed for this request: a retry goes to another one.
-    let mut tried: Vec<SocketAddr> = Vec::new();
     let mut allow_stale_retry = true;
     let result = loop {
-        let conn = if allow_stale_retry {
-            ctx.backends
-                .get(
-                    endpoint,
-                    ctx.limits.backend_connect_timeout,
-                    head.body != RequestBody::None,
-                )
-                .await
-        } else {
-            ctx.backends
-                .connect(endpoint, ctx.limits.backend_connect_timeout)
-                .await
-        };
-        let conn = match conn {
+        let conn = match attempts
+            .connect(ctx, head.body != RequestBody::None, !allow_stale_retry)
+            .await
+        {
             Ok(conn) => conn,
-            Err(e) => {
-                let failure = e.failure();
-                connect_failed(ctx, endpoint, failure);
-                debug!(
-                    shard = ctx.index,
-                    reason = failure.label(),
-                    error = %e,
-                    "backend connect failed"
-                );
-                tried.push(endpoint);
-                match next_endpoint(endpoints, cursor, &tried, &ctx.ejections) {
-                    Some(next) if tried.len() < MAX_CONNECT_ATTEMPTS => {
-                        endpoint = next;
-                        continue;
-                    }
-                    _ => break Err(ForwardError::Status(502)),
-                }
-            }
+            Err(e) => break Err(e),
         };
-        if !conn.reused {
-            ctx.ejections.restore(endpoint);
-        }
         let reused = conn.reused;
         let outcome = exchange(client, inbuf, head, &request_head, conn, ctx).await;
-        if matches!(outcome, Err(ForwardError::Status(504))) {
-            ctx.metrics
-                .backend_failure(endpoint, BackendFailure::ResponseTimeout);
-        }
+        attempts.count_response_timeout(&outcome, ctx);
         match outcome {
             Err(ForwardError::StaleConnection) if reused && allow_stale_retry => {
                 allow_stale_retry = false;
@@ -467,7 +553,7 @@ fn connect_failed(ctx: &ShardContext, endpoint: SocketAddr, failure: ConnectFail
 }
 
 /// The status counted for a request whose client left before its response (nginx's 499).
-const CLIENT_CLOSED_REQUEST: u16 = 499;
+pub(crate) const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// A response that reached the client.
 #[derive(Debug)]
@@ -485,7 +571,6 @@ async fn exchange<C: ClientIo>(
     mut conn: BackendConnection,
     ctx: &ShardContext,
 ) -> Result<Delivered, ForwardError> {
-    let response_timeout = ctx.limits.backend_response_timeout;
     // 1. The head and whatever body bytes already arrived, in one write.
     let mut framing = BodyFraming::for_request(head.body);
     let (body_now, mut body_done) = framing
@@ -531,58 +616,35 @@ async fn exchange<C: ClientIo>(
         }
     }
 
-    // 3. The response head (skipping informational 1xx, which are relayed).
-    let limits = HeadLimits {
-        max_head_bytes: MAX_RESPONSE_HEAD_BYTES,
-        max_headers: MAX_HEADERS,
-    };
+    // 3. The response head (informational 1xx are relayed).
     let mut rbuf = bufpool::take();
     let response = loop {
-        match parse_response_head(&rbuf, head.is_head(), &limits) {
-            Ok(Some(response)) if response.is_informational => {
-                let mut out = Vec::new();
-                write_forwarded_response_head(
-                    &response,
-                    &rbuf,
-                    ClientConn {
-                        version: head.version,
-                        keep_alive: head.keep_alive,
-                    },
-                    &mut out,
-                );
-                if !out.is_empty() {
-                    client.queue(&out).map_err(|_| ForwardError::ClientGone)?;
-                    client.flush().await.map_err(|_| ForwardError::ClientGone)?;
+        let response =
+            match read_response_head(&mut conn, &mut rbuf, head.is_head(), replayable, ctx).await {
+                Ok(response) => response,
+                Err(e) => {
+                    bufpool::give(rbuf);
+                    return Err(e);
                 }
-                drop_prefix(&mut rbuf, response.head_len);
-                continue;
-            }
-            Ok(Some(response)) => break response,
-            Ok(None) => {}
-            Err(e) => {
-                debug!(shard = ctx.index, error = %e, "bad response head from backend");
-                bufpool::give(rbuf);
-                return Err(ForwardError::Status(502));
-            }
-        }
-        let (res, buf) =
-            match monoio::time::timeout(response_timeout, read_append(&mut conn.tcp, rbuf)).await {
-                Ok(r) => r,
-                Err(_) => return Err(ForwardError::Status(504)),
             };
-        rbuf = buf;
-        match res {
-            Ok(n) if n > 0 => {}
-            // Closed before any response byte: a stale pooled connection, if it was one.
-            _ if rbuf.is_empty() && conn.reused && replayable => {
-                bufpool::give(rbuf);
-                return Err(ForwardError::StaleConnection);
-            }
-            _ => {
-                bufpool::give(rbuf);
-                return Err(ForwardError::Status(502));
-            }
+        if !response.is_informational {
+            break response;
         }
+        let mut out = Vec::new();
+        write_forwarded_response_head(
+            &response,
+            &rbuf,
+            ClientConn {
+                version: head.version,
+                keep_alive: head.keep_alive,
+            },
+            &mut out,
+        );
+        if !out.is_empty() {
+            client.queue(&out).map_err(|_| ForwardError::ClientGone)?;
+            client.flush().await.map_err(|_| ForwardError::ClientGone)?;
+        }
+        drop_prefix(&mut rbuf, response.head_len);
     };
 
     // 4. Relay the response.
@@ -741,7 +803,7 @@ fn queue_after_head<C: ClientIo>(
 }
 
 /// Removes the first `n` bytes (a message that was handled) from the buffer.
-fn drop_prefix(buf: &mut Vec<u8>, n: usize) {
+pub(crate) fn drop_prefix(buf: &mut Vec<u8>, n: usize) {
     if n >= buf.len() {
         buf.clear();
     } else {

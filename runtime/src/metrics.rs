@@ -216,6 +216,91 @@ pub struct ShardMetrics {
     listeners: RefCell<BTreeMap<(u16, String), Rc<ListenerMetrics>>>,
     routes: RefCell<BTreeMap<(u16, String), Rc<RouteMetrics>>>,
     endpoints: RefCell<HashMap<SocketAddr, EndpointCounters>>,
+    /// `(direction, reason)` -> count; HTTP/2 connection ends are rare events.
+    h2_goaways: RefCell<BTreeMap<(&'static str, &'static str), u64>>,
+    h2_stream_resets: RefCell<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// How an HTTP/2 connection ended early or was told to: a GOAWAY we sent (a limit the client
+/// broke, its protocol error, idleness, a drain), one the client sent, or a socket error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2GoAway {
+    /// No stream for the idle timeout: graceful GOAWAY.
+    Idle,
+    /// The shard drains: graceful GOAWAY.
+    Draining,
+    /// The client cancelled too many of its streams (see `h2`): `ENHANCE_YOUR_CALM`.
+    RapidReset,
+    /// The h2 library ended the connection with this code (a client's protocol error, or one of
+    /// its limits: `ENHANCE_YOUR_CALM`).
+    Sent(h2::Reason),
+    /// The client sent GOAWAY with this code.
+    Received(h2::Reason),
+    /// The socket or TLS failed under the connection.
+    Io,
+}
+
+impl H2GoAway {
+    /// How the h2 library's connection error reads.
+    pub fn of(error: &h2::Error) -> Self {
+        match (error.reason(), error.is_remote()) {
+            (Some(reason), true) => H2GoAway::Received(reason),
+            (Some(reason), false) => H2GoAway::Sent(reason),
+            (None, _) => H2GoAway::Io,
+        }
+    }
+
+    /// `(direction, reason)` labels.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            H2GoAway::Idle => ("sent", "idle"),
+            H2GoAway::Draining => ("sent", "draining"),
+            H2GoAway::RapidReset => ("sent", "rapid_reset"),
+            H2GoAway::Sent(reason) => ("sent", h2_reason_label(reason)),
+            H2GoAway::Received(reason) => ("received", h2_reason_label(reason)),
+            H2GoAway::Io => ("none", "io_error"),
+        }
+    }
+}
+
+/// The HTTP/2 error code's name (RFC 9113 §7), as a label.
+pub fn h2_reason_label(reason: h2::Reason) -> &'static str {
+    use h2::Reason as R;
+    match reason {
+        R::NO_ERROR => "no_error",
+        R::PROTOCOL_ERROR => "protocol_error",
+        R::INTERNAL_ERROR => "internal_error",
+        R::FLOW_CONTROL_ERROR => "flow_control_error",
+        R::SETTINGS_TIMEOUT => "settings_timeout",
+        R::STREAM_CLOSED => "stream_closed",
+        R::FRAME_SIZE_ERROR => "frame_size_error",
+        R::REFUSED_STREAM => "refused_stream",
+        R::CANCEL => "cancel",
+        R::COMPRESSION_ERROR => "compression_error",
+        R::CONNECT_ERROR => "connect_error",
+        R::ENHANCE_YOUR_CALM => "enhance_your_calm",
+        R::INADEQUATE_SECURITY => "inadequate_security",
+        R::HTTP_1_1_REQUIRED => "http_1_1_required",
+        _ => "unknown",
+    }
+}
+
+/// Why an HTTP/2 stream was reset: by us (and with which code), or by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2StreamReset {
+    /// The backend failed after the response started: `INTERNAL_ERROR`.
+    BackendBroke,
+    /// The client reset (cancelled) the stream before its response ended.
+    ClientCancelled,
+}
+
+impl H2StreamReset {
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            H2StreamReset::BackendBroke => ("sent", "internal_error"),
+            H2StreamReset::ClientCancelled => ("received", "cancel"),
+        }
+    }
 }
 
 /// Which backend failure to count.
@@ -262,6 +347,22 @@ impl ShardMetrics {
             BackendFailure::Connect(_) => c.connect_errors += 1,
             BackendFailure::ResponseTimeout => c.response_timeouts += 1,
         }
+    }
+
+    pub fn h2_goaway(&self, goaway: H2GoAway) {
+        *self
+            .h2_goaways
+            .borrow_mut()
+            .entry(goaway.labels())
+            .or_default() += 1;
+    }
+
+    pub fn h2_stream_reset(&self, reset: H2StreamReset) {
+        *self
+            .h2_stream_resets
+            .borrow_mut()
+            .entry(reset.labels())
+            .or_default() += 1;
     }
 
     /// The shard ejected `endpoint` because of `reason`.
@@ -324,6 +425,8 @@ impl ShardMetrics {
         for (key, m) in self.routes.borrow().iter() {
             sample.requests.insert(key.clone(), route_sample(m));
         }
+        sample.h2_goaways = self.h2_goaways.borrow().clone();
+        sample.h2_stream_resets = self.h2_stream_resets.borrow().clone();
         for (endpoint, c) in self.endpoints.borrow().iter() {
             let mut c = *c;
             c.ejected_shards = u64::from(ejected.contains(endpoint));
@@ -378,11 +481,21 @@ pub struct MetricsSample {
     pub endpoints: BTreeMap<SocketAddr, EndpointCounters>,
     /// shard index -> its connections (kept per shard, not summed).
     pub shards: BTreeMap<usize, ShardConnections>,
+    /// `(direction, reason)` -> HTTP/2 GOAWAYs and connection errors.
+    pub h2_goaways: BTreeMap<(&'static str, &'static str), u64>,
+    /// `(direction, reason)` -> HTTP/2 stream resets.
+    pub h2_stream_resets: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl MetricsSample {
     /// Adds another shard's sample to this one.
     pub fn add(&mut self, other: &MetricsSample) {
+        for (key, n) in &other.h2_goaways {
+            *self.h2_goaways.entry(*key).or_default() += n;
+        }
+        for (key, n) in &other.h2_stream_resets {
+            *self.h2_stream_resets.entry(*key).or_default() += n;
+        }
         for (key, (counts, hist)) in &other.handshakes {
             let entry = self.handshakes.entry(key.clone()).or_default();
             if entry.0.len() < counts.len() {
@@ -432,6 +545,30 @@ pub struct ProcessMetrics {
 /// Renders the Prometheus text exposition format (version 0.0.4).
 pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
     let mut out = String::with_capacity(4096);
+    family(
+        &mut out,
+        "portcullis_http2_goaways_total",
+        "counter",
+        "HTTP/2 connections ended by GOAWAY (sent: by us, with the limit or error as reason; received: by the client) or by a socket error.",
+    );
+    for ((direction, reason), n) in &sample.h2_goaways {
+        let _ = writeln!(
+            out,
+            "portcullis_http2_goaways_total{{direction=\"{direction}\",reason=\"{reason}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_http2_stream_resets_total",
+        "counter",
+        "HTTP/2 streams reset, by direction (sent: by us) and reason.",
+    );
+    for ((direction, reason), n) in &sample.h2_stream_resets {
+        let _ = writeln!(
+            out,
+            "portcullis_http2_stream_resets_total{{direction=\"{direction}\",reason=\"{reason}\"}} {n}"
+        );
+    }
     family(
         &mut out,
         "portcullis_tls_handshakes_total",

@@ -140,10 +140,23 @@ impl HandshakeError {
 pub struct TlsStream {
     tcp: TcpStream,
     tls: ServerConnection,
+    bufs: StreamBuffers,
+}
+
+/// The connection's shard-pool buffers, given back when it ends.
+#[derive(Debug, Default)]
+struct StreamBuffers {
     /// Ciphertext read from the socket; `rx[rx_pos..]` is not yet handed to rustls.
     rx: Vec<u8>,
     rx_pos: usize,
     tx: Vec<u8>,
+}
+
+impl Drop for StreamBuffers {
+    fn drop(&mut self) {
+        bufpool::give(std::mem::take(&mut self.rx));
+        bufpool::give(std::mem::take(&mut self.tx));
+    }
 }
 
 /// The handshake's result: the stream and which listener the SNI selected.
@@ -226,9 +239,11 @@ async fn accept_inner(
     let mut stream = TlsStream {
         tcp,
         tls,
-        rx,
-        rx_pos: consumed,
-        tx: Vec::new(),
+        bufs: StreamBuffers {
+            rx,
+            rx_pos: consumed,
+            tx: Vec::new(),
+        },
     };
     stream.complete_handshake().await?;
     Ok(Accepted {
@@ -337,7 +352,7 @@ impl TlsStream {
                 self.release_idle_buffers();
                 return Ok(());
             }
-            if self.rx_pos >= self.rx.len() && !self.fill_rx().await? {
+            if self.bufs.rx_pos >= self.bufs.rx.len() && !self.fill_rx().await? {
                 return Err(HandshakeError::Eof);
             }
             self.feed_rx().await.map_err(|e| match e {
@@ -352,32 +367,37 @@ impl TlsStream {
         self.tls.peer_certificates()
     }
 
+    /// The protocol the client and we agreed on by ALPN, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls.alpn_protocol()
+    }
+
     pub fn resumed(&self) -> bool {
         self.tls.handshake_kind() == Some(HandshakeKind::Resumed)
     }
 
     /// Reads one socket read's worth of ciphertext; `false` at EOF.
     async fn fill_rx(&mut self) -> io::Result<bool> {
-        let mut rx = std::mem::take(&mut self.rx);
+        let mut rx = std::mem::take(&mut self.bufs.rx);
         if rx.capacity() < bufpool::IO_BUFFER_BYTES {
             // Bytes are moving: a full-size buffer (the idle one is small).
             bufpool::give(rx);
             rx = bufpool::take();
         }
         rx.clear();
-        self.rx_pos = 0;
+        self.bufs.rx_pos = 0;
         let (res, buf) = self.tcp.read(rx).await;
-        self.rx = buf;
+        self.bufs.rx = buf;
         Ok(res? > 0)
     }
 
     /// Hands buffered ciphertext to rustls and processes it; sends whatever rustls answers
     /// (alerts included, so a rejected client learns why at the TLS layer).
     async fn feed_rx(&mut self) -> Result<(), FeedError> {
-        let mut pending = self.rx.get(self.rx_pos..).unwrap_or_default();
+        let mut pending = self.bufs.rx.get(self.bufs.rx_pos..).unwrap_or_default();
         let before = pending.len();
         let fed = self.tls.read_tls(&mut pending);
-        self.rx_pos += before - pending.len();
+        self.bufs.rx_pos += before - pending.len();
         fed.map_err(FeedError::Io)?;
         match self.tls.process_new_packets() {
             Ok(_) => Ok(()),
@@ -392,25 +412,25 @@ impl TlsStream {
 
     async fn flush_tls(&mut self) -> io::Result<()> {
         while self.tls.wants_write() {
-            let mut tx = std::mem::take(&mut self.tx);
+            let mut tx = std::mem::take(&mut self.bufs.tx);
             if tx.capacity() == 0 {
                 tx = bufpool::take();
             }
             self.tls.write_tls(&mut tx)?;
             let (res, mut buf) = self.tcp.write_all(tx).await;
             buf.clear();
-            self.tx = buf;
+            self.bufs.tx = buf;
             res?;
         }
-        bufpool::give(std::mem::take(&mut self.tx));
+        bufpool::give(std::mem::take(&mut self.bufs.tx));
         Ok(())
     }
 
     /// Returns the read buffer to the shard pool once everything in it was processed.
     fn release_idle_buffers(&mut self) {
-        if self.rx_pos >= self.rx.len() && self.rx.capacity() > 0 {
-            bufpool::give(std::mem::take(&mut self.rx));
-            self.rx_pos = 0;
+        if self.bufs.rx_pos >= self.bufs.rx.len() && self.bufs.rx.capacity() > 0 {
+            bufpool::give(std::mem::take(&mut self.bufs.rx));
+            self.bufs.rx_pos = 0;
         }
     }
 
@@ -446,7 +466,7 @@ impl ClientIo for TlsStream {
                 self.release_idle_buffers();
                 return Ok(n);
             }
-            if self.rx_pos >= self.rx.len() && !self.fill_rx().await? {
+            if self.bufs.rx_pos >= self.bufs.rx.len() && !self.fill_rx().await? {
                 self.release_idle_buffers();
                 return Ok(0);
             }
@@ -468,7 +488,7 @@ impl ClientIo for TlsStream {
     async fn wait_readable(&mut self) -> io::Result<()> {
         // Bytes may already be here: unprocessed ciphertext, or plaintext rustls decrypted
         // along with the handshake's last flight (the first request often arrives with it).
-        if self.rx_pos < self.rx.len() || self.tls_has_plaintext() {
+        if self.bufs.rx_pos < self.bufs.rx.len() || self.tls_has_plaintext() {
             return Ok(());
         }
         // Read right away with a small buffer rather than poll for readiness and then read:
@@ -476,8 +496,8 @@ impl ClientIo for TlsStream {
         // empty; the next `read_into` sees it again and reports it.
         self.release_idle_buffers();
         let (res, buf) = self.tcp.read(bufpool::take_idle_read()).await;
-        self.rx = buf;
-        self.rx_pos = 0;
+        self.bufs.rx = buf;
+        self.bufs.rx_pos = 0;
         res.map(drop)
     }
 
@@ -500,10 +520,17 @@ impl TlsStream {
     }
 }
 
-impl Drop for TlsStream {
-    fn drop(&mut self) {
-        bufpool::give(std::mem::take(&mut self.rx));
-        bufpool::give(std::mem::take(&mut self.tx));
+impl TlsStream {
+    /// The connection as a poll-mode stream (for HTTP/2), with the ciphertext already read.
+    pub fn into_poll_stream(self) -> io::Result<crate::tls_poll::TlsPollStream> {
+        let TlsStream { tcp, tls, mut bufs } = self;
+        let tcp = tcp.try_into_poll_io().map_err(|(e, _)| e)?;
+        let rx = std::mem::take(&mut bufs.rx);
+        Ok(crate::tls_poll::TlsPollStream::new(
+            tcp,
+            tls,
+            rx.get(bufs.rx_pos..).unwrap_or_default().to_vec(),
+        ))
     }
 }
 

@@ -1,5 +1,5 @@
-//! What the handshake negotiates besides certificates: ALPN (`http/1.1` only; clients without
-//! ALPN get HTTP/1.1 too), both TLS versions, and the cipher suite (AES-128-GCM by the
+//! What the handshake negotiates besides certificates: ALPN (`h2` preferred, then `http/1.1`;
+//! clients without ALPN get HTTP/1.1), both TLS versions, and the cipher suite (AES-128-GCM by the
 //! server's preference, ChaCha20 for clients that put it first).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -32,9 +32,11 @@ fn with_alpn(protocols: &[&[u8]]) -> Arc<ClientConfig> {
 }
 
 #[test]
-fn alpn_selects_http11_among_the_clients_offers() {
+fn alpn_prefers_h2_and_serves_http11_to_clients_that_offer_only_that() {
     let (_gw, port, _) = gateway();
-    let mut http = Http::connect(port, "example.com", &with_alpn(&[b"h2", b"http/1.1"])).unwrap();
+    let both = connect(port, "example.com", &with_alpn(&[b"http/1.1", b"h2"])).unwrap();
+    assert_eq!(both.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let mut http = Http::connect(port, "example.com", &with_alpn(&[b"http/1.1"])).unwrap();
     assert_eq!(http.stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(http.get("example.com", "/get").unwrap().status, 200);
 }
@@ -48,9 +50,9 @@ fn a_client_without_alpn_gets_http11() {
 }
 
 #[test]
-fn a_client_offering_only_h2_is_refused_with_no_application_protocol() {
+fn a_client_offering_only_protocols_we_do_not_speak_is_refused_with_no_application_protocol() {
     let (_gw, port, _) = gateway();
-    let refused = Http::connect(port, "example.com", &with_alpn(&[b"h2"]))
+    let refused = Http::connect(port, "example.com", &with_alpn(&[b"h3", b"spdy/3.1"]))
         .and_then(|mut http| http.get("example.com", "/get"));
     assert_eq!(
         expect_alert(refused),

@@ -344,10 +344,24 @@ fn h1_head(
         if *name == ::http::header::HOST && authority.is_some() {
             continue; // `:authority` wins (RFC 9113 §8.3.1)
         }
+        if *name == ::http::header::COOKIE {
+            continue; // joined below
+        }
         has_length |= *name == ::http::header::CONTENT_LENGTH;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // h2 clients may split cookies over several fields; HTTP/1.1 has one (RFC 9113 §8.2.3).
+    let mut cookies = parts.headers.get_all(::http::header::COOKIE).iter();
+    if let Some(first) = cookies.next() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(first.as_bytes());
+        for more in cookies {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(more.as_bytes());
+        }
         out.extend_from_slice(b"\r\n");
     }
     if !end_of_stream && !has_length {

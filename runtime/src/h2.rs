@@ -270,31 +270,25 @@ async fn handle(
         },
         &mut forwarded_head,
     );
+    let idempotent = h1::is_idempotent(head.method(&head_buf));
     bufpool::give(head_buf);
     let has_body = head.body != RequestBody::None;
     let result = match BackendAttempts::choose(target, state, ctx) {
         Err(status) => Err(ForwardError::Status(status)),
-        Ok(mut attempts) => {
-            // A request body streams once: only a request without one may be sent again on
-            // a fresh connection after a stale pooled one failed.
-            let mut allow_stale_retry = !has_body;
-            loop {
-                let backend = match attempts.connect(ctx, has_body, !allow_stale_retry).await {
-                    Ok(backend) => backend,
-                    Err(e) => break Err(e),
-                };
-                let reused = backend.reused;
-                let outcome =
-                    exchange(&head, &forwarded_head, &mut body, backend, respond, ctx).await;
-                attempts.count_response_timeout(&outcome, ctx);
-                match outcome {
-                    Err(ForwardError::StaleConnection) if reused && allow_stale_retry => {
-                        allow_stale_retry = false;
-                    }
-                    other => break other,
-                }
+        Ok(mut attempts) => loop {
+            let backend = match attempts.connect(ctx, has_body).await {
+                Ok(backend) => backend,
+                Err(e) => break Err(e),
+            };
+            let reused = backend.reused;
+            let outcome = exchange(&head, &forwarded_head, &mut body, backend, respond, ctx).await;
+            attempts.count_response_timeout(&outcome, ctx);
+            match outcome {
+                Err(ForwardError::StaleConnection)
+                    if attempts.retry_unanswered(reused, idempotent, ctx) => {}
+                other => break other,
             }
-        }
+        },
     };
     bufpool::give(forwarded_head);
     let status = match result {
@@ -386,7 +380,7 @@ async fn exchange(
     let (res, buf) = backend.tcp.write_all(out).await;
     bufpool::give(buf);
     if res.is_err() {
-        return Err(if backend.reused && head.body == RequestBody::None {
+        return Err(if head.body == RequestBody::None {
             ForwardError::StaleConnection
         } else {
             ForwardError::Status(502)

@@ -182,6 +182,9 @@ pub(crate) struct BackendAttempts<'p> {
     cursor: &'p Cell<usize>,
     endpoint: SocketAddr,
     tried: Vec<SocketAddr>,
+    /// After a connection closed unanswered, only new connections: a pooled one may be as
+    /// stale.
+    fresh_only: bool,
 }
 
 impl<'p> BackendAttempts<'p> {
@@ -198,20 +201,51 @@ impl<'p> BackendAttempts<'p> {
             cursor,
             endpoint,
             tried: Vec::new(),
+            fresh_only: false,
         })
     }
 
-    /// A connection to the current endpoint (a pooled one unless `fresh`), moving on to
-    /// endpoints not tried yet while connects fail, up to [`MAX_CONNECT_ATTEMPTS`].
+    /// Whether to send the request again after its connection closed before any byte of a
+    /// response ([`ForwardError::StaleConnection`], only for requests without a body): once
+    /// on a new connection to the same endpoint when the closed one was pooled (it had gone
+    /// stale), and to an endpoint not tried yet when the request is idempotent (RFC 9110
+    /// §9.2.2; the endpoint went away with it, a killed process say), as nginx does.
+    pub(crate) fn retry_unanswered(
+        &mut self,
+        reused: bool,
+        idempotent: bool,
+        ctx: &ShardContext,
+    ) -> bool {
+        if reused && !self.fresh_only {
+            self.fresh_only = true;
+            return true;
+        }
+        self.fresh_only = true;
+        if !idempotent {
+            return false;
+        }
+        self.tried.push(self.endpoint);
+        match next_endpoint(self.endpoints, self.cursor, &self.tried, &ctx.ejections) {
+            Some(next) if self.tried.len() < MAX_CONNECT_ATTEMPTS => {
+                debug!(shard = ctx.index, from = %self.endpoint, to = %next, "backend closed before answering; sending the request to another endpoint");
+                self.endpoint = next;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A connection to the current endpoint (pooled, unless a retry asks for a new one),
+    /// moving on to endpoints not tried yet while connects fail, up to
+    /// [`MAX_CONNECT_ATTEMPTS`].
     pub(crate) async fn connect(
         &mut self,
         ctx: &ShardContext,
         has_body: bool,
-        fresh: bool,
     ) -> Result<BackendConnection, ForwardError> {
         loop {
             let timeout = ctx.limits.backend_connect_timeout;
-            let conn = if fresh {
+            let conn = if self.fresh_only {
                 ctx.backends.connect(self.endpoint, timeout).await
             } else {
                 ctx.backends.get(self.endpoint, timeout, has_body).await
@@ -257,6 +291,14 @@ impl<'p> BackendAttempts<'p> {
     }
 }
 
+/// Whether a request with this method may be sent twice to the same effect (RFC 9110 §9.2.2).
+pub(crate) fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
 /// Reads from `conn` until `rbuf` starts with a complete response head (an informational 1xx
 /// included: the caller relays or skips it and reads again). `replayable`: the request can be
 /// sent again, so a pooled connection closed before any byte of the answer is stale.
@@ -292,7 +334,7 @@ pub(crate) async fn read_response_head(
         match res {
             Ok(n) if n > 0 => {}
             // Closed before any response byte: a stale pooled connection, if it was one.
-            _ if rbuf.is_empty() && conn.reused && replayable => {
+            _ if rbuf.is_empty() && replayable => {
                 return Err(ForwardError::StaleConnection);
             }
             _ => return Err(ForwardError::Status(502)),
@@ -449,7 +491,8 @@ impl BodyFraming {
 pub(crate) enum ForwardError {
     /// Nothing was sent to the client yet: answer with this status.
     Status(u16),
-    /// The request could be re-sent on a fresh connection (the reused one was stale).
+    /// The connection closed before a byte of response, and the request (it has no body) can
+    /// be sent again: see [`BackendAttempts::retry_unanswered`].
     StaleConnection,
     /// The client went away or sent a bad body: close without an answer.
     ClientGone,
@@ -499,13 +542,10 @@ async fn forward<C: ClientIo>(
         },
         &mut request_head,
     );
+    let idempotent = is_idempotent(head.method(inbuf));
     drop_prefix(inbuf, head.head_len);
-    let mut allow_stale_retry = true;
     let result = loop {
-        let conn = match attempts
-            .connect(ctx, head.body != RequestBody::None, !allow_stale_retry)
-            .await
-        {
+        let conn = match attempts.connect(ctx, head.body != RequestBody::None).await {
             Ok(conn) => conn,
             Err(e) => break Err(e),
         };
@@ -513,10 +553,8 @@ async fn forward<C: ClientIo>(
         let outcome = exchange(client, inbuf, head, &request_head, conn, ctx).await;
         attempts.count_response_timeout(&outcome, ctx);
         match outcome {
-            Err(ForwardError::StaleConnection) if reused && allow_stale_retry => {
-                allow_stale_retry = false;
-                continue;
-            }
+            Err(ForwardError::StaleConnection)
+                if attempts.retry_unanswered(reused, idempotent, ctx) => {}
             Err(ForwardError::StaleConnection) => break Err(ForwardError::Status(502)),
             other => break other,
         }
@@ -583,7 +621,7 @@ async fn exchange<C: ClientIo>(
     let (res, buf) = conn.tcp.write_all(out).await;
     bufpool::give(buf);
     if res.is_err() {
-        return Err(if sent_body_bytes || !conn.reused {
+        return Err(if sent_body_bytes {
             ForwardError::Status(502)
         } else {
             ForwardError::StaleConnection

@@ -480,3 +480,53 @@ fn a_dead_endpoint_does_not_shift_requests_between_weighted_backends() {
     // A connect retry stays in the backend the weights chose: still exactly 3:1.
     assert_eq!(light, 4, "{answers:?}");
 }
+
+/// Two endpoints of one Service: one answering `alive` on 127.0.0.2, and on 127.0.0.1 one that
+/// reads each request and resets the connection without a byte of answer (a backend killed with
+/// requests in flight).
+fn one_rude_one_alive() -> SocketAddr {
+    let port_number = free_port();
+    let alive = named_backend_on(SocketAddr::from(([127, 0, 0, 2], port_number)), "alive");
+    support::backends::raw_backend_on(SocketAddr::from(([127, 0, 0, 1], port_number)), |_, tcp| {
+        let _ = socket2::SockRef::from(&*tcp).set_linger(Some(Duration::ZERO));
+        After::Close
+    });
+    alive
+}
+
+#[test]
+fn an_idempotent_request_whose_endpoint_resets_unanswered_goes_to_another_endpoint() {
+    let alive = one_rude_one_alive();
+    let rude = SocketAddr::from(([127, 0, 0, 1], alive.port()));
+    let (_gw, port) = gateway_with(
+        &rule_to("backend"),
+        vec![service_with_endpoints("backend", &[rude, alive])],
+        Limits::default(),
+    );
+    for i in 0..20 {
+        let response = https_get(
+            port,
+            "example.com",
+            "example.com",
+            "/",
+            &any_server_client_config(None),
+        )
+        .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(
+            (response.status, response.body_text().as_str()),
+            (200, "alive"),
+            "request {i}"
+        );
+    }
+    // A POST may have had its effect: it is not sent twice, so some get 502.
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| {
+            let mut http = client(port);
+            http.request(b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .status
+        })
+        .collect();
+    assert!(statuses.contains(&502), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+}

@@ -108,14 +108,27 @@ pub fn load(path: &Path) -> Result<LoadedManifests, ManifestError> {
             ManifestProblem::Io(e.to_string())
         })
     })?;
-    let files = if metadata.is_dir() {
-        manifest_files(path).map_err(|e| at(ManifestProblem::Io(e.to_string())))?
+    if metadata.is_dir() {
+        let files = manifest_files(path).map_err(|e| at(ManifestProblem::Io(e.to_string())))?;
+        load_listed(files)
     } else {
-        vec![path.to_owned()]
-    };
+        let mut loaded = LoadedManifests::default();
+        load_file(path, &mut loaded)?;
+        loaded.files.push(path.to_owned());
+        Ok(loaded)
+    }
+}
+
+/// Reads the files a folder listing found. One removed between the listing and its read
+/// (an editor replacing it, `kubectl`-style tooling rewriting the folder) is read as absent,
+/// as the next listing will say: the rest still makes a whole config.
+fn load_listed(files: Vec<PathBuf>) -> Result<LoadedManifests, ManifestError> {
     let mut loaded = LoadedManifests::default();
     for file in files {
-        load_file(&file, &mut loaded)?;
+        match load_file(&file, &mut loaded) {
+            Err(e) if *e.problem == ManifestProblem::NotFound => continue,
+            other => other?,
+        }
         loaded.files.push(file);
     }
     Ok(loaded)
@@ -145,7 +158,11 @@ pub fn load_file(path: &Path, loaded: &mut LoadedManifests) -> Result<(), Manife
         path: path.to_owned(),
         document: None,
         item: None,
-        problem: Box::new(ManifestProblem::Io(e.to_string())),
+        problem: Box::new(if e.kind() == std::io::ErrorKind::NotFound {
+            ManifestProblem::NotFound
+        } else {
+            ManifestProblem::Io(e.to_string())
+        }),
     })?;
     let text = String::from_utf8(bytes).map_err(|_| ManifestError {
         path: path.to_owned(),
@@ -346,6 +363,25 @@ fn typed<T: DeserializeOwned>(kind: &str, value: Value) -> Result<T, ManifestPro
 mod tests {
     use super::*;
     use portcullis_core::desired::ObjectRef;
+
+    #[test]
+    fn a_listed_file_removed_before_its_read_is_read_as_absent() {
+        let dir = std::env::temp_dir().join(format!("portcullis-vanish-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let kept = dir.join("a.yaml");
+        fs::write(
+            &kept,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca, namespace: ns}\ndata: {}\n",
+        )
+        .unwrap();
+        let gone = dir.join("b.yaml");
+        let loaded = load_listed(vec![kept.clone(), gone]).unwrap();
+        assert_eq!(loaded.files, vec![kept]);
+        assert_eq!(loaded.objects, 1);
+        // Named on its own, a missing file is still an error.
+        assert!(load(&dir.join("c.yaml")).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn load_str(text: &str) -> Result<LoadedManifests, ManifestError> {
         let mut loaded = LoadedManifests::default();

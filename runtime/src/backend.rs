@@ -1,7 +1,23 @@
-//! Per-shard keep-alive pools of backend connections, and endpoint choice.
+//! Per-shard keep-alive pools of backend connections, endpoint choice, and passive health
+//! checking.
 //!
-//! Each shard keeps its own idle connections and its own round-robin cursors; nothing here is
-//! shared with another core.
+//! Each shard keeps its own idle connections, its own round-robin cursors and its own list of
+//! ejected endpoints; nothing here is shared with another core.
+//!
+//! **Passive health checking.** An endpoint whose connect was refused, timed out or found no
+//! route is ejected: the shard that saw it fail skips it for `--backend-ejection-time`, then
+//! tries it again (Envoy's outlier detection, reduced to its connect-failure case). Only
+//! failures that are the endpoint's fault eject it ([`ConnectFailure::ejects`]): running out
+//! of file descriptors here says nothing about the endpoint. Other shards learn on their own
+//! first failure, so a dead endpoint costs each shard one failed connect per ejection time,
+//! and shards share nothing on the connection path.
+//!
+//! **Choice among endpoints** ([`pick_endpoint`]). A request's connect attempts go to
+//! endpoints of the one backend its weights chose, each to one it has not tried yet, skipping
+//! ejected ones. When every endpoint it has not tried is ejected it still tries one of them
+//! (Envoy's panic mode): a backend whose endpoints all failed lately then serves again as
+//! soon as one recovers, instead of answering 502 to everyone for the rest of the ejection
+//! time on the strength of old failures.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -58,6 +74,166 @@ pub enum ConnectError {
     Timeout(SocketAddr),
     #[error("connect to {0}: {1}")]
     Io(SocketAddr, io::Error),
+}
+
+impl ConnectError {
+    /// Why it failed, as the metrics and the log say it.
+    pub fn failure(&self) -> ConnectFailure {
+        match self {
+            ConnectError::Timeout(_) => ConnectFailure::TimedOut,
+            ConnectError::Io(_, e) => match e.kind() {
+                io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+                // The kernel's own SYN retries ran out before our timeout did.
+                io::ErrorKind::TimedOut => ConnectFailure::TimedOut,
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                    ConnectFailure::Unreachable
+                }
+                _ => ConnectFailure::Local,
+            },
+        }
+    }
+}
+
+/// Why a connect to a backend endpoint failed, and so whether the endpoint is to blame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Nothing listens there (the endpoint answered with a reset): a pod that is gone, or not
+    /// serving yet.
+    Refused,
+    /// No answer within the connect timeout: a black-holed address, or a host too busy to
+    /// answer.
+    TimedOut,
+    /// The network has no way to the address (no route, no host answering on the link).
+    Unreachable,
+    /// Failed on this side (no file descriptor, no local port left): not the endpoint's fault.
+    Local,
+}
+
+impl ConnectFailure {
+    pub const ALL: [ConnectFailure; 4] = [
+        ConnectFailure::Refused,
+        ConnectFailure::TimedOut,
+        ConnectFailure::Unreachable,
+        ConnectFailure::Local,
+    ];
+
+    /// The `reason` label and log field.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::TimedOut => "timed_out",
+            ConnectFailure::Unreachable => "unreachable",
+            ConnectFailure::Local => "local",
+        }
+    }
+
+    /// Whether the endpoint is to blame, and so ejected.
+    pub fn ejects(self) -> bool {
+        !matches!(self, ConnectFailure::Local)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The endpoints this shard skips for now, each with the moment its ejection ends. Nearly
+/// always empty, so checking a pick costs one `is_empty`.
+#[derive(Debug)]
+pub struct Ejections {
+    /// How long an ejection lasts; zero turns ejection off.
+    duration: Duration,
+    until: RefCell<HashMap<SocketAddr, Instant>>,
+}
+
+impl Ejections {
+    pub fn new(duration: Duration) -> Self {
+        Ejections {
+            duration,
+            until: RefCell::default(),
+        }
+    }
+
+    pub fn is_ejected(&self, endpoint: SocketAddr) -> bool {
+        let until = self.until.borrow();
+        !until.is_empty()
+            && until
+                .get(&endpoint)
+                .is_some_and(|end| Instant::now() < *end)
+    }
+
+    /// Ejects `endpoint` from now on. `true` when it was not ejected yet (an ejection to count
+    /// and log); `false` when this only extends one (a panic-mode attempt failed again).
+    pub fn eject(&self, endpoint: SocketAddr) -> bool {
+        if self.duration.is_zero() {
+            return false;
+        }
+        let now = Instant::now();
+        // The duration is bounded when parsed (`limits::MAX_BACKEND_EJECTION_TIME`).
+        let end = now.checked_add(self.duration).unwrap_or(now);
+        match self.until.borrow_mut().insert(endpoint, end) {
+            Some(previous_end) => previous_end <= now,
+            None => true,
+        }
+    }
+
+    /// Ends the ejection of an endpoint that just accepted a new connection.
+    pub fn restore(&self, endpoint: SocketAddr) {
+        let mut until = self.until.borrow_mut();
+        if !until.is_empty() {
+            until.remove(&endpoint);
+        }
+    }
+
+    /// Forgets ejections that ended, so that endpoints gone from the config leave no trace
+    /// (the shard calls this every [`STALE_SWEEP_INTERVAL`]).
+    pub fn forget_ended(&self) {
+        let now = Instant::now();
+        self.until.borrow_mut().retain(|_, end| now < *end);
+    }
+
+    /// The endpoints ejected now.
+    pub fn ejected_now(&self) -> Vec<SocketAddr> {
+        let now = Instant::now();
+        self.until
+            .borrow()
+            .iter()
+            .filter(|(_, end)| now < **end)
+            .map(|(endpoint, _)| *endpoint)
+            .collect()
+    }
+}
+
+/// The index of the endpoint for a connect attempt: in round-robin order from `start`, the
+/// first that this request has not `tried` and that is not ejected; when every one it has not
+/// tried is ejected, the first of those all the same (panic mode, see the module docs).
+/// `None` when it tried them all.
+pub fn pick_endpoint(
+    endpoints: &[SocketAddr],
+    start: usize,
+    tried: &[SocketAddr],
+    is_ejected: impl Fn(SocketAddr) -> bool,
+) -> Option<usize> {
+    let count = endpoints.len();
+    if count == 0 {
+        return None;
+    }
+    let start = start % count;
+    let mut ejected_untried = None;
+    for offset in 0..count {
+        let index = (start + offset) % count;
+        let Some(&endpoint) = endpoints.get(index) else {
+            continue;
+        };
+        if tried.contains(&endpoint) {
+            continue;
+        }
+        if !is_ejected(endpoint) {
+            return Some(index);
+        }
+        ejected_untried.get_or_insert(index);
+    }
+    ejected_untried
 }
 
 impl BackendPool {
@@ -154,4 +330,93 @@ fn drop_stale(list: &mut Vec<IdleConnection>, now: Instant) {
         .position(|c| now.saturating_duration_since(c.since) < MAX_IDLE_REUSE_AGE)
         .unwrap_or(list.len());
     list.drain(..stale);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: u8) -> Vec<SocketAddr> {
+        (1..=n)
+            .map(|i| SocketAddr::from(([127, 0, 0, i], 80)))
+            .collect()
+    }
+
+    #[test]
+    fn without_failures_the_pick_is_plain_round_robin() {
+        let e = endpoints(3);
+        let picks: Vec<_> = (0..5)
+            .map(|start| pick_endpoint(&e, start, &[], |_| false))
+            .collect();
+        assert_eq!(picks, [Some(0), Some(1), Some(2), Some(0), Some(1)]);
+    }
+
+    #[test]
+    fn a_retry_never_goes_back_to_an_endpoint_the_request_tried() {
+        let e = endpoints(3);
+        // Whatever the cursor says (other requests move it between this one's attempts).
+        for start in 0..6 {
+            assert_eq!(pick_endpoint(&e, start, &[e[0], e[2]], |_| false), Some(1));
+            assert_eq!(pick_endpoint(&e, start, &e, |_| false), None);
+        }
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_unless_only_ejected_ones_are_left() {
+        let e = endpoints(3);
+        let ejected = |a: SocketAddr| a == e[0] || a == e[1];
+        assert_eq!(pick_endpoint(&e, 0, &[], ejected), Some(2));
+        assert_eq!(pick_endpoint(&e, 1, &[], ejected), Some(2));
+        // Panic mode: nothing healthy left untried, so the first ejected one untried.
+        assert_eq!(pick_endpoint(&e, 0, &[e[2]], ejected), Some(0));
+        assert_eq!(pick_endpoint(&e, 1, &[e[2]], ejected), Some(1));
+        assert_eq!(pick_endpoint(&[], 0, &[], |_| false), None);
+    }
+
+    #[test]
+    fn an_ejection_is_counted_once_and_ends() {
+        let e = endpoints(2);
+        let ejections = Ejections::new(Duration::from_secs(60));
+        assert!(ejections.eject(e[0]), "a new ejection");
+        assert!(!ejections.eject(e[0]), "extended, not a second ejection");
+        assert!(ejections.is_ejected(e[0]));
+        assert!(!ejections.is_ejected(e[1]));
+        assert_eq!(ejections.ejected_now(), [e[0]]);
+        ejections.restore(e[0]);
+        assert!(!ejections.is_ejected(e[0]));
+
+        let ended = Ejections::new(Duration::from_nanos(1));
+        assert!(ended.eject(e[0]));
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(!ended.is_ejected(e[0]));
+        assert!(ended.eject(e[0]), "ejected again after the first one ended");
+        std::thread::sleep(Duration::from_millis(1));
+        ended.forget_ended();
+        assert!(ended.until.borrow().is_empty());
+
+        let off = Ejections::new(Duration::ZERO);
+        assert!(!off.eject(e[0]));
+        assert!(!off.is_ejected(e[0]));
+    }
+
+    #[test]
+    fn only_failures_of_the_endpoint_eject_it() {
+        let addr = endpoints(1)[0];
+        let io = |kind: io::ErrorKind| ConnectError::Io(addr, kind.into()).failure();
+        assert_eq!(
+            io(io::ErrorKind::ConnectionRefused),
+            ConnectFailure::Refused
+        );
+        assert_eq!(
+            io(io::ErrorKind::HostUnreachable),
+            ConnectFailure::Unreachable
+        );
+        assert_eq!(
+            ConnectError::Timeout(addr).failure(),
+            ConnectFailure::TimedOut
+        );
+        assert_eq!(io(io::ErrorKind::OutOfMemory), ConnectFailure::Local);
+        assert!(!ConnectFailure::Local.ejects());
+        assert!(ConnectFailure::Refused.ejects() && ConnectFailure::TimedOut.ejects());
+    }
 }

@@ -21,16 +21,18 @@ use portcullis_core::http1::{
     parse_response_head, write_forwarded_request_head, write_forwarded_response_head,
 };
 use portcullis_core::routing::{RouteRequest, RouteTarget, WrrState};
-use tracing::debug;
+use tracing::{debug, info};
 
-use crate::backend::{BackendConnection, ConnectError};
+use crate::backend::{BackendConnection, ConnectFailure, Ejections, pick_endpoint};
 use crate::bufpool;
 use crate::metrics::{BackendFailure, RouteMetrics, ShardMetrics};
 use crate::shard::{ShardContext, ShardPort};
 use crate::tls::{ClientIo, read_append};
 
-/// Endpoints tried for one request when connecting fails, before answering 502. Retrying a
-/// connect is always safe (nothing was sent); three bounds the latency a dead endpoint adds.
+/// Endpoints tried for one request when connecting fails, before answering 502: each a
+/// different endpoint of the backend the weights chose. Retrying a connect is always safe
+/// (nothing was sent); three bounds the latency dead endpoints add (three connect timeouts
+/// at most, and only until the shard has ejected them).
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Most header fields in a request or response head; beyond it 431 (request) or 502.
@@ -137,8 +139,12 @@ fn route<'p>(
     }
 }
 
-/// Where a request goes: an endpoint, or the status that says why none.
-fn choose_endpoint(target: &RouteTarget, state: &TargetState) -> Result<SocketAddr, u16> {
+/// The backend a request goes to (by the rule's weights): its endpoints and its round-robin
+/// cursor, or the status that says why none.
+fn choose_backend<'p>(
+    target: &'p RouteTarget,
+    state: &'p TargetState,
+) -> Result<(&'p [SocketAddr], &'p Cell<usize>), u16> {
     let Some(backend_index) = target.weights.pick(&mut state.wrr.borrow_mut()) else {
         return Err(500); // no backend configured, or all weights zero
     };
@@ -150,16 +156,23 @@ fn choose_endpoint(target: &RouteTarget, state: &TargetState) -> Result<SocketAd
         BackendTarget::Endpoints(endpoints) if endpoints.is_empty() => Err(503),
         BackendTarget::Endpoints(endpoints) => {
             let cursor = state.endpoint_cursor.get(backend_index).ok_or(500u16)?;
-            let i = cursor.get();
-            cursor.set(i.wrapping_add(1));
-            endpoints.get(i % endpoints.len()).copied().ok_or(503)
+            Ok((endpoints, cursor))
         }
     }
 }
 
-/// The next endpoint after `endpoint` in the same backend, for a connect retry.
-fn next_endpoint(target: &RouteTarget, state: &TargetState) -> Option<SocketAddr> {
-    choose_endpoint(target, state).ok()
+/// The endpoint for a request's next connect attempt, one it has not `tried` (see
+/// [`pick_endpoint`]); the cursor moves past it, so that skipping an ejected endpoint does not
+/// send its share to the one after it. `None` once every endpoint was tried.
+fn next_endpoint(
+    endpoints: &[SocketAddr],
+    cursor: &Cell<usize>,
+    tried: &[SocketAddr],
+    ejections: &Ejections,
+) -> Option<SocketAddr> {
+    let index = pick_endpoint(endpoints, cursor.get(), tried, |e| ejections.is_ejected(e))?;
+    cursor.set(index + 1);
+    endpoints.get(index).copied()
 }
 
 /// Serves requests on one client connection until it closes.
@@ -330,8 +343,12 @@ async fn forward<C: ClientIo>(
     ctx: &ShardContext,
     info: &ConnInfo<'_>,
 ) -> (bool, u16) {
-    let mut endpoint = match choose_endpoint(target, state) {
-        Ok(e) => e,
+    let chosen = choose_backend(target, state).and_then(|(endpoints, cursor)| {
+        let first = next_endpoint(endpoints, cursor, &[], &ctx.ejections).ok_or(503u16)?;
+        Ok((endpoints, cursor, first))
+    });
+    let (endpoints, cursor, mut endpoint) = match chosen {
+        Ok(chosen) => chosen,
         Err(status) => {
             let keep =
                 head.keep_alive && head.body == RequestBody::None && !ctx.draining.is_fired();
@@ -362,7 +379,8 @@ async fn forward<C: ClientIo>(
         &mut request_head,
     );
     drop_prefix(inbuf, head.head_len);
-    let mut connect_attempts = 0;
+    // Endpoints whose connect failed for this request: a retry goes to another one.
+    let mut tried: Vec<SocketAddr> = Vec::new();
     let mut allow_stale_retry = true;
     let result = loop {
         let conn = if allow_stale_retry {
@@ -381,28 +399,27 @@ async fn forward<C: ClientIo>(
         let conn = match conn {
             Ok(conn) => conn,
             Err(e) => {
-                connect_attempts += 1;
-                ctx.metrics.backend_failure(
-                    endpoint,
-                    match e {
-                        ConnectError::Timeout(_) => BackendFailure::ConnectTimeout,
-                        ConnectError::Io(..) => BackendFailure::ConnectError,
-                    },
+                let failure = e.failure();
+                connect_failed(ctx, endpoint, failure);
+                debug!(
+                    shard = ctx.index,
+                    reason = failure.label(),
+                    error = %e,
+                    "backend connect failed"
                 );
-                debug!(shard = ctx.index, error = %e, "backend connect failed");
-                match next_endpoint(target, state) {
-                    Some(next) if connect_attempts < MAX_CONNECT_ATTEMPTS => {
+                tried.push(endpoint);
+                match next_endpoint(endpoints, cursor, &tried, &ctx.ejections) {
+                    Some(next) if tried.len() < MAX_CONNECT_ATTEMPTS => {
                         endpoint = next;
                         continue;
                     }
-                    _ => {
-                        break Err(ForwardError::Status(match e {
-                            ConnectError::Timeout(_) | ConnectError::Io(..) => 502,
-                        }));
-                    }
+                    _ => break Err(ForwardError::Status(502)),
                 }
             }
         };
+        if !conn.reused {
+            ctx.ejections.restore(endpoint);
+        }
         let reused = conn.reused;
         let outcome = exchange(client, inbuf, head, &request_head, conn, ctx).await;
         if matches!(outcome, Err(ForwardError::Status(504))) {
@@ -429,6 +446,23 @@ async fn forward<C: ClientIo>(
         Err(ForwardError::StaleConnection | ForwardError::ClientGone) => {
             (false, CLIENT_CLOSED_REQUEST)
         }
+    }
+}
+
+/// Counts a failed connect and ejects the endpoint if the failure was its fault.
+fn connect_failed(ctx: &ShardContext, endpoint: SocketAddr, failure: ConnectFailure) {
+    ctx.metrics
+        .backend_failure(endpoint, BackendFailure::Connect(failure));
+    if failure.ejects() && ctx.ejections.eject(endpoint) {
+        ctx.metrics.endpoint_ejected(endpoint, failure);
+        // Once per shard per ejection time for an endpoint that stays down.
+        info!(
+            shard = ctx.index,
+            %endpoint,
+            reason = failure.label(),
+            for_seconds = ctx.limits.backend_ejection_time.as_secs_f64(),
+            "backend endpoint ejected"
+        );
     }
 }
 

@@ -19,6 +19,13 @@ pub const DEFAULT_MAX_REQUEST_HEAD_BYTES: usize = 32 * 1024;
 pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time for a backend to start its response (and the longest pause inside it); then 504.
 pub const DEFAULT_BACKEND_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shard skips a backend endpoint after connecting to it was refused or timed out
+/// (passive health checking, see `backend`). Ten seconds covers the usual time for a pod that
+/// went away to leave its EndpointSlice, and brings a restarted one back soon after.
+pub const DEFAULT_BACKEND_EJECTION_TIME: Duration = Duration::from_secs(10);
+/// Longest accepted `--backend-ejection-time`: an endpoint that must be skipped for longer is
+/// better taken out of its Service (and beyond this the clock arithmetic could overflow).
+pub const MAX_BACKEND_EJECTION_TIME: Duration = Duration::from_secs(3600);
 /// Connections one shard serves at once; more are closed on accept. Bounds memory per core
 /// (about 64 MiB of connection state per shard at the default).
 pub const DEFAULT_MAX_CONNECTIONS_PER_SHARD: usize = 16 * 1024;
@@ -44,6 +51,10 @@ pub struct Limits {
     /// Backend response timeout (to the response head, and the longest pause in its body).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub backend_response_timeout: Duration,
+    /// How long a shard skips a backend endpoint whose connect was refused or timed out
+    /// (`0s`: never skip one).
+    #[arg(long, value_parser = parse_ejection_time, default_value = "10s")]
+    pub backend_ejection_time: Duration,
     /// Maximum concurrent connections per shard.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_SHARD)]
     pub max_connections_per_shard: usize,
@@ -58,6 +69,7 @@ impl Default for Limits {
             max_request_head_bytes: DEFAULT_MAX_REQUEST_HEAD_BYTES,
             backend_connect_timeout: DEFAULT_BACKEND_CONNECT_TIMEOUT,
             backend_response_timeout: DEFAULT_BACKEND_RESPONSE_TIMEOUT,
+            backend_ejection_time: DEFAULT_BACKEND_EJECTION_TIME,
             max_connections_per_shard: DEFAULT_MAX_CONNECTIONS_PER_SHARD,
         }
     }
@@ -82,6 +94,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses `--backend-ejection-time`: a duration up to [`MAX_BACKEND_EJECTION_TIME`].
+fn parse_ejection_time(s: &str) -> Result<Duration, String> {
+    let duration = parse_duration(s)?;
+    if duration > MAX_BACKEND_EJECTION_TIME {
+        return Err(format!(
+            "{s:?} is longer than the longest ejection, {}s",
+            MAX_BACKEND_EJECTION_TIME.as_secs()
+        ));
+    }
+    Ok(duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +118,8 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_ejection_time("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_ejection_time("1h"), Ok(MAX_BACKEND_EJECTION_TIME));
+        assert!(parse_ejection_time("61m").is_err());
     }
 }

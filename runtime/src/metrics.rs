@@ -7,13 +7,23 @@
 //! its counters ([`ShardMetrics::sample`]); the admin thread sums the copies and renders the
 //! Prometheus text format. So the hot path has no atomics and no cross-core traffic; only a
 //! scrape crosses cores, once per shard.
+//!
+//! **Series live as long as their object.** A port, listener, route or backend endpoint keeps
+//! its series while the config has it, or while an open connection still serves with an older
+//! config that has it (a connection keeps its copy of the port until it ends); then its series
+//! leaves `/metrics` ([`ShardMetrics::forget_unused`], run on each config change and each
+//! scrape). Pod IPs churn in a cluster, and a registry that kept every endpoint, route and
+//! listener it ever saw would grow without bound. Counters of objects that stay are never
+//! reset by a config change: the shard's new copy of a port takes over the same handles.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
+
+use crate::backend::ConnectFailure;
 
 /// Upper bounds (seconds) of the duration histograms' buckets: from a resumed handshake on
 /// loopback (~100 µs) to a stalled client or backend (10 s).
@@ -146,11 +156,34 @@ pub struct PortMetrics {
     pub unrouted: RouteMetrics,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct BackendCounters {
-    connect_errors: u64,
-    connect_timeouts: u64,
-    response_timeouts: u64,
+/// Failures and ejections of one backend endpoint (on one shard, or summed over shards).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointCounters {
+    /// Connects that failed other than by timing out.
+    pub connect_errors: u64,
+    pub connect_timeouts: u64,
+    pub response_timeouts: u64,
+    /// Times a shard ejected the endpoint, by [`ConnectFailure::index`].
+    pub ejections: [u64; ConnectFailure::ALL.len()],
+    /// Shards that skip the endpoint now (a gauge; 0 or 1 for one shard).
+    pub ejected_shards: u64,
+}
+
+impl EndpointCounters {
+    fn add(&mut self, other: &EndpointCounters) {
+        self.connect_errors += other.connect_errors;
+        self.connect_timeouts += other.connect_timeouts;
+        self.response_timeouts += other.response_timeouts;
+        for (a, b) in self.ejections.iter_mut().zip(other.ejections) {
+            *a += b;
+        }
+        self.ejected_shards += other.ejected_shards;
+    }
+
+    /// Ejections for this reason.
+    pub fn ejections(&self, reason: ConnectFailure) -> u64 {
+        self.ejections.get(reason.index()).copied().unwrap_or(0)
+    }
 }
 
 /// One shard's connections over all its ports. Each client connection goes to the shard the
@@ -172,22 +205,23 @@ pub struct ShardGauges {
     pub idle_backend: u64,
 }
 
-/// One shard's metrics registry. Entries are created when a shard builds a port and are kept
-/// when the port or route goes away (counters never go backwards).
+/// One shard's metrics registry. Port, listener and route entries are created when a shard
+/// builds its copy of a port, which holds their handles; endpoint entries at an endpoint's
+/// first failure. [`ShardMetrics::forget_unused`] drops them once no copy of a port in use
+/// refers to their object (see the module docs).
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
     connections_accepted: Cell<u64>,
     ports: RefCell<BTreeMap<u16, Rc<PortMetrics>>>,
     listeners: RefCell<BTreeMap<(u16, String), Rc<ListenerMetrics>>>,
     routes: RefCell<BTreeMap<(u16, String), Rc<RouteMetrics>>>,
-    backends: RefCell<HashMap<SocketAddr, BackendCounters>>,
+    endpoints: RefCell<HashMap<SocketAddr, EndpointCounters>>,
 }
 
 /// Which backend failure to count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendFailure {
-    ConnectError,
-    ConnectTimeout,
+    Connect(ConnectFailure),
     ResponseTimeout,
 }
 
@@ -221,18 +255,52 @@ impl ShardMetrics {
 
     /// Backend failures are rare (and the endpoint set is open-ended), so a map is fine here.
     pub fn backend_failure(&self, endpoint: SocketAddr, failure: BackendFailure) {
-        let mut backends = self.backends.borrow_mut();
-        let c = backends.entry(endpoint).or_default();
+        let mut endpoints = self.endpoints.borrow_mut();
+        let c = endpoints.entry(endpoint).or_default();
         match failure {
-            BackendFailure::ConnectError => c.connect_errors += 1,
-            BackendFailure::ConnectTimeout => c.connect_timeouts += 1,
+            BackendFailure::Connect(ConnectFailure::TimedOut) => c.connect_timeouts += 1,
+            BackendFailure::Connect(_) => c.connect_errors += 1,
             BackendFailure::ResponseTimeout => c.response_timeouts += 1,
         }
     }
 
-    /// A copy of every counter, to send to the admin thread; `shard` is this shard's index and
-    /// `now` what it holds at this moment.
-    pub fn sample(&self, shard: usize, now: ShardGauges) -> MetricsSample {
+    /// The shard ejected `endpoint` because of `reason`.
+    pub fn endpoint_ejected(&self, endpoint: SocketAddr, reason: ConnectFailure) {
+        let mut endpoints = self.endpoints.borrow_mut();
+        let c = endpoints.entry(endpoint).or_default();
+        if let Some(n) = c.ejections.get_mut(reason.index()) {
+            *n += 1;
+        }
+    }
+
+    /// Whether any endpoint has counters (else [`forget_unused`](Self::forget_unused) needs no
+    /// set of endpoints in use).
+    pub fn has_endpoints(&self) -> bool {
+        !self.endpoints.borrow().is_empty()
+    }
+
+    /// Drops the entries of objects that no copy of a port in use refers to: a port, listener
+    /// or route entry whose handle only the registry still holds (every copy of a port holds
+    /// the handles it was built with, and open connections hold their copy), and the
+    /// endpoints not in `endpoints_in_use` (those of every copy of a port still held).
+    pub fn forget_unused(&self, endpoints_in_use: &HashSet<SocketAddr>) {
+        self.ports
+            .borrow_mut()
+            .retain(|_, m| Rc::strong_count(m) > 1);
+        self.listeners
+            .borrow_mut()
+            .retain(|_, m| Rc::strong_count(m) > 1);
+        self.routes
+            .borrow_mut()
+            .retain(|_, m| Rc::strong_count(m) > 1);
+        self.endpoints
+            .borrow_mut()
+            .retain(|endpoint, _| endpoints_in_use.contains(endpoint));
+    }
+
+    /// A copy of every counter, to send to the admin thread; `shard` is this shard's index,
+    /// `now` what it holds at this moment and `ejected` the endpoints it skips now.
+    pub fn sample(&self, shard: usize, now: ShardGauges, ejected: &[SocketAddr]) -> MetricsSample {
         let mut sample = MetricsSample::default();
         sample.shards.insert(
             shard,
@@ -256,11 +324,10 @@ impl ShardMetrics {
         for (key, m) in self.routes.borrow().iter() {
             sample.requests.insert(key.clone(), route_sample(m));
         }
-        for (endpoint, c) in self.backends.borrow().iter() {
-            sample.backends.insert(
-                *endpoint,
-                [c.connect_errors, c.connect_timeouts, c.response_timeouts],
-            );
+        for (endpoint, c) in self.endpoints.borrow().iter() {
+            let mut c = *c;
+            c.ejected_shards = u64::from(ejected.contains(endpoint));
+            sample.endpoints.insert(*endpoint, c);
         }
         sample
     }
@@ -308,8 +375,7 @@ pub struct MetricsSample {
     /// `(port, route)` -> (counts by code, duration). Route `""`: answered without a route.
     pub requests: BTreeMap<(u16, String), (BTreeMap<u16, u64>, HistogramSample)>,
     pub active: BTreeMap<u16, i64>,
-    /// endpoint -> [connect errors, connect timeouts, response timeouts]
-    pub backends: BTreeMap<SocketAddr, [u64; 3]>,
+    pub endpoints: BTreeMap<SocketAddr, EndpointCounters>,
     /// shard index -> its connections (kept per shard, not summed).
     pub shards: BTreeMap<usize, ShardConnections>,
 }
@@ -337,11 +403,8 @@ impl MetricsSample {
         for (port, n) in &other.active {
             *self.active.entry(*port).or_default() += n;
         }
-        for (endpoint, c) in &other.backends {
-            let entry = self.backends.entry(*endpoint).or_default();
-            for (a, b) in entry.iter_mut().zip(c) {
-                *a += b;
-            }
+        for (endpoint, c) in &other.endpoints {
+            self.endpoints.entry(*endpoint).or_default().add(c);
         }
         self.shards.extend(&other.shards);
     }
@@ -444,11 +507,11 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
         "counter",
         "Failed connections to backend endpoints.",
     );
-    for (endpoint, c) in &sample.backends {
+    for (endpoint, c) in &sample.endpoints {
         let _ = writeln!(
             out,
             "portcullis_backend_connect_errors_total{{endpoint=\"{endpoint}\"}} {}",
-            c[0]
+            c.connect_errors
         );
     }
     family(
@@ -457,16 +520,45 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
         "counter",
         "Backend timeouts by endpoint and phase (connect or response).",
     );
-    for (endpoint, c) in &sample.backends {
+    for (endpoint, c) in &sample.endpoints {
         let _ = writeln!(
             out,
             "portcullis_backend_timeouts_total{{endpoint=\"{endpoint}\",phase=\"connect\"}} {}",
-            c[1]
+            c.connect_timeouts
         );
         let _ = writeln!(
             out,
             "portcullis_backend_timeouts_total{{endpoint=\"{endpoint}\",phase=\"response\"}} {}",
-            c[2]
+            c.response_timeouts
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_backend_endpoint_ejections_total",
+        "counter",
+        "Times a shard ejected a backend endpoint (skipped it for --backend-ejection-time), by the connect failure that did.",
+    );
+    for (endpoint, c) in &sample.endpoints {
+        for reason in ConnectFailure::ALL.into_iter().filter(|r| r.ejects()) {
+            let _ = writeln!(
+                out,
+                "portcullis_backend_endpoint_ejections_total{{endpoint=\"{endpoint}\",reason=\"{}\"}} {}",
+                reason.label(),
+                c.ejections(reason)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "portcullis_backend_endpoint_ejected_shards",
+        "gauge",
+        "Shards that skip a backend endpoint now because connecting to it failed.",
+    );
+    for (endpoint, c) in &sample.endpoints {
+        let _ = writeln!(
+            out,
+            "portcullis_backend_endpoint_ejected_shards{{endpoint=\"{endpoint}\"}} {}",
+            c.ejected_shards
         );
     }
     family(
@@ -620,8 +712,9 @@ mod tests {
                 handshaking: 3,
                 idle_backend: 7,
             },
+            &[],
         );
-        total.add(&b.sample(1, ShardGauges::default()));
+        total.add(&b.sample(1, ShardGauges::default(), &[]));
         assert_eq!(total.handshakes(443, "l", HandshakeOutcome::Ok), 2);
         assert_eq!(
             total.handshakes(443, "l", HandshakeOutcome::NoClientCert),
@@ -642,6 +735,56 @@ mod tests {
         assert!(text.contains("portcullis_shard_handshakes_in_progress{shard=\"0\"} 3\n"));
         assert!(text.contains("portcullis_shard_idle_backend_connections{shard=\"0\"} 7\n"));
         assert!(text.contains("portcullis_shard_idle_backend_connections{shard=\"1\"} 0\n"));
+    }
+
+    #[test]
+    fn entries_leave_once_nothing_in_use_refers_to_their_object() {
+        let m = ShardMetrics::default();
+        let (gone, kept): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let port = m.port(443);
+        let listener = m.listener(443, "kept");
+        let route = m.route(443, "ns/kept");
+        route.request(200, Duration::ZERO);
+        // Held by nothing but the registry: a copy of a port that was dropped.
+        m.listener(443, "gone").handshake(HandshakeOutcome::Ok);
+        m.route(443, "ns/gone").request(200, Duration::ZERO);
+        drop(m.port(8443));
+        for endpoint in [gone, kept] {
+            m.backend_failure(endpoint, BackendFailure::Connect(ConnectFailure::Refused));
+            m.endpoint_ejected(endpoint, ConnectFailure::Refused);
+        }
+
+        m.forget_unused(&HashSet::from([kept]));
+        let text = render(
+            &m.sample(0, ShardGauges::default(), &[kept]),
+            &ProcessMetrics::default(),
+        );
+        for series in [
+            "listener=\"gone\"",
+            "route=\"ns/gone\"",
+            "port=\"8443\"",
+            "127.0.0.1:1\"",
+        ] {
+            assert!(!text.contains(series), "{series} stayed:\n{text}");
+        }
+        assert!(text.contains(
+            "portcullis_http_requests_total{port=\"443\",route=\"ns/kept\",code=\"200\"} 1\n"
+        ));
+        assert!(text.contains(
+            "portcullis_backend_endpoint_ejections_total{endpoint=\"127.0.0.1:2\",reason=\"refused\"} 1\n"
+        ));
+        assert!(
+            text.contains(
+                "portcullis_backend_endpoint_ejected_shards{endpoint=\"127.0.0.1:2\"} 1\n"
+            )
+        );
+        assert!(text.contains("portcullis_active_connections{port=\"443\"} 0\n"));
+        // The new copy of a port takes over the same handles: nothing is reset.
+        assert!(Rc::ptr_eq(&route, &m.route(443, "ns/kept")));
+        drop((port, listener));
     }
 
     #[test]

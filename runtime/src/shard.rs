@@ -6,10 +6,10 @@
 //! keeps the `Rc<ShardPort>` it was accepted with until it ends.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use portcullis_core::compile::{CompiledPort, ShardServerConfigs, Snapshot};
-use portcullis_core::desired::PortProtocol;
+use portcullis_core::desired::{BackendTarget, PortProtocol};
 use rustls::ServerConfig;
 use rustls::server::ClientHello;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::backend::{BackendPool, STALE_SWEEP_INTERVAL};
+use crate::backend::{BackendPool, Ejections, STALE_SWEEP_INTERVAL};
 use crate::drain::DrainSignal;
 use crate::limits::Limits;
 use crate::logging::RateLimiter;
@@ -369,6 +369,8 @@ pub struct ShardContext {
     pub index: usize,
     pub limits: Limits,
     pub backends: BackendPool,
+    /// Endpoints this shard skips for now (passive health checking, see `backend`).
+    pub ejections: Ejections,
     pub open_connections: Cell<usize>,
     /// Accepted TLS connections whose handshake has not finished (see [`HandshakeInProgress`]).
     pub handshakes_in_progress: Cell<usize>,
@@ -379,6 +381,25 @@ pub struct ShardContext {
     pub handshake_log: RateLimiter,
     /// Why ports could not be listened on, as logged, so that retries do not repeat the line.
     listen_failures_logged: RefCell<std::collections::BTreeSet<String>>,
+    /// Every copy of a port this shard built that may still be in use (the current ones, and
+    /// older ones open connections hold), for [`ShardContext::forget_unused_metrics`].
+    ports_built: RefCell<Vec<Weak<ShardPort>>>,
+}
+
+impl ShardContext {
+    /// Drops the metrics of ports, listeners, routes and endpoints that neither the current
+    /// config nor an open connection's older copy of a port refers to any more.
+    fn forget_unused_metrics(&self) {
+        let mut ports = self.ports_built.borrow_mut();
+        ports.retain(|p| p.strong_count() > 0);
+        let mut endpoints_in_use = HashSet::new();
+        if self.metrics.has_endpoints() {
+            for port in ports.iter().filter_map(Weak::upgrade) {
+                endpoints_in_use.extend(port.endpoints());
+            }
+        }
+        self.metrics.forget_unused(&endpoints_in_use);
+    }
 }
 
 /// One port as this shard serves it: the compiled port plus shard-local TLS configs.
@@ -417,6 +438,20 @@ impl ShardPort {
         }
     }
 
+    /// Every backend endpoint this port's routes can send a request to.
+    fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.compiled
+            .listeners
+            .iter()
+            .flat_map(|l| l.routes.targets())
+            .flat_map(|t| &t.backends)
+            .flat_map(|b| match &b.target {
+                BackendTarget::Endpoints(endpoints) => endpoints.as_slice(),
+                BackendTarget::Invalid { .. } => &[],
+            })
+            .copied()
+    }
+
     /// The listener (by SNI) and its shard-local config for a ClientHello.
     pub fn choose(&self, hello: &ClientHello<'_>) -> Option<(usize, Arc<ServerConfig>)> {
         let index = self.compiled.hosts.resolve(hello.server_name())?;
@@ -446,12 +481,14 @@ async fn shard_main(shard: Shard) {
         index,
         limits: options.limits.clone(),
         backends: BackendPool::default(),
+        ejections: Ejections::new(options.limits.backend_ejection_time),
         open_connections: Cell::new(0),
         handshakes_in_progress: Cell::new(0),
         metrics: ShardMetrics::default(),
         draining: DrainSignal::default(),
         handshake_log: RateLimiter::new(HANDSHAKE_FAILURE_LOG_RATE),
         listen_failures_logged: RefCell::default(),
+        ports_built: RefCell::default(),
     });
     monoio::spawn(close_stale_backend_connections(Rc::clone(&ctx)));
     let mut ports: HashMap<u16, Rc<PortSlot>> = HashMap::new();
@@ -493,6 +530,7 @@ async fn shard_main(shard: Shard) {
                 apply = false;
                 match command {
                     Some(ShardCommand::SampleMetrics(reply)) => {
+                        ctx.forget_unused_metrics();
                         let _ = reply.send(ctx.metrics.sample(
                             ctx.index,
                             ShardGauges {
@@ -500,6 +538,7 @@ async fn shard_main(shard: Shard) {
                                 handshaking: ctx.handshakes_in_progress.get() as u64,
                                 idle_backend: ctx.backends.idle_count() as u64,
                             },
+                            &ctx.ejections.ejected_now(),
                         ));
                     }
                     Some(ShardCommand::Drain { deadline }) => break Some(deadline),
@@ -540,12 +579,13 @@ async fn shard_main(shard: Shard) {
     debug!(shard = index, "shard stopped");
 }
 
-/// Closes the shard's idle backend connections once they are too old to reuse, for as long as
-/// the shard runs.
+/// Closes the shard's idle backend connections once they are too old to reuse, and forgets
+/// ended ejections, for as long as the shard runs.
 async fn close_stale_backend_connections(ctx: Rc<ShardContext>) {
     loop {
         monoio::time::sleep(STALE_SWEEP_INTERVAL).await;
         ctx.backends.close_stale();
+        ctx.ejections.forget_ended();
     }
 }
 
@@ -571,6 +611,7 @@ fn apply_snapshot(
             snapshot.generation,
             &ctx.metrics,
         ));
+        ctx.ports_built.borrow_mut().push(Rc::downgrade(&port));
         if let Some(slot) = ports.get(&compiled.port) {
             *slot.current.borrow_mut() = port;
             continue;
@@ -615,6 +656,8 @@ fn apply_snapshot(
     ctx.listen_failures_logged
         .borrow_mut()
         .retain(|logged| unserved.values().any(|why| why == logged));
+    // The copies of ports replaced above are gone unless a connection holds them.
+    ctx.forget_unused_metrics();
     unserved
 }
 

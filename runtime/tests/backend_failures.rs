@@ -1,24 +1,44 @@
 //! What the client gets when the backend side fails: 502 (nothing answers), 503 (no ready
 //! endpoint), 500 (the backendRef resolves to nothing), 504 (no answer in time), a closed
-//! connection (the backend died mid-response); and weighted backendRefs.
+//! connection (the backend died mid-response); weighted backendRefs; and endpoints that are
+//! down: a retry goes to another endpoint, and the shard skips a failed one for a while.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 use portcullis_runtime::limits::Limits;
 use portcullis_runtime::pki::{GuidePki, KeyKind};
 use support::backends::{
-    After, dead_endpoint, named_backend, named_backend_on, raw_backend, silent_backend,
+    After, black_hole_on, dead_endpoint, named_backend, named_backend_on, raw_backend,
+    silent_backend,
 };
 use support::*;
 
 /// How long the gateway waits for a backend's response head in the 504 test: short, so the
 /// test is quick (the test checks the status, not the time).
 const SHORT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A connect timeout no request in these tests may wait for: longer than the clients' own
+/// read timeout ([`PATIENCE`]), so a request that waits for it fails.
+const LONG_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connect timeout for a black-holed endpoint, which the first request to it must wait out
+/// (nothing tells a black hole from a slow endpoint sooner): short, so that request completes.
+const SHORT_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// An ejection that outlasts the test, so the failed endpoint is not tried again meanwhile.
+const LONG_EJECTION: Duration = Duration::from_secs(600);
+
+/// Clients sending requests at once, and requests each sends, in the tests with a dead
+/// endpoint.
+const CLIENTS: usize = 8;
+const REQUESTS_PER_CLIENT: usize = 25;
 
 /// One HTTPS port, no client validation, one route (all hosts) whose single rule is `rule`,
 /// with `extra` documents (Services).
@@ -236,4 +256,231 @@ fn a_pooled_connection_the_backend_closed_meanwhile_is_not_used_for_a_request_wi
         );
         closed.recv_timeout(PATIENCE).unwrap();
     }
+}
+
+/// Two endpoints of one Service, on the same port number as EndpointSlices list them: `down`
+/// on 127.0.0.1 (the caller makes it refuse or black-hole) and one answering `alive` on
+/// 127.0.0.2.
+fn one_down_one_alive() -> (SocketAddr, SocketAddr) {
+    let port_number = free_port();
+    let down = SocketAddr::from(([127, 0, 0, 1], port_number));
+    let alive = named_backend_on(SocketAddr::from(([127, 0, 0, 2], port_number)), "alive");
+    (down, alive)
+}
+
+/// Requests one after another, then from [`CLIENTS`] clients at once: every one is answered
+/// by the live endpoint.
+fn every_request_reaches_the_live_endpoint(port: u16) {
+    let mut http = client(port);
+    for i in 0..REQUESTS_PER_CLIENT {
+        let response = http.get("example.com", "/").unwrap();
+        assert_eq!(
+            (response.status, response.body_text().as_str()),
+            (200, "alive"),
+            "sequential request {i}"
+        );
+    }
+    let config = Arc::new(any_server_client_config(None));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let config = Arc::clone(&config);
+            thread::spawn(move || {
+                for i in 0..REQUESTS_PER_CLIENT {
+                    // Half of them on a new connection each time.
+                    let response = if c % 2 == 0 {
+                        https_get(port, "example.com", "example.com", "/", &config)
+                    } else {
+                        Http::connect(port, "example.com", &config)
+                            .and_then(|mut http| http.get("example.com", "/"))
+                    }
+                    .unwrap_or_else(|e| panic!("client {c}, request {i}: {e}"));
+                    assert_eq!(
+                        (response.status, response.body_text().as_str()),
+                        (200, "alive"),
+                        "client {c}, request {i}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+}
+
+fn endpoint_series(text: &str, family: &str, endpoint: SocketAddr, extra: &str) -> f64 {
+    let series = format!("{family}{{endpoint=\"{endpoint}\"{extra}}}");
+    series_value(text, &series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[test]
+fn a_refused_endpoint_is_tried_once_then_skipped_and_no_request_fails_or_waits() {
+    let (down, _alive) = one_down_one_alive();
+    let limits = Limits {
+        backend_connect_timeout: LONG_CONNECT_TIMEOUT,
+        backend_ejection_time: LONG_EJECTION,
+        ..Limits::default()
+    };
+    let (gw, port) = gateway_with(
+        &rule_to("backend"),
+        vec![service_with_endpoints("backend", &[down, _alive])],
+        limits,
+    );
+    every_request_reaches_the_live_endpoint(port);
+    let text = gw.scrape();
+    let failures = |family, extra| endpoint_series(&text, family, down, extra);
+    assert_eq!(
+        failures("portcullis_backend_connect_errors_total", ""),
+        1.0,
+        "one connect to the refusing endpoint, then it was skipped"
+    );
+    assert_eq!(
+        failures(
+            "portcullis_backend_endpoint_ejections_total",
+            ",reason=\"refused\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        failures("portcullis_backend_endpoint_ejected_shards", ""),
+        1.0
+    );
+}
+
+#[test]
+fn a_black_holed_endpoint_costs_one_connect_timeout_then_is_skipped() {
+    let (down, _alive) = one_down_one_alive();
+    let black_hole = black_hole_on(down);
+    let limits = Limits {
+        backend_connect_timeout: SHORT_CONNECT_TIMEOUT,
+        backend_ejection_time: LONG_EJECTION,
+        ..Limits::default()
+    };
+    let (gw, port) = gateway_with(
+        &rule_to("backend"),
+        vec![service_with_endpoints(
+            "backend",
+            &[black_hole.addr, _alive],
+        )],
+        limits,
+    );
+    every_request_reaches_the_live_endpoint(port);
+    let text = gw.scrape();
+    assert_eq!(
+        endpoint_series(
+            &text,
+            "portcullis_backend_timeouts_total",
+            down,
+            ",phase=\"connect\""
+        ),
+        1.0,
+        "only the first request to the black hole waited for the connect timeout"
+    );
+    assert_eq!(
+        endpoint_series(
+            &text,
+            "portcullis_backend_endpoint_ejections_total",
+            down,
+            ",reason=\"timed_out\""
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_backend_whose_only_endpoint_is_ejected_still_gets_requests() {
+    let endpoint = dead_endpoint();
+    let limits = Limits {
+        backend_ejection_time: LONG_EJECTION,
+        ..Limits::default()
+    };
+    let (gw, port) = gateway_with(
+        &rule_to("backend"),
+        vec![service("backend", endpoint)],
+        limits,
+    );
+    assert_eq!(client(port).get("example.com", "/").unwrap().status, 502);
+    let ejections = |text: &str| {
+        endpoint_series(
+            text,
+            "portcullis_backend_endpoint_ejections_total",
+            endpoint,
+            ",reason=\"refused\"",
+        )
+    };
+    assert_eq!(ejections(&gw.scrape()), 1.0);
+
+    // Back up while still ejected: with no other endpoint left, it is tried anyway.
+    named_backend_on(endpoint, "back");
+    let response = client(port).get("example.com", "/").unwrap();
+    assert_eq!(
+        (response.status, response.body_text().as_str()),
+        (200, "back")
+    );
+    let text = gw.scrape();
+    assert_eq!(
+        endpoint_series(
+            &text,
+            "portcullis_backend_endpoint_ejected_shards",
+            endpoint,
+            ""
+        ),
+        0.0,
+        "the ejection ends when a connect succeeds"
+    );
+    assert_eq!(ejections(&text), 1.0);
+}
+
+#[test]
+fn an_ejected_endpoint_gets_requests_again_once_its_ejection_ends() {
+    let (down, alive) = one_down_one_alive();
+    let limits = Limits {
+        backend_ejection_time: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let (gw, port) = gateway_with(
+        &rule_to("backend"),
+        vec![service_with_endpoints("backend", &[down, alive])],
+        limits,
+    );
+    let mut http = client(port);
+    wait_until("the refusing endpoint is ejected", || {
+        assert_eq!(http.get("example.com", "/").unwrap().body_text(), "alive");
+        series_value(
+            &gw.scrape(),
+            &format!(
+                "portcullis_backend_endpoint_ejections_total{{endpoint=\"{down}\",reason=\"refused\"}}"
+            ),
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    named_backend_on(down, "revived");
+    wait_until("the revived endpoint answers again", || {
+        http.get("example.com", "/").unwrap().body_text() == "revived"
+    });
+}
+
+#[test]
+fn a_dead_endpoint_does_not_shift_requests_between_weighted_backends() {
+    let (down, alive) = one_down_one_alive();
+    let limits = Limits {
+        backend_ejection_time: Duration::ZERO,
+        ..Limits::default()
+    };
+    let heavy = service_with_endpoints("heavy", &[down, alive]);
+    let (_gw, port) = gateway_with(
+        &rule_with_matches("", &[("heavy", 3), ("light", 1)]),
+        vec![heavy, service("light", named_backend("light"))],
+        limits,
+    );
+    let mut http = client(port);
+    let mut answers = Vec::new();
+    for _ in 0..16 {
+        let response = http.get("example.com", "/").unwrap();
+        assert_eq!(response.status, 200);
+        answers.push(response.body_text());
+    }
+    let light = answers.iter().filter(|a| *a == "light").count();
+    // A connect retry stays in the backend the weights chose: still exactly 3:1.
+    assert_eq!(light, 4, "{answers:?}");
 }

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use portcullis_runtime::echo;
 
@@ -142,4 +143,45 @@ pub fn silent_backend() -> SocketAddr {
 /// An address where nothing listens (bound, then released).
 pub fn dead_endpoint() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], super::free_port()))
+}
+
+/// How long a probe connect waits before [`black_hole_on`] takes its accept queue for full. A
+/// connect on loopback completes within the `connect` call itself, so any wait means a
+/// dropped SYN.
+const BLACK_HOLE_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// An endpoint where connecting times out: a listener that never accepts, its accept queue
+/// filled, so the kernel drops every further SYN and the connecting side waits until it gives
+/// up. Lives as long as this value.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _queued: Vec<TcpStream>,
+}
+
+/// A [`BlackHole`] on `addr`.
+pub fn black_hole_on(addr: SocketAddr) -> BlackHole {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+    listener.bind(&addr.into()).unwrap();
+    // Backlog 0: the kernel queues one connection, then drops SYNs.
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    loop {
+        match TcpStream::connect_timeout(&addr, BLACK_HOLE_PROBE_TIMEOUT) {
+            Ok(tcp) => queued.push(tcp),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+            Err(e) => panic!("probing the black hole at {addr}: {e}"),
+        }
+        assert!(
+            queued.len() < 16,
+            "the accept queue of {addr} does not fill"
+        );
+    }
+    BlackHole {
+        addr,
+        _listener: listener,
+        _queued: queued,
+    }
 }

@@ -282,6 +282,21 @@ pub fn service(name: &str, backend: SocketAddr) -> String {
     demo::service_with_endpoint(NS, name, SERVICE_PORT, backend)
 }
 
+/// The Service `name` with ready endpoints on several IP addresses and one port number, as
+/// an EndpointSlice lists the pods of a Deployment (`endpoints` must share their port).
+pub fn service_with_endpoints(name: &str, endpoints: &[SocketAddr]) -> String {
+    let first = endpoints.first().expect("at least one endpoint");
+    assert!(endpoints.iter().all(|e| e.port() == first.port()));
+    let addresses: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("\"{}\"", e.ip()))
+        .collect();
+    service(name, *first).replace(
+        &format!("- addresses: [\"{}\"]", first.ip()),
+        &format!("- addresses: [{}]", addresses.join(", ")),
+    )
+}
+
 /// The Service `name` whose only endpoint, `backend`, is not ready.
 pub fn service_not_ready(name: &str, backend: SocketAddr) -> String {
     service(name, backend).replace("ready: true", "ready: false")

@@ -158,6 +158,14 @@ impl Gateway {
             .sample_metrics(PATIENCE)
     }
 
+    /// The Prometheus text `/metrics` would serve for the shards' metrics.
+    pub fn scrape(&self) -> String {
+        portcullis_runtime::metrics::render(
+            &self.metrics(),
+            &portcullis_runtime::metrics::ProcessMetrics::default(),
+        )
+    }
+
     pub fn wait_applied(&self, generation: u64) {
         let shards = self.shards.as_ref().unwrap();
         wait_until("every shard applies the snapshot", || {
@@ -204,6 +212,14 @@ pub fn wait_until_within(what: &str, patience: Duration, mut condition: impl FnM
         assert!(Instant::now() < deadline, "gave up waiting: {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The value of `series` (name and labels, exactly as rendered) in Prometheus text; `None`
+/// when the text has no such series.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
 }
 
 /// The guide's manifests for the given ports, CA and server certificate, routing

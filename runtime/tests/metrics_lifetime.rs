@@ -7,7 +7,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use portcullis_runtime::pki::{GuidePki, KeyKind};
@@ -33,6 +33,7 @@ impl Server {
     fn start(docs: &[String]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("manifests")).unwrap();
+        write_atomically(dir.path(), docs);
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["serve", "--gateway-class", CLASS, "--shards", "2"])
@@ -45,16 +46,17 @@ impl Server {
             .spawn()
             .unwrap();
         let server = Server { child, admin, dir };
-        server.publish(docs, 1);
+        server.wait_applied(1);
         server
     }
 
-    /// Replaces the manifests at once (a rename, so the watcher never reads half of them) and
-    /// waits until both shards applied them as `generation`.
+    /// Replaces the manifests and waits until both shards applied them as `generation`.
     fn publish(&self, docs: &[String], generation: u64) {
-        let staged: PathBuf = self.dir.path().join("staged.yaml");
-        std::fs::write(&staged, docs.join("\n---\n")).unwrap();
-        std::fs::rename(&staged, self.dir.path().join("manifests/all.yaml")).unwrap();
+        write_atomically(self.dir.path(), docs);
+        self.wait_applied(generation);
+    }
+
+    fn wait_applied(&self, generation: u64) {
         wait_until("both shards apply the manifests", || {
             self.scrape().is_some_and(|text| {
                 (0..2).all(|shard| {
@@ -77,6 +79,14 @@ impl Server {
         tcp.read_to_string(&mut text).ok()?;
         Some(text.split_once("\r\n\r\n")?.1.to_owned())
     }
+}
+
+/// Writes `docs` as the only file of `dir/manifests`, by a rename, so that the watcher never
+/// reads half of them.
+fn write_atomically(dir: &Path, docs: &[String]) {
+    let staged = dir.join("staged.yaml");
+    std::fs::write(&staged, docs.join("\n---\n")).unwrap();
+    std::fs::rename(&staged, dir.join("manifests/all.yaml")).unwrap();
 }
 
 /// A request on a new connection (closed right after), with SNI and Host `host`.

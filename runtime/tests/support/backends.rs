@@ -168,10 +168,15 @@ pub fn black_hole_on(addr: SocketAddr) -> BlackHole {
     listener.listen(0).unwrap();
     let addr = listener.local_addr().unwrap().as_socket().unwrap();
     let mut queued = Vec::new();
-    loop {
+    // Full once two probes in a row time out (one could be a busy machine's hiccup).
+    let mut timeouts_in_a_row = 0;
+    while timeouts_in_a_row < 2 {
         match TcpStream::connect_timeout(&addr, BLACK_HOLE_PROBE_TIMEOUT) {
-            Ok(tcp) => queued.push(tcp),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+            Ok(tcp) => {
+                queued.push(tcp);
+                timeouts_in_a_row = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => timeouts_in_a_row += 1,
             Err(e) => panic!("probing the black hole at {addr}: {e}"),
         }
         assert!(

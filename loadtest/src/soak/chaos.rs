@@ -56,17 +56,49 @@ pub fn free_ports_outside_ephemeral_range<const N: usize>() -> io::Result<[u16; 
         .map_err(|_| io::Error::other("not enough free ports outside the ephemeral range"))
 }
 
-/// The counters behind [`Chaos`].
-#[derive(Debug, Default)]
+/// The counters behind [`Chaos`], and when the last change of each sort happened.
+#[derive(Debug)]
 pub struct ChaosCounters {
     server_cert_rotations: AtomicU64,
     ca_bundle_rotations: AtomicU64,
     route_rotations: AtomicU64,
     backend_kills: AtomicU64,
     backend_restarts: AtomicU64,
+    /// Milliseconds since the load started; [`NEVER`] before the first.
+    last_backend_kill_ms: AtomicU64,
+    last_rotation_ms: AtomicU64,
+}
+
+/// "Not yet", in the `last_*_ms` fields.
+const NEVER: u64 = u64::MAX;
+
+impl Default for ChaosCounters {
+    fn default() -> Self {
+        ChaosCounters {
+            server_cert_rotations: AtomicU64::new(0),
+            ca_bundle_rotations: AtomicU64::new(0),
+            route_rotations: AtomicU64::new(0),
+            backend_kills: AtomicU64::new(0),
+            backend_restarts: AtomicU64::new(0),
+            last_backend_kill_ms: AtomicU64::new(NEVER),
+            last_rotation_ms: AtomicU64::new(NEVER),
+        }
+    }
 }
 
 impl ChaosCounters {
+    /// Seconds from the last backend kill and the last rotation to `now_ms`.
+    pub fn since_last(&self, now_ms: u64) -> (Option<f64>, Option<f64>) {
+        let since = |last: &AtomicU64| match last.load(Ordering::Relaxed) {
+            NEVER => None,
+            at => Some(now_ms.saturating_sub(at) as f64 / 1000.0),
+        };
+        (
+            since(&self.last_backend_kill_ms),
+            since(&self.last_rotation_ms),
+        )
+    }
+
     pub fn snapshot(&self) -> Chaos {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Chaos {
@@ -86,15 +118,18 @@ pub fn rotate(
     pki: &SoakPki,
     every: Duration,
     shared: &Shared,
-    counters: &ChaosCounters,
     step: &AtomicU64,
 ) -> io::Result<()> {
+    let counters = &shared.chaos;
     loop {
         shared.pause_for(every);
         if shared.is_stopped() {
             return Ok(());
         }
         let n = step.fetch_add(1, Ordering::Relaxed) + 1;
+        counters
+            .last_rotation_ms
+            .store(shared.elapsed_ms(), Ordering::Relaxed);
         manifests.set_server_cert(pki, n as usize)?;
         counters
             .server_cert_rotations
@@ -149,8 +184,8 @@ impl Backends {
         every: Duration,
         down_for: Duration,
         shared: &Shared,
-        counters: &ChaosCounters,
     ) -> io::Result<()> {
+        let counters = &shared.chaos;
         loop {
             shared.pause_for(every.saturating_sub(down_for));
             if shared.is_stopped() {
@@ -159,6 +194,9 @@ impl Backends {
             let index = self.next;
             self.next = (self.next + 1) % self.processes.len();
             if let Some(process) = self.processes.get_mut(index) {
+                counters
+                    .last_backend_kill_ms
+                    .store(shared.elapsed_ms(), Ordering::Relaxed);
                 process.kill()?;
                 counters.backend_kills.fetch_add(1, Ordering::Relaxed);
             }

@@ -7,16 +7,17 @@
 //! as a failed request.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
+use super::chaos::ChaosCounters;
 use super::client::{Response, TlsConn, get_request, read_response};
-use super::report::{Kind, Outcome, ResetPoint, Tally};
+use super::report::{Incident, Kind, MAX_INCIDENTS, Outcome, ResetPoint, Tally};
 use super::setup::SERVER_NAME;
 
 /// The path every well-formed request asks for: the echo's JSON, through the route's
@@ -85,16 +86,66 @@ pub struct Target {
     pub configs: ClientConfigs,
 }
 
-/// What every client writes.
-#[derive(Debug, Default)]
+/// What every client and the chaos threads write.
+#[derive(Debug)]
 pub struct Shared {
     pub stop: AtomicBool,
     pub tally: Tally,
     /// New connections that got server certificate 0 and 1.
     pub server_certs_seen: [AtomicU64; 2],
+    pub chaos: ChaosCounters,
+    started: Instant,
+    /// The first unexpected outcomes.
+    incidents: Mutex<Vec<Incident>>,
 }
 
 impl Shared {
+    /// Clocks start now.
+    pub fn new() -> Shared {
+        Shared {
+            stop: AtomicBool::new(false),
+            tally: Tally::default(),
+            server_certs_seen: Default::default(),
+            chaos: ChaosCounters::default(),
+            started: Instant::now(),
+            incidents: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts an outcome, and keeps the first unexpected ones with their circumstances.
+    pub fn record(&self, kind: Kind, outcome: &Outcome) {
+        if self.tally.record(kind, outcome) {
+            return;
+        }
+        let now_ms = self.elapsed_ms();
+        let mut incidents = self
+            .incidents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if incidents.len() < MAX_INCIDENTS {
+            let (after_backend_kill_seconds, after_rotation_seconds) =
+                self.chaos.since_last(now_ms);
+            incidents.push(Incident {
+                at_seconds: now_ms as f64 / 1000.0,
+                kind,
+                outcome: outcome.label(),
+                after_backend_kill_seconds,
+                after_rotation_seconds,
+            });
+        }
+    }
+
+    pub fn incidents(&self) -> Vec<Incident> {
+        self.incidents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -206,7 +257,7 @@ fn keep_alive(target: &Target, shared: &Shared, addr: SocketAddr) {
         let mut conn = match connect(target, shared, addr, &config) {
             Ok(conn) => conn,
             Err(outcome) => {
-                shared.tally.record(kind, &outcome);
+                shared.record(kind, &outcome);
                 shared.pause_for(FAILED_CONNECT_PAUSE);
                 continue;
             }
@@ -224,7 +275,7 @@ fn keep_alive(target: &Target, shared: &Shared, addr: SocketAddr) {
                     reusable: true
                 })
             );
-            shared.tally.record(kind, &status_or_failure(result));
+            shared.record(kind, &status_or_failure(result));
             if !reusable {
                 break;
             }
@@ -247,12 +298,12 @@ fn handshake_storm(target: &Target, shared: &Shared, addr: SocketAddr, tls12: bo
         let outcome = match connect(target, shared, addr, &config) {
             Ok(mut conn) => status_or_failure(exchange(&mut conn, &request, &mut buf)),
             Err(outcome) => {
-                shared.tally.record(kind, &outcome);
+                shared.record(kind, &outcome);
                 shared.pause_for(FAILED_CONNECT_PAUSE);
                 continue;
             }
         };
-        shared.tally.record(kind, &outcome);
+        shared.record(kind, &outcome);
     }
 }
 
@@ -269,7 +320,7 @@ fn slowloris(target: &Target, shared: &Shared, addr: SocketAddr) {
         let mut conn = match connect(target, shared, addr, &config) {
             Ok(conn) => conn,
             Err(outcome) => {
-                shared.tally.record(kind, &outcome);
+                shared.record(kind, &outcome);
                 shared.pause_for(FAILED_CONNECT_PAUSE);
                 continue;
             }
@@ -300,7 +351,7 @@ fn slowloris(target: &Target, shared: &Shared, addr: SocketAddr) {
         // report counts it as not expected).
         let outcome =
             outcome.unwrap_or_else(|| status_or_failure(read_response(&mut conn, &mut buf)));
-        shared.tally.record(kind, &outcome);
+        shared.record(kind, &outcome);
     }
 }
 
@@ -332,7 +383,7 @@ fn mid_request_reset(target: &Target, shared: &Shared, addr: SocketAddr) {
             },
             Err(outcome) => outcome,
         };
-        shared.tally.record(kind, &outcome);
+        shared.record(kind, &outcome);
         shared.pause_for(MISBEHAVING_CLIENT_PAUSE);
     }
 }
@@ -352,7 +403,7 @@ fn oversized_head(target: &Target, shared: &Shared, addr: SocketAddr) {
             Ok(mut conn) => status_or_failure(exchange(&mut conn, &request, &mut buf)),
             Err(outcome) => outcome,
         };
-        shared.tally.record(kind, &outcome);
+        shared.record(kind, &outcome);
         shared.pause_for(MISBEHAVING_CLIENT_PAUSE);
     }
 }
@@ -377,7 +428,7 @@ fn invalid_cert(
             Ok(mut conn) => status_or_failure(exchange(&mut conn, &request, &mut buf)),
             Err(outcome) => outcome,
         };
-        shared.tally.record(kind, &outcome);
+        shared.record(kind, &outcome);
         shared.pause_for(MISBEHAVING_CLIENT_PAUSE);
     }
 }

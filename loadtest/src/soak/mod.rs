@@ -42,11 +42,11 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::client_config::{self, KeyExchange, TlsFiles, TlsVersions};
-use chaos::{Backends, ChaosCounters, free_ports_outside_ephemeral_range};
+use chaos::{Backends, free_ports_outside_ephemeral_range};
 use client::{TlsConn, get_request, read_response};
 use load::{ClientConfigs, Mix, Shared, Target};
 use processes::{GatewayCommand, Process, read_gauges, wait_until_settled};
-use report::{GatewayFacts, ProcessSample, Report};
+use report::{GatewayFacts, Load, ProcessSample, Report};
 use setup::{ClientFiles, Manifests, SERVER_NAME, SoakPki};
 
 /// The gateway's `--max-request-head-bytes` in the soak; the oversized heads exceed it.
@@ -199,10 +199,8 @@ fn soak_in(options: &Options, dir: &Path) -> Result<Report, SoakError> {
     };
     first_request(&target, &gateway_command.log)?;
 
-    let shared = Shared::default();
-    let counters = ChaosCounters::default();
+    let shared = Shared::new();
     let rotation_step = AtomicU64::new(0);
-    let started = Instant::now();
     let mut phase = |name: &str, duration: Duration, gateway: &mut Process| {
         run_phase(
             name,
@@ -211,7 +209,6 @@ fn soak_in(options: &Options, dir: &Path) -> Result<Report, SoakError> {
             Phase {
                 target: &target,
                 shared: &shared,
-                counters: &counters,
                 manifests: &manifests,
                 pki: &pki,
                 rotation_step: &rotation_step,
@@ -228,7 +225,7 @@ fn soak_in(options: &Options, dir: &Path) -> Result<Report, SoakError> {
         start.open_fds
     );
     phase("load", options.duration, &mut gateway)?;
-    let load_seconds = started.elapsed().as_secs_f64();
+    let load_seconds = shared.elapsed_ms() as f64 / 1000.0;
     let end = sample(&mut gateway, admin)?;
     let still_running = gateway.running();
     let gauges = read_gauges(admin).ok();
@@ -248,15 +245,14 @@ fn soak_in(options: &Options, dir: &Path) -> Result<Report, SoakError> {
         log_errors: log_counts.errors,
         log_warnings: log_counts.warnings,
     };
-    Ok(Report::new(
-        load_seconds,
-        options.warmup.as_secs_f64(),
-        shared.tally.snapshot(),
-        counters.snapshot(),
-        facts,
-        start,
-        end,
-    ))
+    let load = Load {
+        seconds: load_seconds,
+        warmup_seconds: options.warmup.as_secs_f64(),
+        kinds: shared.tally.snapshot(),
+        chaos: shared.chaos.snapshot(),
+        incidents: shared.incidents(),
+    };
+    Ok(Report::new(load, facts, start, end))
 }
 
 fn certificate_der(pem: &str) -> Vec<u8> {
@@ -327,7 +323,6 @@ fn first_request(target: &Target, log: &Path) -> Result<(), SoakError> {
 struct Phase<'a> {
     target: &'a Target,
     shared: &'a Shared,
-    counters: &'a ChaosCounters,
     manifests: &'a Manifests,
     pki: &'a SoakPki,
     rotation_step: &'a AtomicU64,
@@ -346,7 +341,6 @@ fn run_phase(
     let Phase {
         target,
         shared,
-        counters,
         manifests,
         pki,
         rotation_step,
@@ -356,23 +350,10 @@ fn run_phase(
     let started = Instant::now();
     let (rotated, restarted) = thread::scope(|scope| {
         let clients = scope.spawn(|| load::run_clients(&options.mix, target, shared));
-        let rotation = scope.spawn(|| {
-            chaos::rotate(
-                manifests,
-                pki,
-                options.rotate_every,
-                shared,
-                counters,
-                rotation_step,
-            )
-        });
+        let rotation = scope
+            .spawn(|| chaos::rotate(manifests, pki, options.rotate_every, shared, rotation_step));
         let kills = scope.spawn(|| {
-            backends.kill_and_restart(
-                options.backend_kill_every,
-                options.backend_down_for,
-                shared,
-                counters,
-            )
+            backends.kill_and_restart(options.backend_kill_every, options.backend_down_for, shared)
         });
         let deadline = started + duration;
         let mut next_progress = started + options.progress_every;
@@ -380,7 +361,7 @@ fn run_phase(
             thread::sleep(Duration::from_millis(100));
             if Instant::now() >= next_progress {
                 next_progress += options.progress_every;
-                progress(name, started, duration, shared, counters);
+                progress(name, started, duration, shared);
             }
         }
         shared.stop.store(true, Ordering::Relaxed);
@@ -392,21 +373,15 @@ fn run_phase(
     });
     rotated.map_err(io_context("rotating the manifests"))?;
     restarted.map_err(io_context("restarting an echo backend"))?;
-    progress(name, started, duration, shared, counters);
+    progress(name, started, duration, shared);
     Ok(())
 }
 
-fn progress(
-    name: &str,
-    started: Instant,
-    duration: Duration,
-    shared: &Shared,
-    counters: &ChaosCounters,
-) {
+fn progress(name: &str, started: Instant, duration: Duration, shared: &Shared) {
     let kinds = shared.tally.snapshot();
     let sent: u64 = kinds.values().map(|c| c.sent).sum();
     let unexpected: u64 = kinds.values().map(|c| c.unexpected_total()).sum();
-    let chaos = counters.snapshot();
+    let chaos = shared.chaos.snapshot();
     eprintln!(
         "soak: [{name} {:>5.0}/{:.0} s] attempts {sent}, unexpected {unexpected} (well-formed failed {}); rotations {}, backend kills {}",
         started.elapsed().as_secs_f64(),

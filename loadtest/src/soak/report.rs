@@ -210,13 +210,15 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn record(&self, kind: Kind, outcome: &Outcome) {
+    /// Counts an outcome; whether the kind expected it.
+    pub fn record(&self, kind: Kind, outcome: &Outcome) -> bool {
         if let Some(counts) = self.kinds.get(kind.index()) {
             counts
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .record(kind, outcome);
         }
+        kind.expects(outcome)
     }
 
     pub fn snapshot(&self) -> BTreeMap<Kind, KindCounts> {
@@ -253,6 +255,52 @@ pub struct Chaos {
     pub route_rotations: u64,
     pub backend_kills: u64,
     pub backend_restarts: u64,
+}
+
+/// An unexpected outcome, with when it happened and what had changed shortly before: enough
+/// to tell a failure that follows a backend kill from one that follows a rotation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    /// Since the soak's load started.
+    pub at_seconds: f64,
+    pub kind: Kind,
+    pub outcome: String,
+    /// Since the last backend was killed (none yet: `None`).
+    pub after_backend_kill_seconds: Option<f64>,
+    /// Since the manifests last changed.
+    pub after_rotation_seconds: Option<f64>,
+}
+
+/// Incidents the report lists (the counts cover them all).
+pub const MAX_INCIDENTS: usize = 20;
+
+impl fmt::Display for Incident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "at {:.3} s, {}: {}",
+            self.at_seconds, self.kind, self.outcome
+        )?;
+        let since = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.3} s"));
+        write!(
+            f,
+            " (after the last backend kill: {}, after the last rotation: {})",
+            since(self.after_backend_kill_seconds),
+            since(self.after_rotation_seconds)
+        )
+    }
+}
+
+/// What the clients did and what changed under them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Load {
+    /// Seconds of load, warm-up included (its counts are in the totals too).
+    pub seconds: f64,
+    pub warmup_seconds: f64,
+    pub kinds: BTreeMap<Kind, KindCounts>,
+    pub chaos: Chaos,
+    /// The first [`MAX_INCIDENTS`] unexpected outcomes.
+    pub incidents: Vec<Incident>,
 }
 
 /// One sample of the gateway process.
@@ -353,12 +401,9 @@ impl fmt::Display for Mib {
 /// The whole soak.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// Seconds of load, warm-up included (its counts are in the totals too).
-    pub load_seconds: f64,
-    pub warmup_seconds: f64,
-    pub kinds: BTreeMap<Kind, KindCounts>,
+    #[serde(flatten)]
+    pub load: Load,
     pub well_formed_failed: u64,
-    pub chaos: Chaos,
     pub gateway: GatewayFacts,
     /// After the warm-up, with no connection open.
     pub start: ProcessSample,
@@ -371,20 +416,14 @@ pub struct Report {
 
 impl Report {
     pub fn new(
-        load_seconds: f64,
-        warmup_seconds: f64,
-        kinds: BTreeMap<Kind, KindCounts>,
-        chaos: Chaos,
+        load: Load,
         gateway: GatewayFacts,
         start: ProcessSample,
         end: ProcessSample,
     ) -> Report {
         let mut report = Report {
-            load_seconds,
-            warmup_seconds,
-            well_formed_failed: well_formed_failures(&kinds),
-            kinds,
-            chaos,
+            well_formed_failed: well_formed_failures(&load.kinds),
+            load,
             gateway,
             start,
             end,
@@ -405,11 +444,11 @@ impl Report {
             problems.push(Problem::WellFormedFailed(self.well_formed_failed));
         }
         for kind in Kind::ALL {
-            if self.kinds.get(&kind).is_none_or(|c| c.sent == 0) {
+            if self.load.kinds.get(&kind).is_none_or(|c| c.sent == 0) {
                 problems.push(Problem::KindNotExercised(kind));
             }
         }
-        if self.chaos == Chaos::default() {
+        if self.load.chaos == Chaos::default() {
             problems.push(Problem::NoChaos);
         }
         if self.gateway.config_reloads_rejected > 0 {
@@ -417,7 +456,8 @@ impl Report {
                 self.gateway.config_reloads_rejected,
             ));
         }
-        if self.chaos.server_cert_rotations > 0 && self.gateway.server_certs_seen.contains(&0) {
+        if self.load.chaos.server_cert_rotations > 0 && self.gateway.server_certs_seen.contains(&0)
+        {
             problems.push(Problem::ServerCertNotRotated);
         }
         for sample in [self.start, self.end] {
@@ -463,14 +503,14 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "Portcullis soak: {:.0} s of load ({:.0} s of it warm-up)",
-            self.load_seconds, self.warmup_seconds
+            self.load.seconds, self.load.warmup_seconds
         )?;
         writeln!(
             f,
             "{:<18} {:>10} {:>10} {:>10}",
             "client kind", "sent", "expected", "unexpected"
         )?;
-        for (kind, counts) in &self.kinds {
+        for (kind, counts) in &self.load.kinds {
             writeln!(
                 f,
                 "{:<18} {:>10} {:>10} {:>10}",
@@ -491,7 +531,13 @@ impl fmt::Display for Report {
             "well-formed requests with valid certificates failed: {}",
             self.well_formed_failed
         )?;
-        let c = &self.chaos;
+        if !self.load.incidents.is_empty() {
+            writeln!(f, "first unexpected outcomes:")?;
+            for incident in &self.load.incidents {
+                writeln!(f, "  {incident}")?;
+            }
+        }
+        let c = &self.load.chaos;
         writeln!(
             f,
             "rotated: server certificate {}, CA bundle {}, routes {}; backends killed {}, restarted {}",
@@ -584,12 +630,15 @@ mod tests {
             open_connections: 0,
         };
         Report::new(
-            60.0,
-            10.0,
-            kinds,
-            Chaos {
-                server_cert_rotations: 1,
-                ..Chaos::default()
+            Load {
+                seconds: 60.0,
+                warmup_seconds: 10.0,
+                kinds,
+                chaos: Chaos {
+                    server_cert_rotations: 1,
+                    ..Chaos::default()
+                },
+                incidents: Vec::new(),
             },
             GatewayFacts {
                 server_certs_seen: [5, 6],
@@ -638,8 +687,8 @@ mod tests {
     #[test]
     fn the_tally_counts_each_kind_apart() {
         let tally = Tally::default();
-        tally.record(Kind::KeepAlive, &Outcome::Status(200));
-        tally.record(Kind::HandshakeStorm, &Outcome::TimedOut);
+        assert!(tally.record(Kind::KeepAlive, &Outcome::Status(200)));
+        assert!(!tally.record(Kind::HandshakeStorm, &Outcome::TimedOut));
         tally.record(
             Kind::MidRequestReset,
             &Outcome::ResetSent(ResetPoint::HalfHead),
@@ -667,23 +716,28 @@ mod tests {
     fn one_failed_well_formed_request_fails_the_run() {
         let mut report = clean_report();
         report
+            .load
             .kinds
             .get_mut(&Kind::HandshakeStorm)
             .unwrap()
             .record(Kind::HandshakeStorm, &Outcome::Status(502));
-        let report = Report::new(
-            report.load_seconds,
-            report.warmup_seconds,
-            report.kinds,
-            report.chaos,
-            report.gateway,
-            report.start,
-            report.end,
-        );
+        report.load.incidents.push(Incident {
+            at_seconds: 12.5,
+            kind: Kind::HandshakeStorm,
+            outcome: Outcome::Status(502).label(),
+            after_backend_kill_seconds: Some(0.004),
+            after_rotation_seconds: None,
+        });
+        let report = Report::new(report.load, report.gateway, report.start, report.end);
         assert_eq!(report.well_formed_failed, 1);
         assert_eq!(report.find_problems(), vec![Problem::WellFormedFailed(1)]);
         assert!(!report.passed);
-        assert!(report.to_string().contains("UNEXPECTED: status 502 1"));
+        let text = report.to_string();
+        assert!(text.contains("UNEXPECTED: status 502 1"), "{text}");
+        assert!(
+            text.contains("at 12.500 s, handshake-storm: status 502 (after the last backend kill: 0.004 s, after the last rotation: -)"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -691,12 +745,13 @@ mod tests {
         let mut report = clean_report();
         // An oversized head answered 200 is unexpected, but not a well-formed failure.
         report
+            .load
             .kinds
             .get_mut(&Kind::OversizedHead)
             .unwrap()
             .record(Kind::OversizedHead, &Outcome::Status(200));
-        assert_eq!(well_formed_failures(&report.kinds), 0);
-        report.kinds.remove(&Kind::Slowloris);
+        assert_eq!(well_formed_failures(&report.load.kinds), 0);
+        report.load.kinds.remove(&Kind::Slowloris);
         assert_eq!(
             report.find_problems(),
             vec![Problem::KindNotExercised(Kind::Slowloris)]
@@ -742,7 +797,7 @@ mod tests {
         report.gateway.config_reloads_rejected = 1;
         report.gateway.server_certs_seen = [7, 0];
         report.end.open_connections = 3;
-        report.chaos = Chaos::default();
+        report.load.chaos = Chaos::default();
         assert_eq!(
             report.find_problems(),
             vec![
@@ -753,7 +808,7 @@ mod tests {
                 Problem::GatewayPanicked(2),
             ]
         );
-        report.chaos.server_cert_rotations = 4;
+        report.load.chaos.server_cert_rotations = 4;
         assert!(
             report
                 .find_problems()

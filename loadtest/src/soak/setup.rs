@@ -312,10 +312,13 @@ mod tests {
                         .iter()
                         .filter(|r| r.route.name == "httpbin-https")
                         .flat_map(|r| &r.rules)
+                        // No match is the Gateway API's default: every path.
                         .find(|rule| {
-                            rule.matches.iter().any(|m| {
-                                m.path == PathMatch::Prefix("/".to_owned()) && m.headers.is_empty()
-                            })
+                            rule.matches.is_empty()
+                                || rule.matches.iter().any(|m| {
+                                    m.path == PathMatch::Prefix("/".to_owned())
+                                        && m.headers.is_empty()
+                                })
                         })
                         .unwrap_or_else(|| panic!("state {state}: {listener:?}"));
                     assert_eq!(

@@ -99,9 +99,9 @@ pub struct Shared {
     incidents: Mutex<Vec<Incident>>,
 }
 
-impl Shared {
-    /// Clocks start now.
-    pub fn new() -> Shared {
+/// Its clock starts when it is made.
+impl Default for Shared {
+    fn default() -> Shared {
         Shared {
             stop: AtomicBool::new(false),
             tally: Tally::default(),
@@ -111,7 +111,9 @@ impl Shared {
             incidents: Mutex::new(Vec::new()),
         }
     }
+}
 
+impl Shared {
     pub fn elapsed_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

@@ -199,7 +199,7 @@ fn soak_in(options: &Options, dir: &Path) -> Result<Report, SoakError> {
     };
     first_request(&target, &gateway_command.log)?;
 
-    let shared = Shared::new();
+    let shared = Shared::default();
     let rotation_step = AtomicU64::new(0);
     let mut phase = |name: &str, duration: Duration, gateway: &mut Process| {
         run_phase(

@@ -87,6 +87,12 @@ impl Default for ChaosCounters {
 }
 
 impl ChaosCounters {
+    /// A backend is being killed, `at_ms` after the load started.
+    pub fn backend_killed(&self, at_ms: u64) {
+        self.last_backend_kill_ms.store(at_ms, Ordering::Relaxed);
+        self.backend_kills.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Seconds from the last backend kill and the last rotation to `now_ms`.
     pub fn since_last(&self, now_ms: u64) -> (Option<f64>, Option<f64>) {
         let since = |last: &AtomicU64| match last.load(Ordering::Relaxed) {
@@ -194,11 +200,8 @@ impl Backends {
             let index = self.next;
             self.next = (self.next + 1) % self.processes.len();
             if let Some(process) = self.processes.get_mut(index) {
-                counters
-                    .last_backend_kill_ms
-                    .store(shared.elapsed_ms(), Ordering::Relaxed);
+                counters.backend_killed(shared.elapsed_ms());
                 process.kill()?;
-                counters.backend_kills.fetch_add(1, Ordering::Relaxed);
             }
             // Restarted even when the run stops meanwhile: the samples after it need both.
             shared.pause_for(down_for);

@@ -17,7 +17,9 @@ use rustls::pki_types::ServerName;
 
 use super::chaos::ChaosCounters;
 use super::client::{Response, TlsConn, get_request, read_response};
-use super::report::{Incident, Kind, MAX_INCIDENTS, Outcome, ResetPoint, Tally};
+use super::report::{
+    AFTER_BACKEND_KILL_WINDOW_SECONDS, Incident, Kind, MAX_INCIDENTS, Outcome, ResetPoint, Tally,
+};
 use super::setup::SERVER_NAME;
 
 /// The path every well-formed request asks for: the echo's JSON, through the route's
@@ -97,6 +99,7 @@ pub struct Shared {
     started: Instant,
     /// The first unexpected outcomes.
     incidents: Mutex<Vec<Incident>>,
+    unexpected_after_backend_kill: AtomicU64,
 }
 
 /// Its clock starts when it is made.
@@ -109,6 +112,7 @@ impl Default for Shared {
             chaos: ChaosCounters::default(),
             started: Instant::now(),
             incidents: Mutex::new(Vec::new()),
+            unexpected_after_backend_kill: AtomicU64::new(0),
         }
     }
 }
@@ -124,13 +128,16 @@ impl Shared {
             return;
         }
         let now_ms = self.elapsed_ms();
+        let (after_backend_kill_seconds, after_rotation_seconds) = self.chaos.since_last(now_ms);
+        if after_backend_kill_seconds.is_some_and(|s| s < AFTER_BACKEND_KILL_WINDOW_SECONDS) {
+            self.unexpected_after_backend_kill
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let mut incidents = self
             .incidents
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if incidents.len() < MAX_INCIDENTS {
-            let (after_backend_kill_seconds, after_rotation_seconds) =
-                self.chaos.since_last(now_ms);
             incidents.push(Incident {
                 at_seconds: now_ms as f64 / 1000.0,
                 kind,
@@ -139,6 +146,10 @@ impl Shared {
                 after_rotation_seconds,
             });
         }
+    }
+
+    pub fn unexpected_after_backend_kill(&self) -> u64 {
+        self.unexpected_after_backend_kill.load(Ordering::Relaxed)
     }
 
     pub fn incidents(&self) -> Vec<Incident> {
@@ -432,5 +443,42 @@ fn invalid_cert(
         };
         shared.record(kind, &outcome);
         shared.pause_for(MISBEHAVING_CLIENT_PAUSE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unexpected_outcomes_are_tied_to_the_backend_kill_before_them() {
+        let shared = Shared::default();
+        shared.record(Kind::KeepAlive, &Outcome::Status(502));
+        // Noted a minute ahead, so that no clock reading can put the next outcome outside
+        // the window.
+        shared.chaos.backend_killed(shared.elapsed_ms() + 60_000);
+        shared.record(Kind::HandshakeStorm, &Outcome::Closed);
+        shared.record(Kind::KeepAlive, &Outcome::Status(200));
+        assert_eq!(shared.unexpected_after_backend_kill(), 1);
+        let incidents = shared.incidents();
+        assert_eq!(incidents.len(), 2, "{incidents:?}");
+        assert_eq!(incidents[0].after_backend_kill_seconds, None);
+        assert_eq!(incidents[1].kind, Kind::HandshakeStorm);
+        assert_eq!(incidents[1].after_backend_kill_seconds, Some(0.0));
+        assert_eq!(shared.chaos.snapshot().backend_kills, 1);
+    }
+
+    #[test]
+    fn only_the_first_incidents_are_kept_but_all_are_counted() {
+        let shared = Shared::default();
+        for _ in 0..MAX_INCIDENTS + 5 {
+            shared.record(Kind::OversizedHead, &Outcome::Reset);
+        }
+        assert_eq!(shared.incidents().len(), MAX_INCIDENTS);
+        let kinds = shared.tally.snapshot();
+        assert_eq!(
+            kinds[&Kind::OversizedHead].unexpected_total(),
+            (MAX_INCIDENTS + 5) as u64
+        );
     }
 }

@@ -251,6 +251,7 @@ fn soak_in(options: &Options, dir: &Path) -> Result<Report, SoakError> {
         kinds: shared.tally.snapshot(),
         chaos: shared.chaos.snapshot(),
         incidents: shared.incidents(),
+        unexpected_after_backend_kill: shared.unexpected_after_backend_kill(),
     };
     Ok(Report::new(load, facts, start, end))
 }

@@ -274,6 +274,10 @@ pub struct Incident {
 /// Incidents the report lists (the counts cover them all).
 pub const MAX_INCIDENTS: usize = 20;
 
+/// An unexpected outcome less than this long after a backend kill is counted as following
+/// it: a request in flight to the killed backend is answered within milliseconds.
+pub const AFTER_BACKEND_KILL_WINDOW_SECONDS: f64 = 1.0;
+
 impl fmt::Display for Incident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -301,6 +305,9 @@ pub struct Load {
     pub chaos: Chaos,
     /// The first [`MAX_INCIDENTS`] unexpected outcomes.
     pub incidents: Vec<Incident>,
+    /// Unexpected outcomes (all kinds) less than [`AFTER_BACKEND_KILL_WINDOW_SECONDS`] after a
+    /// backend kill.
+    pub unexpected_after_backend_kill: u64,
 }
 
 /// One sample of the gateway process.
@@ -531,6 +538,19 @@ impl fmt::Display for Report {
             "well-formed requests with valid certificates failed: {}",
             self.well_formed_failed
         )?;
+        let unexpected: u64 = self
+            .load
+            .kinds
+            .values()
+            .map(KindCounts::unexpected_total)
+            .sum();
+        if unexpected > 0 {
+            writeln!(
+                f,
+                "unexpected outcomes less than {AFTER_BACKEND_KILL_WINDOW_SECONDS} s after a backend kill: {} of {unexpected}",
+                self.load.unexpected_after_backend_kill
+            )?;
+        }
         if !self.load.incidents.is_empty() {
             writeln!(f, "first unexpected outcomes:")?;
             for incident in &self.load.incidents {
@@ -639,6 +659,7 @@ mod tests {
                     ..Chaos::default()
                 },
                 incidents: Vec::new(),
+                unexpected_after_backend_kill: 0,
             },
             GatewayFacts {
                 server_certs_seen: [5, 6],
@@ -728,12 +749,17 @@ mod tests {
             after_backend_kill_seconds: Some(0.004),
             after_rotation_seconds: None,
         });
+        report.load.unexpected_after_backend_kill = 1;
         let report = Report::new(report.load, report.gateway, report.start, report.end);
         assert_eq!(report.well_formed_failed, 1);
         assert_eq!(report.find_problems(), vec![Problem::WellFormedFailed(1)]);
         assert!(!report.passed);
         let text = report.to_string();
         assert!(text.contains("UNEXPECTED: status 502 1"), "{text}");
+        assert!(
+            text.contains("unexpected outcomes less than 1 s after a backend kill: 1 of 1"),
+            "{text}"
+        );
         assert!(
             text.contains("at 12.500 s, handshake-storm: status 502 (after the last backend kill: 0.004 s, after the last rotation: -)"),
             "{text}"

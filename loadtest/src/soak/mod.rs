@@ -33,7 +33,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,10 @@ const SETTLE_PATIENCE: Duration = Duration::from_secs(30);
 /// the scrape before may still be closing: a descriptor that leaked is in every sample.
 const FD_SAMPLES: usize = 5;
 const FD_SAMPLE_GAP: Duration = Duration::from_millis(200);
+
+/// Exit status when a second SIGINT or SIGTERM ends the soak at once (the first one stops it
+/// and its child processes).
+const EXIT_INTERRUPTED: i32 = 130;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -97,6 +101,8 @@ pub enum SoakError {
     ClientConfig(String),
     #[error("the first request through the gateway did not succeed: {0} (see {1})")]
     FirstRequest(String, PathBuf),
+    #[error("interrupted (SIGINT or SIGTERM); the gateway and the backends were stopped")]
+    Interrupted,
 }
 
 fn io_context(what: impl Into<String>) -> impl FnOnce(io::Error) -> SoakError {
@@ -111,8 +117,25 @@ pub struct Outcome {
     pub work_dir: PathBuf,
 }
 
+/// The first SIGINT or SIGTERM sets the returned flag (the soak then stops and kills its child
+/// processes); a second one exits at once.
+fn stop_on_signals() -> io::Result<Arc<AtomicBool>> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // Registered first, so it sees the flag as it was before this signal set it.
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            EXIT_INTERRUPTED,
+            Arc::clone(&interrupted),
+        )?;
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))?;
+    }
+    Ok(interrupted)
+}
+
 /// Runs the soak.
 pub fn run(options: &Options) -> Result<Outcome, SoakError> {
+    let interrupted = stop_on_signals().map_err(io_context("signal handlers"))?;
     let (work_dir, temp) = match &options.work_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(io_context(dir.display().to_string()))?;
@@ -127,7 +150,7 @@ pub fn run(options: &Options) -> Result<Outcome, SoakError> {
         }
     };
     eprintln!("soak: work folder {}", work_dir.display());
-    let report = soak_in(options, &work_dir)?;
+    let report = soak_in(options, &work_dir, &interrupted)?;
     if report.passed
         && let Some(temp) = temp
     {
@@ -139,7 +162,7 @@ pub fn run(options: &Options) -> Result<Outcome, SoakError> {
     Ok(Outcome { report, work_dir })
 }
 
-fn soak_in(options: &Options, dir: &Path) -> Result<Report, SoakError> {
+fn soak_in(options: &Options, dir: &Path, interrupted: &AtomicBool) -> Result<Report, SoakError> {
     let pki = SoakPki::generate().map_err(SoakError::Certificates)?;
     let (server_ca, client_files) =
         setup::write_client_files(&dir.join("pki"), &pki).map_err(io_context("client files"))?;
@@ -212,6 +235,7 @@ fn soak_in(options: &Options, dir: &Path) -> Result<Report, SoakError> {
                 manifests: &manifests,
                 pki: &pki,
                 rotation_step: &rotation_step,
+                interrupted,
             },
             &mut backends,
             gateway,
@@ -327,10 +351,11 @@ struct Phase<'a> {
     manifests: &'a Manifests,
     pki: &'a SoakPki,
     rotation_step: &'a AtomicU64,
+    interrupted: &'a AtomicBool,
 }
 
 /// Runs the clients, the rotations and the backend kills for `duration` (less if the gateway
-/// exits), then stops them all and waits for them.
+/// exits or the soak is interrupted), then stops them all and waits for them.
 fn run_phase(
     name: &str,
     duration: Duration,
@@ -345,6 +370,7 @@ fn run_phase(
         manifests,
         pki,
         rotation_step,
+        interrupted,
     } = phase;
     shared.stop.store(false, Ordering::Relaxed);
     eprintln!("soak: {name} for {:.0} s", duration.as_secs_f64());
@@ -358,7 +384,8 @@ fn run_phase(
         });
         let deadline = started + duration;
         let mut next_progress = started + options.progress_every;
-        while Instant::now() < deadline && gateway.running() {
+        while Instant::now() < deadline && gateway.running() && !interrupted.load(Ordering::Relaxed)
+        {
             thread::sleep(Duration::from_millis(100));
             if Instant::now() >= next_progress {
                 next_progress += options.progress_every;
@@ -374,6 +401,9 @@ fn run_phase(
     });
     rotated.map_err(io_context("rotating the manifests"))?;
     restarted.map_err(io_context("restarting an echo backend"))?;
+    if interrupted.load(Ordering::Relaxed) {
+        return Err(SoakError::Interrupted);
+    }
     progress(name, started, duration, shared);
     Ok(())
 }

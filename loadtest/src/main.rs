@@ -4,7 +4,6 @@
 //! process's affinity mask, so `taskset -c 1 portcullis-load ...` keeps the load on CPU 1. See
 //! `--help` for the modes; `--json` prints a machine-readable summary on stdout.
 
-mod client_config;
 mod cpu_use;
 mod http;
 mod kernel_tcp;
@@ -22,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
-use client_config::{KeyExchange, TlsFiles, TlsVersions};
 use cpu_use::{Sample, Watch};
+use portcullis_loadtest::client_config::{self, KeyExchange, TlsFiles, TlsVersions};
 use stats::{Latency, Progress, Stats, Summary};
 use worker::{DriverChoice, Mode, Plan, ThreadPlan};
 

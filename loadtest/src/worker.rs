@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
+use crate::http;
 use crate::stats::{Failure, Progress, Stats};
 use crate::tls::TlsClient;
-use crate::{client_config, http};
+use portcullis_loadtest::client_config;
 
 /// io_uring submission queue entries per thread: room for one operation per connection of a
 /// large run (hold mode opens thousands) without the queue filling.

@@ -35,6 +35,9 @@ pub async fn serve_tls(
         Ok(Ok(accepted)) => accepted,
         Ok(Err(failure)) => {
             record_failure(port, ctx, peer, &failure);
+            if let Some(mut refused) = failure.refused {
+                refused.linger().await;
+            }
             return;
         }
         Err(_) => {

@@ -20,6 +20,14 @@ use rustls::{HandshakeKind, ServerConfig};
 
 use crate::bufpool;
 
+/// After a handshake we refused with an alert, how long the connection keeps reading (and
+/// dropping) what the client still sends, and how much. A TLS 1.3 client learns that its
+/// certificate was refused only after its last flight, and often sends its first request
+/// (an HTTP/2 client, its preface) before reading: closing with those bytes unread makes the
+/// kernel reset the connection, and the reset destroys the alert that says why.
+const REFUSED_HANDSHAKE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const REFUSED_HANDSHAKE_LINGER_BYTES: usize = 64 * 1024;
+
 /// A fatal `unrecognized_name` alert (RFC 6066): the SNI names no listener on this port.
 const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
 
@@ -172,6 +180,9 @@ pub struct Accepted {
 pub struct HandshakeFailure {
     pub listener: Option<usize>,
     pub error: HandshakeError,
+    /// The connection, when we refused it with an alert: to [`TlsStream::linger`] on once
+    /// the failure is counted.
+    pub refused: Option<TlsStream>,
 }
 
 /// Runs the server handshake. `choose` maps the ClientHello (its SNI, its suites) to a listener
@@ -181,11 +192,13 @@ pub async fn accept(
     choose: impl FnOnce(&ClientHello<'_>) -> Option<(usize, Arc<ServerConfig>)>,
 ) -> Result<Accepted, HandshakeFailure> {
     let mut chosen = None;
-    accept_inner(tcp, choose, &mut chosen)
+    let mut refused = None;
+    accept_inner(tcp, choose, &mut chosen, &mut refused)
         .await
         .map_err(|error| HandshakeFailure {
             listener: chosen,
             error,
+            refused,
         })
 }
 
@@ -193,6 +206,7 @@ async fn accept_inner(
     mut tcp: TcpStream,
     choose: impl FnOnce(&ClientHello<'_>) -> Option<(usize, Arc<ServerConfig>)>,
     chosen: &mut Option<usize>,
+    refused: &mut Option<TlsStream>,
 ) -> Result<Accepted, HandshakeError> {
     let mut reader = ClientHelloReader::default();
     let mut rx = bufpool::take();
@@ -245,7 +259,12 @@ async fn accept_inner(
             tx: Vec::new(),
         },
     };
-    stream.complete_handshake().await?;
+    if let Err(e) = stream.complete_handshake().await {
+        if matches!(e, HandshakeError::Tls { .. }) {
+            *refused = Some(stream);
+        }
+        return Err(e);
+    }
     Ok(Accepted {
         stream,
         listener,
@@ -360,6 +379,26 @@ impl TlsStream {
                 FeedError::Io(e) => HandshakeError::Io(e),
             })?;
         }
+    }
+
+    /// Ends a refused connection once its alert went out: FIN, then the client's bytes are read
+    /// and dropped until it closes (see [`REFUSED_HANDSHAKE_LINGER`]).
+    pub async fn linger(&mut self) {
+        let _ = self.tcp.shutdown().await;
+        let _ = monoio::time::timeout(REFUSED_HANDSHAKE_LINGER, async {
+            let mut drained = 0;
+            let mut buf = bufpool::take_idle_read();
+            while drained < REFUSED_HANDSHAKE_LINGER_BYTES {
+                let (res, back) = self.tcp.read(buf).await;
+                buf = back;
+                match res {
+                    Ok(n) if n > 0 => drained += n,
+                    _ => break,
+                }
+            }
+            bufpool::give(buf);
+        })
+        .await;
     }
 
     /// The client's certificate chain (restored from the ticket on a resumed session).

@@ -251,6 +251,21 @@ fn a_client_without_a_certificate_still_fails_in_the_tls_handshake_over_h2() {
     for host in ["strict.example.com", "open.example.com"] {
         assert!(curl(&f, &url(&f, host, "/get"), false, &[]).is_none());
     }
+    // And curl says why: the alert reaches it although it had already sent its preface (a
+    // gateway that closed at once would have reset the connection over the alert).
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "--max-time", "20", "--cacert"])
+        .arg(f.dir.path().join("ca.pem"))
+        .args([
+            "--resolve",
+            &format!("strict.example.com:{}:127.0.0.1", f.port),
+            &url(&f, "strict.example.com", "/get"),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(56), "{stderr}");
+    assert!(stderr.contains("alert certificate required"), "{stderr}");
 }
 
 #[test]

@@ -70,7 +70,8 @@ run_curl() {
     curl_out="$work/curl.out"
     curl_err="$work/curl.err"
     set +e
-    curl "$@" >"$curl_out" 2>"$curl_err"
+    # No progress meter: it shares stderr with -v's lines and can run into them.
+    curl --no-progress-meter "$@" >"$curl_out" 2>"$curl_err"
     curl_status=$?
     set -e
 }

@@ -1,4 +1,5 @@
-//! One test per row of the tables in the spec (`shared/spec/frontend-tls.md` §2-§6) and of the
+//! One test per row of the frontend-TLS rule tables (Gateway API `spec.tls.frontend`; the
+//! `s2_`..`s6_` prefixes name the table) and of the
 //! listener and route rules of issue 2. §3's handshake table is data-plane behaviour; here it
 //! is the policy data each mode maps to.
 

@@ -493,15 +493,15 @@ async fn shard_main(shard: Shard) {
     monoio::spawn(close_stale_backend_connections(Rc::clone(&ctx)));
     let mut ports: HashMap<u16, Rc<PortSlot>> = HashMap::new();
     let mut unserved = BTreeMap::new();
-    let mut apply = true;
+    let mut apply = Some(Apply::Snapshot);
     let drain_deadline = loop {
-        if apply {
+        if let Some(scope) = apply {
             let snapshot = Arc::clone(&snapshots.borrow_and_update());
             let listening = Listening {
                 options: &options,
                 claims: &claims,
             };
-            let now_unserved = apply_snapshot(&ctx, listening, &mut ports, &snapshot);
+            let now_unserved = apply_snapshot(&ctx, listening, &mut ports, &snapshot, scope);
             if now_unserved != unserved {
                 status.set_unserved_ports(now_unserved.clone());
                 unserved = now_unserved;
@@ -518,16 +518,16 @@ async fn shard_main(shard: Shard) {
         };
         monoio::select! {
             () = retry_listening => {
-                apply = true;
+                apply = Some(Apply::UnservedPorts);
             }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     break None; // the control side is gone: stop now
                 }
-                apply = true;
+                apply = Some(Apply::Snapshot);
             }
             command = commands.recv() => {
-                apply = false;
+                apply = None;
                 match command {
                     Some(ShardCommand::SampleMetrics(reply)) => {
                         ctx.forget_unused_metrics();
@@ -596,23 +596,38 @@ struct Listening<'a> {
     claims: &'a Arc<PortClaims>,
 }
 
-/// Swaps in the snapshot's ports, opens listeners for new ones and closes removed ones;
-/// returns the ports it could not listen on, and why. Every apply tries them again.
+/// What an apply does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Apply {
+    /// A new snapshot: swap every port's config, open new ports, close removed ones.
+    Snapshot,
+    /// The same snapshot: only try again the ports not listened on yet.
+    UnservedPorts,
+}
+
+/// Swaps in the snapshot's ports, opens listeners for new ones and closes removed ones (or,
+/// for [`Apply::UnservedPorts`], only opens the missing ones); returns the ports it could not
+/// listen on, and why.
 fn apply_snapshot(
     ctx: &Rc<ShardContext>,
     listening: Listening<'_>,
     ports: &mut HashMap<u16, Rc<PortSlot>>,
     snapshot: &Snapshot,
+    scope: Apply,
 ) -> BTreeMap<u16, String> {
     let mut unserved = BTreeMap::new();
     for compiled in &snapshot.ports {
+        let slot = ports.get(&compiled.port).cloned();
+        if slot.is_some() && scope == Apply::UnservedPorts {
+            continue;
+        }
         let port = Rc::new(ShardPort::new(
             Arc::clone(compiled),
             snapshot.generation,
             &ctx.metrics,
         ));
         ctx.ports_built.borrow_mut().push(Rc::downgrade(&port));
-        if let Some(slot) = ports.get(&compiled.port) {
+        if let Some(slot) = slot {
             *slot.current.borrow_mut() = port;
             continue;
         }

@@ -564,12 +564,9 @@ impl TlsStream {
     pub fn into_poll_stream(self) -> io::Result<crate::tls_poll::TlsPollStream> {
         let TlsStream { tcp, tls, mut bufs } = self;
         let tcp = tcp.try_into_poll_io().map_err(|(e, _)| e)?;
-        let rx = std::mem::take(&mut bufs.rx);
-        Ok(crate::tls_poll::TlsPollStream::new(
-            tcp,
-            tls,
-            rx.get(bufs.rx_pos..).unwrap_or_default().to_vec(),
-        ))
+        // The unread rest moves with the session; the pool buffer goes back with `bufs`.
+        let unread = bufs.rx.get(bufs.rx_pos..).unwrap_or_default().to_vec();
+        Ok(crate::tls_poll::TlsPollStream::new(tcp, tls, unread))
     }
 }
 

@@ -562,7 +562,7 @@ impl TlsStream {
 impl TlsStream {
     /// The connection as a poll-mode stream (for HTTP/2), with the ciphertext already read.
     pub fn into_poll_stream(self) -> io::Result<crate::tls_poll::TlsPollStream> {
-        let TlsStream { tcp, tls, mut bufs } = self;
+        let TlsStream { tcp, tls, bufs } = self;
         let tcp = tcp.try_into_poll_io().map_err(|(e, _)| e)?;
         // The unread rest moves with the session; the pool buffer goes back with `bufs`.
         let unread = bufs.rx.get(bufs.rx_pos..).unwrap_or_default().to_vec();

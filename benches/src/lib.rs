@@ -16,9 +16,9 @@ use portcullis_controller_shim::{ObjectStore, TranslateOptions};
 use portcullis_core::client_auth::{ClientAuth, PeerIdentity};
 use portcullis_core::compile::{self, ShardServerConfigs, Snapshot};
 use portcullis_core::desired::{
-    BackendTarget, CaCertificate, ClientValidation, DesiredBackend, DesiredConfig, DesiredListener,
-    DesiredPort, DesiredRoute, DesiredRule, ListenerTls, ObjectRef, PathMatch, PortProtocol,
-    PrivateKey, PrivateKeyEncoding, RouteMatch, ServerCertificate, ValidationMode,
+    BackendProtocol, BackendTarget, CaCertificate, ClientValidation, DesiredBackend, DesiredConfig,
+    DesiredListener, DesiredPort, DesiredRoute, DesiredRule, ListenerTls, ObjectRef, PathMatch,
+    PortProtocol, PrivateKey, PrivateKeyEncoding, RouteMatch, ServerCertificate, ValidationMode,
 };
 use portcullis_core::listener_options::{
     CertificateHash, ClientIdentityRules, ListenerTlsOptions, SanPattern,
@@ -224,6 +224,7 @@ fn route(prefix: &str) -> DesiredRoute {
             backends: vec![DesiredBackend {
                 name: "httpbin/httpbin:8000".to_owned(),
                 weight: 1,
+                protocol: BackendProtocol::Http1,
                 target: BackendTarget::Endpoints(vec![SocketAddr::from(([127, 0, 0, 1], 8000))]),
             }],
         }],

@@ -19,8 +19,8 @@ use portcullis_controller_shim::{
     Object, ObjectStore, StoredReferenceGrant, Translation, translate,
 };
 use portcullis_core::desired::{
-    BackendTarget, ClientValidation, DesiredPort, HeaderMatch, ObjectRef, PathMatch, PortProtocol,
-    PrivateKeyEncoding, QueryParamMatch, RouteMatch, ValidationMode,
+    BackendProtocol, BackendTarget, ClientValidation, DesiredPort, HeaderMatch, ObjectRef,
+    PathMatch, PortProtocol, PrivateKeyEncoding, QueryParamMatch, RouteMatch, ValidationMode,
 };
 use serde_json::{Value, json};
 use support::*;
@@ -1538,7 +1538,8 @@ fn backend_refs_resolve_through_services_to_ready_endpoints() {
         service(
             NS,
             "svc",
-            json!([{"name": "http", "port": 80}, {"name": "admin", "port": 9000}]),
+            json!([{"name": "http", "port": 80},
+                   {"name": "admin", "port": 9000, "appProtocol": "kubernetes.io/h2c"}]),
         ),
     );
     for (slice, ip_ready, ip_not_ready) in [
@@ -1588,7 +1589,13 @@ fn backend_refs_resolve_through_services_to_ready_endpoints() {
             "10.0.0.3:8080".parse().unwrap()
         ])
     );
+    assert_eq!(backends[0].protocol, BackendProtocol::Http1);
     assert_eq!(backends[1].weight, 0);
+    assert_eq!(
+        backends[1].protocol,
+        BackendProtocol::H2c,
+        "appProtocol kubernetes.io/h2c"
+    );
     assert_eq!(
         backends[1].target,
         BackendTarget::Endpoints(vec![

@@ -252,7 +252,20 @@ pub struct DesiredBackend {
     pub name: String,
     /// Share of the rule's traffic (backendRef `weight`, default 1). Zero takes no traffic.
     pub weight: u32,
+    /// What the backend speaks; requests are translated to it whatever the client speaks.
+    pub protocol: BackendProtocol,
     pub target: BackendTarget,
+}
+
+/// The protocol spoken to a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 over TCP: every Service port unless it says otherwise.
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge): the Service port's `appProtocol` is
+    /// `kubernetes.io/h2c`, or the backend is a GRPCRoute's.
+    H2c,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -422,12 +422,15 @@ impl WeightedBackends {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{BackendTarget, DesiredRule, HeaderMatch, QueryParamMatch};
+    use crate::desired::{
+        BackendProtocol, BackendTarget, DesiredRule, HeaderMatch, QueryParamMatch,
+    };
 
     fn backend(name: &str, weight: u32) -> DesiredBackend {
         DesiredBackend {
             name: name.to_owned(),
             weight,
+            protocol: BackendProtocol::Http1,
             target: BackendTarget::Endpoints(Vec::new()),
         }
     }

@@ -3,8 +3,8 @@
 use std::cmp::Reverse;
 
 use portcullis_core::desired::{
-    BackendTarget, DesiredBackend, DesiredRoute, DesiredRule, HeaderMatch, ObjectRef, PathMatch,
-    QueryParamMatch, RouteMatch,
+    BackendProtocol, BackendTarget, DesiredBackend, DesiredRoute, DesiredRule, HeaderMatch,
+    ObjectRef, PathMatch, QueryParamMatch, RouteMatch,
 };
 use portcullis_core::hostname;
 use portcullis_core::routing::{HeaderPairs, RouteRequest, RouteTable, WeightedBackends, WrrState};
@@ -101,6 +101,7 @@ fn routes() -> impl Strategy<Value = Vec<DesiredRoute>> {
                             .map(|(j, weight)| DesiredBackend {
                                 name: format!("b{j}"),
                                 weight,
+                                protocol: BackendProtocol::Http1,
                                 target: BackendTarget::Endpoints(Vec::new()),
                             })
                             .collect(),

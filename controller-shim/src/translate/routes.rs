@@ -16,8 +16,8 @@ use gateway_api::experimental::httproutes::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use portcullis_core::desired::{
-    BackendTarget, DesiredBackend, DesiredRule, HeaderMatch, ObjectRef, PathMatch, QueryParamMatch,
-    RouteMatch,
+    BackendProtocol, BackendTarget, DesiredBackend, DesiredRule, HeaderMatch, ObjectRef, PathMatch,
+    QueryParamMatch, RouteMatch,
 };
 use portcullis_core::hostname;
 
@@ -201,6 +201,9 @@ fn method_name(method: &HttpRouteRulesMatchesMethod) -> &'static str {
     }
 }
 
+/// The Service port `appProtocol` (a Kubernetes standard name) of HTTP/2 over cleartext.
+const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
+
 /// Resolves one backendRef of a route in `route_namespace`. An unresolvable ref still yields a
 /// backend (with [`BackendTarget::Invalid`], so that its share of traffic gets 500 as the API
 /// requires) and the problem for `ResolvedRefs`.
@@ -220,9 +223,10 @@ fn resolve_backend(
     let weight = backend_ref
         .weight
         .map_or(DEFAULT_BACKEND_WEIGHT, |w| u32::try_from(w).unwrap_or(0));
-    let backend = |target| DesiredBackend {
+    let backend = |(protocol, target)| DesiredBackend {
         name: format!("{namespace}/{name}:{port_text}"),
         weight,
+        protocol,
         target,
     };
     match resolve_endpoints(
@@ -235,11 +239,17 @@ fn resolve_backend(
         name,
         backend_ref.port,
     ) {
-        Ok(endpoints) => (backend(BackendTarget::Endpoints(endpoints)), None),
+        Ok((protocol, endpoints)) => (
+            backend((protocol, BackendTarget::Endpoints(endpoints))),
+            None,
+        ),
         Err(problem) => (
-            backend(BackendTarget::Invalid {
-                reason: problem.message.clone(),
-            }),
+            backend((
+                BackendProtocol::Http1,
+                BackendTarget::Invalid {
+                    reason: problem.message.clone(),
+                },
+            )),
             Some(problem),
         ),
     }
@@ -255,7 +265,7 @@ fn resolve_endpoints(
     namespace: &str,
     name: &str,
     port: Option<i32>,
-) -> Result<Vec<SocketAddr>, Problem> {
+) -> Result<(BackendProtocol, Vec<SocketAddr>), Problem> {
     let what = format!("backendRef {}", describe(group, kind, namespace, name));
     if group != CORE_GROUP || kind != "Service" {
         return Err(Problem::new(
@@ -288,6 +298,10 @@ fn resolve_endpoints(
         .flat_map(|s| s.ports.iter().flatten())
         .find(|p| p.port == port)
         .ok_or_else(|| not_found(format!("{what}: the Service has no port {port}")))?;
+    let protocol = match service_port.app_protocol.as_deref() {
+        Some(H2C_APP_PROTOCOL) => BackendProtocol::H2c,
+        _ => BackendProtocol::Http1,
+    };
     let port_name = service_port.name.as_deref().unwrap_or_default();
     let mut endpoints = BTreeSet::new();
     for slice in slices.get(&service_key).into_iter().flatten() {
@@ -317,5 +331,5 @@ fn resolve_endpoints(
             }
         }
     }
-    Ok(endpoints.into_iter().collect())
+    Ok((protocol, endpoints.into_iter().collect()))
 }

@@ -40,7 +40,7 @@ use tracing::debug;
 use crate::backend::BackendConnection;
 use crate::bufpool;
 use crate::http::{self as h1, BackendAttempts, ConnInfo, ForwardError, Route};
-use crate::metrics::{H2GoAway, H2StreamReset};
+use crate::metrics::{H2GoAway, H2StreamReset, RequestProtocol};
 use crate::shard::{ShardContext, ShardPort};
 use crate::tls::read_append;
 use crate::tls_poll::{SharedTlsPollStream, TlsPollStream};
@@ -193,6 +193,11 @@ async fn serve_stream(
     conn: Rc<H2Conn>,
 ) {
     let started = Instant::now();
+    let protocol = if is_grpc(request.headers()) {
+        RequestProtocol::Grpc
+    } else {
+        RequestProtocol::H2
+    };
     let (status, route_metrics) = handle(request, &mut respond, &conn).await;
     if status == h1::CLIENT_CLOSED_REQUEST {
         conn.cancelled.set(conn.cancelled.get() + 1);
@@ -201,15 +206,30 @@ async fn serve_stream(
             .h2_stream_reset(H2StreamReset::ClientCancelled);
     }
     match route_metrics {
-        Some(metrics) => metrics.request(status, started.elapsed()),
+        Some(metrics) => metrics.request(protocol, status, started.elapsed()),
         None => conn
             .port
             .metrics
             .unrouted
-            .request(status, started.elapsed()),
+            .request(protocol, status, started.elapsed()),
     }
     conn.open.set(conn.open.get().saturating_sub(1));
 }
+
+/// A gRPC call: its content type is `application/grpc`, alone or with a `+format` or `;params`
+/// suffix.
+fn is_grpc(headers: &::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(::http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let (value, grpc) = (value.as_bytes(), GRPC_CONTENT_TYPE.as_bytes());
+    value
+        .get(..grpc.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(grpc))
+        && matches!(value.get(grpc.len()), None | Some(b'+' | b';'))
+}
+
+const GRPC_CONTENT_TYPE: &str = "application/grpc";
 
 /// Routes and forwards one request; returns the status the client got and the route's metrics
 /// (`None`: not routed).

@@ -25,7 +25,7 @@ use tracing::{debug, info};
 
 use crate::backend::{BackendConnection, ConnectFailure, Ejections, pick_endpoint};
 use crate::bufpool;
-use crate::metrics::{BackendFailure, RouteMetrics, ShardMetrics};
+use crate::metrics::{BackendFailure, RequestProtocol, RouteMetrics, ShardMetrics};
 use crate::shard::{ShardContext, ShardPort};
 use crate::tls::{ClientIo, read_append};
 
@@ -356,7 +356,9 @@ pub async fn serve<C: ClientIo>(
             Ok(None) => break,
             Err(status) => {
                 send_error(client, status, false).await;
-                port.metrics.unrouted.request(status, Duration::ZERO);
+                port.metrics
+                    .unrouted
+                    .request(RequestProtocol::H1, status, Duration::ZERO);
                 break;
             }
         };
@@ -379,7 +381,7 @@ pub async fn serve<C: ClientIo>(
                 (keep, status, &*state.metrics)
             }
         };
-        metrics.request(status, started.elapsed());
+        metrics.request(RequestProtocol::H1, status, started.elapsed());
         if !keep_going {
             break;
         }

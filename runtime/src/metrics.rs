@@ -126,20 +126,46 @@ impl ListenerMetrics {
     }
 }
 
+/// What a request was carried as, for the `protocol` label of request metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RequestProtocol {
+    /// An HTTP/1.1 request.
+    H1,
+    /// A stream of an HTTP/2 connection.
+    H2,
+    /// A gRPC call (`content-type: application/grpc…`), over either.
+    Grpc,
+    /// A WebSocket opening handshake (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT).
+    WebSocket,
+}
+
+impl RequestProtocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestProtocol::H1 => "h1",
+            RequestProtocol::H2 => "h2",
+            RequestProtocol::Grpc => "grpc",
+            RequestProtocol::WebSocket => "websocket",
+        }
+    }
+}
+
 /// Counters of one route (or of requests no route took) on one port on one shard.
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
-    /// By status code; a route answers with few distinct codes, so a short list beats a map.
-    codes: RefCell<Vec<(u16, u64)>>,
+    /// By protocol and status code; a route answers with few distinct pairs, so a short list
+    /// beats a map.
+    codes: RefCell<Vec<((RequestProtocol, u16), u64)>>,
     pub duration: Histogram,
 }
 
 impl RouteMetrics {
-    pub fn request(&self, code: u16, took: Duration) {
+    pub fn request(&self, protocol: RequestProtocol, code: u16, took: Duration) {
+        let key = (protocol, code);
         let mut codes = self.codes.borrow_mut();
-        match codes.iter_mut().find(|(c, _)| *c == code) {
+        match codes.iter_mut().find(|(k, _)| *k == key) {
             Some((_, n)) => *n += 1,
-            None => codes.push((code, 1)),
+            None => codes.push((key, 1)),
         }
         drop(codes);
         self.duration.observe(took);
@@ -443,7 +469,7 @@ fn listener_sample(m: &ListenerMetrics) -> (Vec<u64>, HistogramSample) {
     )
 }
 
-fn route_sample(m: &RouteMetrics) -> (BTreeMap<u16, u64>, HistogramSample) {
+fn route_sample(m: &RouteMetrics) -> (RequestCounts, HistogramSample) {
     (
         m.codes.borrow().iter().copied().collect(),
         m.duration.sample(),
@@ -470,13 +496,17 @@ impl HistogramSample {
     }
 }
 
+/// Request counts by protocol and status code.
+pub type RequestCounts = BTreeMap<(RequestProtocol, u16), u64>;
+
 /// Plain data copied out of a shard (or summed over shards).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsSample {
     /// `(port, listener)` -> (counts by outcome, duration). Listener `""`: none chosen.
     pub handshakes: BTreeMap<(u16, String), (Vec<u64>, HistogramSample)>,
-    /// `(port, route)` -> (counts by code, duration). Route `""`: answered without a route.
-    pub requests: BTreeMap<(u16, String), (BTreeMap<u16, u64>, HistogramSample)>,
+    /// `(port, route)` -> (counts by protocol and code, duration). Route `""`: answered
+    /// without a route.
+    pub requests: BTreeMap<(u16, String), (RequestCounts, HistogramSample)>,
     pub active: BTreeMap<u16, i64>,
     pub endpoints: BTreeMap<SocketAddr, EndpointCounters>,
     /// shard index -> its connections (kept per shard, not summed).
@@ -604,14 +634,15 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
         &mut out,
         "portcullis_http_requests_total",
         "counter",
-        "HTTP requests by port, route (namespace/name; empty: none matched) and status code.",
+        "HTTP requests by port, route (namespace/name; empty: none matched), protocol (h1, h2, grpc, websocket) and status code.",
     );
     for ((port, route), (codes, _)) in &sample.requests {
-        for (code, n) in codes {
+        for ((protocol, code), n) in codes {
             let _ = writeln!(
                 out,
-                "portcullis_http_requests_total{{port=\"{port}\",route=\"{}\",code=\"{code}\"}} {n}",
-                escape(route)
+                "portcullis_http_requests_total{{port=\"{port}\",route=\"{}\",protocol=\"{}\",code=\"{code}\"}} {n}",
+                escape(route),
+                protocol.label()
             );
         }
     }
@@ -837,8 +868,10 @@ mod tests {
         b.listener(443, "l").handshake(HandshakeOutcome::Ok);
         b.listener(443, "l")
             .handshake(HandshakeOutcome::NoClientCert);
-        a.route(443, "ns/r").request(200, Duration::from_millis(1));
-        b.route(443, "ns/r").request(200, Duration::from_millis(3));
+        a.route(443, "ns/r")
+            .request(RequestProtocol::H1, 200, Duration::from_millis(1));
+        b.route(443, "ns/r")
+            .request(RequestProtocol::H1, 200, Duration::from_millis(3));
         a.connection_accepted();
         b.connection_accepted();
         b.connection_accepted();
@@ -859,7 +892,7 @@ mod tests {
         );
         let text = render(&total, &ProcessMetrics::default());
         assert!(text.contains(
-            "portcullis_http_requests_total{port=\"443\",route=\"ns/r\",code=\"200\"} 2"
+            "portcullis_http_requests_total{port=\"443\",route=\"ns/r\",protocol=\"h1\",code=\"200\"} 2"
         ));
         assert!(text.contains(
             "portcullis_http_request_duration_seconds_bucket{port=\"443\",route=\"ns/r\",le=\"+Inf\"} 2"
@@ -884,10 +917,11 @@ mod tests {
         let port = m.port(443);
         let listener = m.listener(443, "kept");
         let route = m.route(443, "ns/kept");
-        route.request(200, Duration::ZERO);
+        route.request(RequestProtocol::H1, 200, Duration::ZERO);
         // Held by nothing but the registry: a copy of a port that was dropped.
         m.listener(443, "gone").handshake(HandshakeOutcome::Ok);
-        m.route(443, "ns/gone").request(200, Duration::ZERO);
+        m.route(443, "ns/gone")
+            .request(RequestProtocol::H1, 200, Duration::ZERO);
         drop(m.port(8443));
         for endpoint in [gone, kept] {
             m.backend_failure(endpoint, BackendFailure::Connect(ConnectFailure::Refused));
@@ -908,7 +942,7 @@ mod tests {
             assert!(!text.contains(series), "{series} stayed:\n{text}");
         }
         assert!(text.contains(
-            "portcullis_http_requests_total{port=\"443\",route=\"ns/kept\",code=\"200\"} 1\n"
+            "portcullis_http_requests_total{port=\"443\",route=\"ns/kept\",protocol=\"h1\",code=\"200\"} 1\n"
         ));
         assert!(text.contains(
             "portcullis_backend_endpoint_ejections_total{endpoint=\"127.0.0.1:2\",reason=\"refused\"} 1\n"

@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use std::process::Command;
 use std::sync::Arc;
 
+use portcullis_runtime::metrics::RequestProtocol;
 use portcullis_runtime::pki::{GuidePki, KeyKind};
 use rustls::ClientConfig;
 use support::backends::echo;
@@ -526,7 +527,7 @@ fn a_client_that_cancels_most_of_the_streams_it_opens_gets_goaway() {
             .metrics()
             .requests
             .values()
-            .map(|(codes, _)| codes.get(&499).copied().unwrap_or(0))
+            .map(|(codes, _)| codes.get(&(RequestProtocol::H2, 499)).copied().unwrap_or(0))
             .sum::<u64>()
             == 100
     });
@@ -582,7 +583,7 @@ fn an_oversized_header_list_never_reaches_the_backend_and_the_connection_survive
         .requests
         .iter()
         .filter(|((_, route), _)| !route.is_empty())
-        .map(|(_, (codes, _))| codes.get(&200).copied().unwrap_or(0))
+        .map(|(_, (codes, _))| codes.get(&(RequestProtocol::H2, 200)).copied().unwrap_or(0))
         .sum();
     assert_eq!(
         routed, 1,

@@ -158,7 +158,7 @@ fn series_of_removed_objects_leave_metrics_and_the_others_keep_their_counts() {
         "portcullis_tls_handshakes_total{{port=\"{kept_port}\",listener=\"kept\",outcome=\"ok\"}}"
     );
     let kept_route = format!(
-        "portcullis_http_requests_total{{port=\"{kept_port}\",route=\"tests/kept\",code=\"200\"}}"
+        "portcullis_http_requests_total{{port=\"{kept_port}\",route=\"tests/kept\",protocol=\"h1\",code=\"200\"}}"
     );
     let before = server.scrape().unwrap();
     assert_eq!(series_value(&before, &kept_handshakes), Some(kept_requests));
@@ -184,7 +184,7 @@ fn series_of_removed_objects_leave_metrics_and_the_others_keep_their_counts() {
         200
     );
     let gone_route = format!(
-        "portcullis_http_requests_total{{port=\"{kept_port}\",route=\"tests/gone\",code=\"200\"}}"
+        "portcullis_http_requests_total{{port=\"{kept_port}\",route=\"tests/gone\",protocol=\"h1\",code=\"200\"}}"
     );
     assert_eq!(
         series_value(&server.scrape().unwrap(), &gone_route),

@@ -180,7 +180,7 @@ fn metrics_count_one_good_and_one_certificateless_handshake_exactly() {
         sample_value(
             &samples,
             &format!(
-                "portcullis_http_requests_total{{code=\"200\",port=\"{port}\",route=\"httpbin/httpbin-https\"}}"
+                "portcullis_http_requests_total{{code=\"200\",port=\"{port}\",protocol=\"h1\",route=\"httpbin/httpbin-https\"}}"
             )
         ),
         1.0

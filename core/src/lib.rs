@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod client_auth;
+pub mod client_hello;
 pub mod client_identity;
 pub mod compile;
 pub mod desired;

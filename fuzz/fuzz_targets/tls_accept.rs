@@ -2,10 +2,11 @@
 //! `Acceptor` (the ClientHello), the listener choice by SNI and suites, and the `ServerConnection`
 //! of a compiled mutual-TLS listener (`fuzz/src/tls_gateway.rs`).
 //!
-//! The driver below is the runtime's accept loop without sockets: every read is handed to rustls
-//! in full (`read_tls` takes at most 4 KiB a call, so it loops), and every step's output is
-//! drained. Invariants: no panic, no endless loop, and the same outcome whatever the reads (the
-//! bytes in one read, or cut by the pattern byte).
+//! The ClientHello is read by the runtime's own sans-IO reader (`ClientHelloReader`), and the
+//! bytes after it in the same read go to the connection, as the runtime does; the rest is the
+//! runtime's handshake loop without sockets, every step's output drained. Invariants: no panic,
+//! no endless loop, and the same outcome whatever the reads (the bytes in one read, or cut by
+//! the pattern byte).
 
 #![no_main]
 
@@ -13,9 +14,9 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_core::client_auth;
+use portcullis_core::client_hello::{ClientHelloReader, HelloError, HelloProgress};
 use portcullis_fuzz::tls_gateway::{Pki, TlsGateway};
 use portcullis_fuzz::{reads, split_input};
-use rustls::server::Acceptor;
 
 static GATEWAY: LazyLock<TlsGateway> = LazyLock::new(|| {
     TlsGateway::new(&Pki {
@@ -63,26 +64,18 @@ fuzz_target!(|data: &[u8]| {
 
 fn serve(reads: &[&[u8]]) -> Outcome {
     let mut reads = reads.iter().copied();
-    let mut pending: &[u8] = &[];
-    let mut acceptor = Acceptor::default();
-    let accepted = loop {
-        if pending.is_empty() {
-            match reads.next() {
-                Some(read) => pending = read,
-                None => return Outcome::AwaitingHello,
+    let mut hello = ClientHelloReader::default();
+    let (accepted, mut pending) = loop {
+        let Some(read) = reads.next() else {
+            return Outcome::AwaitingHello;
+        };
+        match hello.push(read) {
+            Ok(HelloProgress::NeedMore) => {}
+            Ok(HelloProgress::Complete { accepted, consumed }) => {
+                break (accepted, read.get(consumed..).unwrap_or_default());
             }
-        }
-        match acceptor.read_tls(&mut pending) {
-            Ok(0) => return Outcome::ReadStopped("end of stream".to_owned()),
-            Ok(_) => {}
-            Err(e) => return Outcome::ReadStopped(e.to_string()),
-        }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => break accepted,
-            Ok(None) => continue,
-            Err((error, mut alert)) => {
-                let mut out = Vec::new();
-                let _ = alert.write_all(&mut out);
+            Err(HelloError::Io(e)) => return Outcome::ReadStopped(e.to_string()),
+            Err(HelloError::Tls { error, .. }) => {
                 return Outcome::HelloRefused(format!("{error:?}"));
             }
         }

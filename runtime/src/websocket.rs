@@ -19,8 +19,8 @@
 //!   the two ends' business. It ends when both directions ended (each end's close, or half-close,
 //!   is passed to the other), on an error of either side, or after
 //!   [`crate::limits::Limits::websocket_idle_timeout`] without a byte either way. A tunnel is a
-//!   connection like any other for a drain: it may run until the drain deadline, when the shard
-//!   stops and closes it.
+//!   connection like any other for a drain: it may run until the drain deadline, when the
+//!   process exits and closes it.
 //! - The backend connection of an upgrade is never returned to the pool, whatever the answer
 //!   (a backend that refused the upgrade may still hold state for it).
 //! - Metrics count the opening handshake (`protocol="websocket"`, the status the client got,

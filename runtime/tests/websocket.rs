@@ -62,6 +62,8 @@ fn ws_echo() -> (SocketAddr, Seen) {
             let Ok(tcp) = tcp else { return };
             let record = Arc::clone(&record);
             thread::spawn(move || {
+                // The error type is tungstenite's (its refusal response), not ours to box.
+                #[allow(clippy::result_large_err)]
                 let callback = |request: &WsRequest, mut response: WsResponse| {
                     let fields = request
                         .headers()
@@ -249,6 +251,88 @@ fn an_idle_tunnel_is_closed() {
             ) =>
         {
             panic!("the tunnel stayed open: {e}")
+        }
+        Err(_) => {}
+        Ok(message) => panic!("unexpected {message:?}"),
+    }
+}
+
+#[test]
+fn a_plain_http_listener_tunnels_too() {
+    let (backend, seen) = ws_echo();
+    let port = free_port();
+    let docs = vec![
+        GatewayYaml::new().listener(http("plain", port)).yaml(),
+        route("ws", &[], &rule_to("ws")),
+        service("ws", backend),
+    ];
+    let _gateway = Gateway::start(desired(&docs));
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let (mut ws, _) =
+        tungstenite::client::client(format!("ws://ws.example.com:{port}/chat"), tcp).unwrap();
+    ws.send(Message::text("in the clear")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("in the clear"));
+    ws.close(None).unwrap();
+    let fields = seen.lock().unwrap()[0].clone();
+    assert!(
+        fields
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("x-forwarded-proto") && v == "http"),
+        "{fields:?}"
+    );
+}
+
+#[test]
+fn a_drain_ends_open_tunnels_at_its_deadline_and_the_process_exits() {
+    let (backend, _) = ws_echo();
+    let pki = GuidePki::generate(KeyKind::EcdsaP256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port());
+    for (i, doc) in guide_manifests(ports, &pki.ca.pem.cert, &pki.server, backend, false)
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(dir.path().join(format!("{i}.yaml")), doc).unwrap();
+    }
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--gateway-class", "agentgateway", "--shards", "1"])
+        .args(["--bind-address", "127.0.0.1", "--drain-timeout", "300ms"])
+        .args(["--admin", "off", "--admin-config", "off"])
+        .arg("--manifests")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let config = client_config(&pki.ca.pem.cert, Some(&pki.client));
+    wait_until("the gateway serves", || {
+        connect(ports.0, "example.com", &config).is_ok()
+    });
+    let request = format!("wss://example.com:{}/chat", ports.0);
+    let tls = connect(ports.0, "example.com", &config).unwrap();
+    let (mut ws, _) = tungstenite::client::client(request, tls).unwrap();
+    ws.send(Message::text("before the drain")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("before the drain"));
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_until("the gateway exits after its drain deadline", || {
+        server.try_wait().unwrap().is_some()
+    });
+    assert_eq!(server.wait().unwrap().code(), Some(0));
+    // The tunnel ended with it (the socket's read timeout, PATIENCE, only bounds the wait).
+    match ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("the tunnel outlived the gateway: {e}")
         }
         Err(_) => {}
         Ok(message) => panic!("unexpected {message:?}"),

@@ -15,6 +15,7 @@ use crate::http::{self, ConnInfo};
 use crate::metrics::{HandshakeOutcome, ListenerMetrics};
 use crate::shard::{HandshakeInProgress, ShardContext, ShardPort};
 use crate::tls::{self, ClientIo, HandshakeError, HandshakeFailure, PlainStream};
+use crate::websocket;
 
 /// `in_progress` counts this connection's handshake as in progress until it ends.
 pub async fn serve_tls(
@@ -117,7 +118,12 @@ pub async fn serve_tls(
         sni_listener: Some(accepted.listener),
         identity_headers,
     };
-    http::serve(&mut stream, port, ctx, &info).await;
+    if let Some(upgraded) = http::serve(&mut stream, port, ctx, &info).await {
+        match stream.into_poll_stream() {
+            Ok(poll_stream) => websocket::tunnel_h1(poll_stream, upgraded, ctx, peer).await,
+            Err(e) => debug!(%peer, error = %e, "cannot switch the connection to poll mode"),
+        }
+    }
 }
 
 /// The ALPN name of HTTP/2 over TLS.
@@ -131,7 +137,12 @@ pub async fn serve_plain(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx
         sni_listener: None,
         identity_headers: &[],
     };
-    http::serve(&mut stream, port, ctx, &info).await;
+    if let Some(upgraded) = http::serve(&mut stream, port, ctx, &info).await {
+        match stream.into_poll_stream() {
+            Ok(poll_stream) => websocket::tunnel_h1(poll_stream, upgraded, ctx, peer).await,
+            Err(e) => debug!(%peer, error = %e, "cannot switch the connection to poll mode"),
+        }
+    }
 }
 
 fn listener_metrics(port: &ShardPort, listener: Option<usize>) -> &ListenerMetrics {

@@ -44,6 +44,7 @@ use crate::metrics::{H2GoAway, H2StreamReset, RequestProtocol};
 use crate::shard::{ShardContext, ShardPort};
 use crate::tls::read_append;
 use crate::tls_poll::{SharedTlsPollStream, TlsPollStream};
+use crate::websocket;
 
 /// How long a closing connection keeps reading (and dropping) what the client still sends, so
 /// that our GOAWAY reaches it instead of being destroyed by a reset.
@@ -136,6 +137,8 @@ async fn drive(stream: SharedTlsPollStream, conn: &Rc<H2Conn>) {
         .max_send_buffer_size(MAX_SEND_BUFFER_BYTES)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        // RFC 8441: WebSocket over h2 (see `websocket`).
+        .enable_connect_protocol()
         .handshake::<_, Bytes>(stream);
     let mut connection =
         match monoio::time::timeout(ctx.limits.request_head_timeout, handshake).await {
@@ -192,6 +195,11 @@ async fn serve_stream(
     mut respond: SendResponse<Bytes>,
     conn: Rc<H2Conn>,
 ) {
+    if request.extensions().get::<h2::ext::Protocol>().is_some() {
+        websocket::serve_extended_connect(request, respond, &conn).await;
+        conn.open.set(conn.open.get().saturating_sub(1));
+        return;
+    }
     let started = Instant::now();
     let protocol = if is_grpc(request.headers()) {
         RequestProtocol::Grpc
@@ -335,7 +343,7 @@ async fn handle(
 /// (or the client's `host` field), the fields, and the body's framing (`transfer-encoding:
 /// chunked` when the client gave no length). HTTP/2 forbids connection-specific fields; a
 /// client that sends them anyway has them refused by the HTTP/1.1 parser's rules as usual.
-fn h1_head(
+pub(crate) fn h1_head(
     parts: &::http::request::Parts,
     end_of_stream: bool,
     out: &mut Vec<u8>,
@@ -344,7 +352,8 @@ fn h1_head(
         .uri
         .path_and_query()
         .map_or("/", ::http::uri::PathAndQuery::as_str);
-    // Extended CONNECT and plain CONNECT are not proxied (no tunnels over h2 yet).
+    // Plain CONNECT is not proxied (the gateway is no forward proxy); extended CONNECT comes
+    // here as the GET it stands for (see `websocket`).
     if parts.method == ::http::Method::CONNECT {
         return Err(StatusCode::NOT_IMPLEMENTED);
     }
@@ -478,7 +487,7 @@ async fn exchange(
 }
 
 /// Fields that describe one HTTP/1.1 connection and are meaningless (and forbidden) in h2.
-fn is_hop_by_hop(name: &[u8]) -> bool {
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     const HOP_BY_HOP: [&str; 6] = [
         "connection",
         "keep-alive",
@@ -530,7 +539,7 @@ async fn send_request_body(
     Ok(())
 }
 
-enum RelayError {
+pub(crate) enum RelayError {
     ClientGone,
     Backend,
 }
@@ -538,7 +547,7 @@ enum RelayError {
 /// Relays the response body as DATA frames, waiting for the client's flow-control credit so
 /// that a slow client holds at most [`MAX_SEND_BUFFER_BYTES`]. Returns whether the backend
 /// connection ended exactly at the end of the body (and so can be reused).
-async fn relay_body(
+pub(crate) async fn relay_body(
     response: &ResponseHead,
     mut rbuf: Vec<u8>,
     backend: &mut BackendConnection,
@@ -639,12 +648,12 @@ async fn send_data(
     Ok(())
 }
 
-fn status_code(status: u16) -> StatusCode {
+pub(crate) fn status_code(status: u16) -> StatusCode {
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// A complete error response with a short plain-text body, as HTTP/1.1's.
-fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+pub(crate) fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
     let body = format!(
         "{} {}\n",
         status.as_u16(),

@@ -18,7 +18,8 @@ use portcullis_core::desired::BackendTarget;
 use portcullis_core::http1::{
     ChunkedDecoder, ClientBody, ClientConn, ContentLengthBody, ForwardExtras, ForwardedProto,
     HeadLimits, RequestBody, RequestHead, ResponseHead, ResponsePlan, parse_request_head,
-    parse_response_head, write_forwarded_request_head, write_forwarded_response_head,
+    parse_response_head, websocket_upgrade, write_forwarded_request_head,
+    write_forwarded_response_head,
 };
 use portcullis_core::routing::{RouteRequest, RouteTarget, WrrState};
 use tracing::{debug, info};
@@ -28,6 +29,7 @@ use crate::bufpool;
 use crate::metrics::{BackendFailure, RequestProtocol, RouteMetrics, ShardMetrics};
 use crate::shard::{ShardContext, ShardPort};
 use crate::tls::{ClientIo, read_append};
+use crate::websocket::{self, Upgraded};
 
 /// Endpoints tried for one request when connecting fails, before answering 502: each a
 /// different endpoint of the backend the weights chose. Retrying a connect is always safe
@@ -40,7 +42,7 @@ pub(crate) const MAX_HEADERS: usize = portcullis_core::http1::DEFAULT_MAX_HEADER
 
 /// Largest response head accepted from a backend; larger is a 502. Backends set cookies and
 /// CORS headers; 64 KiB is far beyond what well-behaved ones send.
-const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 
 /// What the HTTP layer knows about the connection.
 #[derive(Debug)]
@@ -342,13 +344,15 @@ pub(crate) async fn read_response_head(
     }
 }
 
-/// Serves requests on one client connection until it closes.
+/// Serves requests on one client connection until it closes, or until a backend switched it
+/// to WebSocket: then the connection is the caller's to turn into a tunnel
+/// ([`websocket::tunnel_h1`]).
 pub async fn serve<C: ClientIo>(
     client: &mut C,
     port: &ShardPort,
     ctx: &ShardContext,
     info: &ConnInfo<'_>,
-) {
+) -> Option<Upgraded> {
     let mut inbuf: Vec<u8> = Vec::new();
     loop {
         let head = match read_request_head(client, &mut inbuf, ctx).await {
@@ -363,6 +367,12 @@ pub async fn serve<C: ClientIo>(
             }
         };
         let started = Instant::now();
+        let upgrade = websocket_upgrade(&head, &inbuf);
+        let protocol = match upgrade {
+            Ok(false) => RequestProtocol::H1,
+            Ok(true) | Err(_) => RequestProtocol::WebSocket,
+        };
+        let mut upgraded = None;
         let (keep_going, status, metrics) = match route(port, &head, &inbuf, info) {
             Route::Reject(status) => {
                 // Without a body the connection stays usable; with one, close rather than
@@ -375,13 +385,31 @@ pub async fn serve<C: ClientIo>(
                 }
                 (keep, status, &port.metrics.unrouted)
             }
-            Route::Forward { target, state } => {
-                let (keep, status) =
-                    forward(client, &mut inbuf, &head, target, state, ctx, info).await;
-                (keep, status, &*state.metrics)
-            }
+            Route::Forward { target, state } => match upgrade {
+                Ok(false) => {
+                    let (keep, status) =
+                        forward(client, &mut inbuf, &head, target, state, ctx, info).await;
+                    (keep, status, &*state.metrics)
+                }
+                Ok(true) => {
+                    let outcome =
+                        websocket::forward_h1(client, &mut inbuf, &head, target, state, ctx, info)
+                            .await;
+                    upgraded = outcome.upgraded;
+                    (outcome.keep_alive, outcome.status, &*state.metrics)
+                }
+                Err(e) => {
+                    debug!(shard = ctx.index, error = %e, "malformed WebSocket upgrade");
+                    send_error(client, e.status(), false).await;
+                    (false, e.status(), &*state.metrics)
+                }
+            },
         };
-        metrics.request(RequestProtocol::H1, status, started.elapsed());
+        metrics.request(protocol, status, started.elapsed());
+        if upgraded.is_some() {
+            bufpool::give(inbuf);
+            return upgraded;
+        }
         if !keep_going {
             break;
         }
@@ -391,6 +419,7 @@ pub async fn serve<C: ClientIo>(
     }
     bufpool::give(inbuf);
     client.close().await;
+    None
 }
 
 /// Reads until `inbuf` starts with a complete request head. `Ok(None)`: the client closed or
@@ -715,7 +744,7 @@ async fn exchange<C: ClientIo>(
 
 /// Streams the response body after its head (`out` holds the rewritten head). Returns whether
 /// the backend connection ended exactly at the end of the body (and so can be reused).
-async fn relay_response_body<C: ClientIo>(
+pub(crate) async fn relay_response_body<C: ClientIo>(
     client: &mut C,
     conn: &mut BackendConnection,
     mut rbuf: Vec<u8>,

@@ -23,3 +23,4 @@ pub mod shard;
 pub mod sockets;
 pub mod tls;
 pub mod tls_poll;
+pub mod websocket;

@@ -26,6 +26,11 @@ pub const DEFAULT_BACKEND_EJECTION_TIME: Duration = Duration::from_secs(10);
 /// Longest accepted `--backend-ejection-time`: an endpoint that must be skipped for longer is
 /// better taken out of its Service (and beyond this the clock arithmetic could overflow).
 pub const MAX_BACKEND_EJECTION_TIME: Duration = Duration::from_secs(3600);
+/// How long a WebSocket tunnel may carry no byte in either direction before both of its
+/// connections are closed. WebSocket clients and servers keep their connections alive with
+/// pings, commonly every 30 to 60 seconds; five minutes tolerates a few missed ones and still
+/// frees the backend connection of a tunnel both sides abandoned.
+pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Connections one shard serves at once; more are closed on accept. Bounds memory per core
 /// (about 64 MiB of connection state per shard at the default).
 pub const DEFAULT_MAX_CONNECTIONS_PER_SHARD: usize = 16 * 1024;
@@ -55,6 +60,9 @@ pub struct Limits {
     /// (`0s`: never skip one).
     #[arg(long, value_parser = parse_ejection_time, default_value = "10s")]
     pub backend_ejection_time: Duration,
+    /// Idle timeout of a WebSocket tunnel (no byte either way).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub websocket_idle_timeout: Duration,
     /// Maximum concurrent connections per shard.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_SHARD)]
     pub max_connections_per_shard: usize,
@@ -70,6 +78,7 @@ impl Default for Limits {
             backend_connect_timeout: DEFAULT_BACKEND_CONNECT_TIMEOUT,
             backend_response_timeout: DEFAULT_BACKEND_RESPONSE_TIMEOUT,
             backend_ejection_time: DEFAULT_BACKEND_EJECTION_TIME,
+            websocket_idle_timeout: DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
             max_connections_per_shard: DEFAULT_MAX_CONNECTIONS_PER_SHARD,
         }
     }

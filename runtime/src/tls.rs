@@ -80,6 +80,14 @@ impl PlainStream {
     }
 }
 
+impl PlainStream {
+    /// The connection as a poll-mode stream (for a WebSocket tunnel); nothing may be queued.
+    pub fn into_poll_stream(self) -> io::Result<monoio::net::tcp::stream_poll::TcpStreamPoll> {
+        bufpool::give(self.tx);
+        self.tcp.try_into_poll_io().map_err(|(e, _)| e)
+    }
+}
+
 impl ClientIo for PlainStream {
     async fn read_into(&mut self, dst: &mut Vec<u8>) -> io::Result<usize> {
         let (res, buf) = read_append(&mut self.tcp, std::mem::take(dst)).await;

@@ -46,8 +46,10 @@
 //! - **Expect: 100-continue** is reported in [`RequestHead::expect_continue`] (HTTP/1.1 only, RFC
 //!   9110 §10.1.1) and forwarded; the backend's `100 Continue` comes back as an informational
 //!   response.
-//! - **101 Switching Protocols** from a backend is a 502: `Upgrade` is stripped from every request,
-//!   so a 101 is a backend that ignored the protocol.
+//! - **Upgrades**: only WebSocket ([`websocket_upgrade`]); its handshake is forwarded with the
+//!   upgrade asked for again ([`write_websocket_request_head`]) and its answer parsed with
+//!   [`parse_upgrade_response_head`], which accepts a 101. Every other `Upgrade` is stripped, so a
+//!   101 to any other request is a backend that ignored the protocol: 502.
 //! - Errors say whose fault it is: [`RequestHeadError`] is the client's (4xx/5xx via `status()`),
 //!   [`ResponseHeadError`] the backend's (always 502), [`ChunkedError`] either (the caller knows
 //!   which side it decodes).
@@ -57,6 +59,7 @@ mod fields;
 mod forward;
 mod request;
 mod response;
+mod websocket;
 
 pub use chunked::{
     ChunkProgress, ChunkedDecoder, ChunkedError, ContentLengthBody, MAX_CHUNK_LINE_BYTES,
@@ -67,7 +70,14 @@ pub use forward::{
     write_forwarded_request_head, write_forwarded_response_head,
 };
 pub use request::{RequestBody, RequestHead, RequestHeadError, TargetForm, parse_request_head};
-pub use response::{ResponseBody, ResponseHead, ResponseHeadError, parse_response_head};
+pub use response::{
+    ResponseBody, ResponseHead, ResponseHeadError, parse_response_head, parse_upgrade_response_head,
+};
+pub use websocket::{
+    SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SwitchingProtocolsError, WebSocketRequestError,
+    accept_key, check_switching_protocols, generate_key, websocket_upgrade,
+    write_switching_protocols_head, write_websocket_request_head,
+};
 
 /// Default limit on the size of a request head (request line and all fields). 16 KiB holds
 /// every head a browser or API client sends in practice, large cookies included (Node.js uses the

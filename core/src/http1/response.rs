@@ -63,6 +63,9 @@ impl ResponseHead {
     }
 }
 
+/// `101 Switching Protocols` (RFC 9110 §15.2.2).
+const SWITCHING_PROTOCOLS: u16 = 101;
+
 /// Why a backend's response head was refused: the backend's fault, always a 502 to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum ResponseHeadError {
@@ -74,7 +77,7 @@ pub enum ResponseHeadError {
     Malformed(httparse::Error),
     #[error("status code {0} outside 100..=599")]
     InvalidStatus(u16),
-    #[error("101 Switching Protocols, but upgrades are never forwarded")]
+    #[error("101 Switching Protocols to a request that asked for no upgrade")]
     SwitchingProtocols,
     #[error("response has both Content-Length and Transfer-Encoding")]
     ContentLengthWithTransferEncoding,
@@ -100,6 +103,27 @@ impl ResponseHeadError {
 pub fn parse_response_head(
     buf: &[u8],
     request_method_is_head: bool,
+    limits: &HeadLimits,
+) -> Result<Option<ResponseHead>, ResponseHeadError> {
+    parse_head(buf, request_method_is_head, false, limits)
+}
+
+/// Parses the answer to a request that asked for a protocol upgrade (a WebSocket opening
+/// handshake, always a `GET`): as [`parse_response_head`], except that `101 Switching
+/// Protocols` is accepted as the final response, without a body and with a backend connection
+/// that no longer speaks HTTP ([`ResponseHead::backend_keep_alive`] false). Whether the 101
+/// names the protocol asked for is [`super::check_switching_protocols`]'s business.
+pub fn parse_upgrade_response_head(
+    buf: &[u8],
+    limits: &HeadLimits,
+) -> Result<Option<ResponseHead>, ResponseHeadError> {
+    parse_head(buf, false, true, limits)
+}
+
+fn parse_head(
+    buf: &[u8],
+    request_method_is_head: bool,
+    upgrade_requested: bool,
     limits: &HeadLimits,
 ) -> Result<Option<ResponseHead>, ResponseHeadError> {
     let window = buf.get(..limits.max_head_bytes).unwrap_or(buf);
@@ -128,7 +152,8 @@ pub fn parse_response_head(
     if !(100..=599).contains(&status) {
         return Err(ResponseHeadError::InvalidStatus(status));
     }
-    if status == 101 {
+    let switching = status == SWITCHING_PROTOCOLS;
+    if switching && !upgrade_requested {
         return Err(ResponseHeadError::SwitchingProtocols);
     }
     let reason = res
@@ -184,8 +209,13 @@ pub fn parse_response_head(
         (Some(Ok(n)), _) => Some(n),
         (None, _) => None,
     };
-    let is_informational = (100..200).contains(&status);
-    let body = if request_method_is_head || is_informational || status == 204 || status == 304 {
+    let is_informational = (100..200).contains(&status) && !switching;
+    let body = if request_method_is_head
+        || is_informational
+        || switching
+        || status == 204
+        || status == 304
+    {
         ResponseBody::None
     } else if codings.present {
         if codings.last_is_chunked {
@@ -200,7 +230,9 @@ pub fn parse_response_head(
     } else {
         ResponseBody::CloseDelimited
     };
-    let backend_keep_alive = connection.persistent(version) && body != ResponseBody::CloseDelimited;
+    // After a 101 the connection carries the new protocol, never another HTTP response.
+    let backend_keep_alive =
+        connection.persistent(version) && body != ResponseBody::CloseDelimited && !switching;
 
     Ok(Some(ResponseHead {
         reason,

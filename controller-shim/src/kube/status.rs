@@ -976,6 +976,85 @@ spec:
         );
     }
 
+    const GRPC: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis, resourceVersion: '1'}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: g, namespace: ns, resourceVersion: '2', generation: 1}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rpc, namespace: ns, resourceVersion: '4', generation: 1}
+spec:
+  parentRefs: [{name: g}]
+  rules: [{matches: [{method: {service: pkg.Echo}}]}]
+status:
+  parents:
+  - controllerName: example.com/other
+    parentRef: {name: elsewhere}
+    conditions: []
+";
+
+    #[test]
+    fn grpc_route_statuses_are_written_keep_other_controllers_and_converge() {
+        let mut loaded = LoadedManifests::default();
+        load_text(Path::new("t.yaml"), GRPC, false, &mut loaded).unwrap();
+        let mut store = loaded.store;
+        let memo = WrittenMemo::new();
+        let first = plan_status_writes(&store, &translation(&store, 100), OURS, &memo);
+        let kinds: Vec<ObjectKind> = first.iter().map(|w| w.target.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ObjectKind::GatewayClass,
+                ObjectKind::Gateway,
+                ObjectKind::GrpcRoute
+            ]
+        );
+        let StatusBody::GrpcRoute(route) = &first[2].status else {
+            panic!("{first:?}");
+        };
+        assert_eq!(route.parents.len(), 2);
+        assert_eq!(route.parents[0].controller_name, "example.com/other");
+        assert_eq!(route.parents[1].controller_name, OURS);
+        assert_eq!(route.parents[1].conditions[0].status, "True");
+        let resource = ApiResource::erase::<gateway_api::experimental::grpcroutes::GrpcRoute>(&());
+        let body = status_apply_body(&resource, &first[2]).unwrap();
+        assert_eq!(body["kind"], "GRPCRoute");
+        assert_eq!(
+            body["metadata"],
+            json!({"name": "rpc", "namespace": "ns", "resourceVersion": "4"})
+        );
+        apply_writes(&mut store, &first);
+        for second in [101, 10_000] {
+            assert_eq!(
+                plan_status_writes(&store, &translation(&store, second), OURS, &memo),
+                Vec::new()
+            );
+        }
+        // The route leaves our Gateway: our entry goes, the other controller's stays.
+        let route = store
+            .grpc_routes
+            .get_mut(&ObjectRef::new("ns", "rpc"))
+            .unwrap();
+        route.spec.parent_refs = None;
+        let writes = plan_status_writes(&store, &translation(&store, 200), OURS, &memo);
+        let last = writes.last().unwrap();
+        assert_eq!(last.target.kind, ObjectKind::GrpcRoute);
+        let StatusBody::GrpcRoute(route) = &last.status else {
+            panic!("{writes:?}");
+        };
+        assert_eq!(route.parents.len(), 1);
+        assert_eq!(route.parents[0].controller_name, "example.com/other");
+    }
+
     #[test]
     fn apply_bodies_carry_type_identity_and_for_routes_the_version() {
         let store = store();

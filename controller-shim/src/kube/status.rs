@@ -5,10 +5,9 @@
 //! - a condition whose `status` did not change keeps the live `lastTransitionTime`;
 //! - nothing is written when the merged status equals the live one in every field we write,
 //!   so status converges and then stays put (no write loops);
-//! - HTTPRoute and GRPCRoute `status.parents` is an atomic list in the CRD (not a map), so
-//!   server-side apply
-//!   would replace other controllers' entries: the list written is the live list with only
-//!   our controller's entries replaced, sent with the live `resourceVersion` so that a
+//! - a route's `status.parents` (HTTPRoute and GRPCRoute alike) is an atomic list in the CRD
+//!   (not a map), so server-side apply would replace other controllers' entries: the list
+//!   written is the live list with only our controller's entries replaced, sent with the live `resourceVersion` so that a
 //!   concurrent write by another controller makes ours fail (409) and be redone from fresh
 //!   data rather than lose theirs. Our entries on routes that no longer reference one of our
 //!   Gateways are removed;

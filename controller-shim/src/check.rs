@@ -2,7 +2,7 @@
 //! and print the statuses the controller would write.
 //!
 //! stdout: a multi-document YAML stream, one document per Gateway we serve and per HTTPRoute
-//! with a parentRef to one (`apiVersion`, `kind`, `metadata.name/namespace`, `status`).
+//! or GRPCRoute with a parentRef to one (`apiVersion`, `kind`, `metadata.name/namespace`, `status`).
 //! stderr: a short human summary. Exit 0 when the manifests were read (invalid references are
 //! statuses, not failures); 2 when DIR is missing or a file cannot be read or parsed.
 
@@ -112,8 +112,8 @@ fn document<S: Serialize>(
     })
 }
 
-/// The statuses as a multi-document YAML stream: Gateways first, then HTTPRoutes, each sorted
-/// by `namespace/name`.
+/// The statuses as a multi-document YAML stream: Gateways first, then HTTPRoutes, then
+/// GRPCRoutes, each sorted by `namespace/name`.
 pub fn render_statuses(translation: &Translation) -> Result<String, serde_yaml::Error> {
     let mut documents = Vec::new();
     for (key, status) in &translation.gateway_statuses {
@@ -121,6 +121,9 @@ pub fn render_statuses(translation: &Translation) -> Result<String, serde_yaml::
     }
     for (key, status) in &translation.route_statuses {
         documents.push(document("HTTPRoute", key, status)?);
+    }
+    for (key, status) in &translation.grpc_route_statuses {
+        documents.push(document("GRPCRoute", key, status)?);
     }
     Ok(documents.join("---\n"))
 }
@@ -188,27 +191,45 @@ pub fn summary(loaded: &LoadedManifests, translation: &Translation) -> String {
     }
     let mut accepted = 0;
     let mut not_accepted = Vec::new();
-    for (key, status) in &translation.route_statuses {
-        for parent in &status.parents {
-            for condition in &parent.conditions {
-                if condition.type_ == "Accepted" && condition.status == "True" {
-                    accepted += 1;
-                } else if condition.status == "False" {
-                    not_accepted.push(format!(
-                        "  HTTPRoute {key} -> {}: {}={} {}: {}",
-                        parent.parent_ref.name,
-                        condition.type_,
-                        condition.status,
-                        condition.reason,
-                        condition.message
-                    ));
-                }
+    // Both kinds' statuses have the API's one RouteStatus shape.
+    let http = translation.route_statuses.iter().flat_map(|(key, status)| {
+        status.parents.iter().map(move |p| {
+            (
+                "HTTPRoute",
+                key,
+                p.parent_ref.name.as_str(),
+                p.conditions.as_slice(),
+            )
+        })
+    });
+    let grpc = translation
+        .grpc_route_statuses
+        .iter()
+        .flat_map(|(key, status)| {
+            status.parents.iter().map(move |p| {
+                (
+                    "GRPCRoute",
+                    key,
+                    p.parent_ref.name.as_str(),
+                    p.conditions.as_slice(),
+                )
+            })
+        });
+    for (kind, key, parent, conditions) in http.chain(grpc) {
+        for condition in conditions {
+            if condition.type_ == "Accepted" && condition.status == "True" {
+                accepted += 1;
+            } else if condition.status == "False" {
+                not_accepted.push(format!(
+                    "  {kind} {key} -> {parent}: {}={} {}: {}",
+                    condition.type_, condition.status, condition.reason, condition.message
+                ));
             }
         }
     }
     lines.push(format!(
         "routes: {} with our parents, {accepted} parent attachment(s) accepted",
-        translation.route_statuses.len()
+        translation.route_statuses.len() + translation.grpc_route_statuses.len()
     ));
     lines.extend(not_accepted);
     for port in &translation.desired.ports {

@@ -314,6 +314,8 @@ const GATEWAY_API_VERSIONS: [&str; 2] = [
     "gateway.networking.k8s.io/v1",
     "gateway.networking.k8s.io/v1beta1",
 ];
+/// GRPCRoute is read as Gateway API v1 serves it (Standard channel since v1.1).
+const GRPC_ROUTE_VERSION: &str = "gateway.networking.k8s.io/v1";
 const REFERENCE_GRANT_VERSIONS: [&str; 3] = [
     "gateway.networking.k8s.io/v1",
     "gateway.networking.k8s.io/v1beta1",
@@ -331,6 +333,7 @@ fn typed_object(
         (_, "GatewayClass") if gateway_api => Object::GatewayClass(typed(kind, value)?),
         (_, "Gateway") if gateway_api => Object::Gateway(typed(kind, value)?),
         (_, "HTTPRoute") if gateway_api => Object::HttpRoute(typed(kind, value)?),
+        (GRPC_ROUTE_VERSION, "GRPCRoute") => Object::GrpcRoute(typed(kind, value)?),
         (_, "ReferenceGrant") if REFERENCE_GRANT_VERSIONS.contains(&api_version) => {
             Object::ReferenceGrant(StoredReferenceGrant {
                 api_version: api_version.to_owned(),

@@ -10,6 +10,7 @@ use std::fmt;
 
 use gateway_api::experimental::gatewayclasses::GatewayClass;
 use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
@@ -36,6 +37,7 @@ pub enum ObjectKind {
     GatewayClass,
     Gateway,
     HttpRoute,
+    GrpcRoute,
     ReferenceGrant,
     Secret,
     ConfigMap,
@@ -51,6 +53,7 @@ impl ObjectKind {
             ObjectKind::GatewayClass => "GatewayClass",
             ObjectKind::Gateway => "Gateway",
             ObjectKind::HttpRoute => "HTTPRoute",
+            ObjectKind::GrpcRoute => "GRPCRoute",
             ObjectKind::ReferenceGrant => "ReferenceGrant",
             ObjectKind::Secret => "Secret",
             ObjectKind::ConfigMap => "ConfigMap",
@@ -78,6 +81,7 @@ pub enum Object {
     GatewayClass(GatewayClass),
     Gateway(Gateway),
     HttpRoute(HttpRoute),
+    GrpcRoute(GrpcRoute),
     ReferenceGrant(StoredReferenceGrant),
     Secret(Secret),
     ConfigMap(ConfigMap),
@@ -92,6 +96,7 @@ impl Object {
             Object::GatewayClass(_) => ObjectKind::GatewayClass,
             Object::Gateway(_) => ObjectKind::Gateway,
             Object::HttpRoute(_) => ObjectKind::HttpRoute,
+            Object::GrpcRoute(_) => ObjectKind::GrpcRoute,
             Object::ReferenceGrant(_) => ObjectKind::ReferenceGrant,
             Object::Secret(_) => ObjectKind::Secret,
             Object::ConfigMap(_) => ObjectKind::ConfigMap,
@@ -106,6 +111,7 @@ impl Object {
             Object::GatewayClass(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.grant.metadata,
             Object::Secret(o) => &o.metadata,
             Object::ConfigMap(o) => &o.metadata,
@@ -133,6 +139,7 @@ macro_rules! object_from {
 object_from!(GatewayClass, GatewayClass);
 object_from!(Gateway, Gateway);
 object_from!(HttpRoute, HttpRoute);
+object_from!(GrpcRoute, GrpcRoute);
 object_from!(ReferenceGrant, StoredReferenceGrant);
 object_from!(Secret, Secret);
 object_from!(ConfigMap, ConfigMap);
@@ -195,6 +202,7 @@ pub struct ObjectStore {
     pub gateway_classes: BTreeMap<String, GatewayClass>,
     pub gateways: BTreeMap<ObjectRef, Gateway>,
     pub http_routes: BTreeMap<ObjectRef, HttpRoute>,
+    pub grpc_routes: BTreeMap<ObjectRef, GrpcRoute>,
     pub reference_grants: BTreeMap<ObjectRef, StoredReferenceGrant>,
     pub secrets: BTreeMap<ObjectRef, Secret>,
     pub config_maps: BTreeMap<ObjectRef, ConfigMap>,
@@ -228,6 +236,9 @@ impl ObjectStore {
             Object::HttpRoute(o) => {
                 self.http_routes.insert(at, o);
             }
+            Object::GrpcRoute(o) => {
+                self.grpc_routes.insert(at, o);
+            }
             Object::ReferenceGrant(o) => {
                 self.reference_grants.insert(at, o);
             }
@@ -257,6 +268,7 @@ impl ObjectStore {
             ObjectKind::GatewayClass => self.gateway_classes.remove(&at.name).is_some(),
             ObjectKind::Gateway => self.gateways.remove(at).is_some(),
             ObjectKind::HttpRoute => self.http_routes.remove(at).is_some(),
+            ObjectKind::GrpcRoute => self.grpc_routes.remove(at).is_some(),
             ObjectKind::ReferenceGrant => self.reference_grants.remove(at).is_some(),
             ObjectKind::Secret => self.secrets.remove(at).is_some(),
             ObjectKind::ConfigMap => self.config_maps.remove(at).is_some(),
@@ -276,6 +288,7 @@ impl ObjectStore {
         self.gateway_classes.len()
             + self.gateways.len()
             + self.http_routes.len()
+            + self.grpc_routes.len()
             + self.reference_grants.len()
             + self.secrets.len()
             + self.config_maps.len()
@@ -293,6 +306,7 @@ fn set_namespace(object: &mut Object, namespace: &str) {
     let metadata = match object {
         Object::Gateway(o) => &mut o.metadata,
         Object::HttpRoute(o) => &mut o.metadata,
+        Object::GrpcRoute(o) => &mut o.metadata,
         Object::ReferenceGrant(o) => &mut o.grant.metadata,
         Object::Secret(o) => &mut o.metadata,
         Object::ConfigMap(o) => &mut o.metadata,

@@ -218,3 +218,44 @@ fn a_single_file_can_be_checked() {
     assert_eq!(kinds, vec!["Gateway".to_owned()], "{out}");
     assert!(out.contains("reason: InvalidCertificateRef"), "{out}");
 }
+
+#[test]
+fn grpc_routes_are_reported_like_http_routes() {
+    let dir = guide_folder("grpc");
+    // The guide's HTTPRoute serves example.com; a younger GRPCRoute without hostnames (every
+    // host) on the same listeners is refused (an HTTPRoute and a GRPCRoute may not share one).
+    std::fs::write(
+        dir.join("grpcroute.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: httpbin, creationTimestamp: '2030-01-01T00:00:00Z'}
+spec:
+  parentRefs: [{name: mtls, namespace: agentgateway-system}]
+  rules: [{matches: [{method: {service: pkg.Echo}}]}]
+",
+    )
+    .expect("write");
+    let (code, out, err) = run_check(&dir, Some("agentgateway"));
+    assert_eq!(code, EXIT_OK, "{err}");
+    let documents: Vec<Document> = serde_yaml::Deserializer::from_str(&out)
+        .map(|d| Document::deserialize(d).expect("each document has the status shape"))
+        .collect();
+    let kinds: Vec<&str> = documents.iter().map(|d| d.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["Gateway", "HTTPRoute", "GRPCRoute"]);
+    let status: gateway_api::experimental::grpcroutes::GrpcRouteStatus =
+        serde_yaml::from_value(documents[2].status.clone()).expect("GRPCRouteStatus");
+    assert_condition(
+        &status.parents[0].conditions,
+        "Accepted",
+        false,
+        "HostnameConflict",
+    );
+    assert!(
+        err.contains("routes: 2 with our parents, 1 parent attachment(s) accepted"),
+        "{err}"
+    );
+    assert!(
+        err.contains("GRPCRoute httpbin/echo -> mtls: Accepted=False HostnameConflict"),
+        "{err}"
+    );
+}

@@ -9,6 +9,7 @@
 mod support;
 
 use gateway_api::experimental::gateways::{Gateway, GatewayStatusAddresses};
+use gateway_api::experimental::grpcroutes::{GrpcRoute, GrpcRouteStatusParents};
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -19,9 +20,11 @@ use portcullis_controller_shim::{
     Object, ObjectStore, StoredReferenceGrant, Translation, translate,
 };
 use portcullis_core::desired::{
-    BackendProtocol, BackendTarget, ClientValidation, DesiredPort, HeaderMatch, ObjectRef,
-    PathMatch, PortProtocol, PrivateKeyEncoding, QueryParamMatch, RouteMatch, ValidationMode,
+    BackendProtocol, BackendTarget, ClientValidation, DesiredListener, DesiredPort, HeaderMatch,
+    ObjectRef, PathMatch, PortProtocol, PrivateKeyEncoding, QueryParamMatch, RouteMatch,
+    ValidationMode,
 };
+use portcullis_core::routing::{HeaderPairs, RouteRequest, RouteTable};
 use serde_json::{Value, json};
 use support::*;
 
@@ -76,6 +79,7 @@ fn insert(store: &mut ObjectStore, object: Value) {
         "GatewayClass" => Object::GatewayClass(serde_json::from_value(object).unwrap()),
         "Gateway" => Object::Gateway(serde_json::from_value::<Gateway>(object).unwrap()),
         "HTTPRoute" => Object::HttpRoute(serde_json::from_value::<HttpRoute>(object).unwrap()),
+        "GRPCRoute" => Object::GrpcRoute(serde_json::from_value::<GrpcRoute>(object).unwrap()),
         "ReferenceGrant" => Object::ReferenceGrant(StoredReferenceGrant {
             api_version: object["apiVersion"].as_str().unwrap().to_owned(),
             grant: serde_json::from_value(object).unwrap(),
@@ -771,11 +775,19 @@ fn s5_valid_listener_is_true_true_true_with_supported_kinds() {
     let l = listener(gw(&t, "g"), "a");
     assert_listener_healthy(l);
     assert_eq!(l.attached_routes, 0);
-    let kinds = l.supported_kinds.as_deref().unwrap();
-    assert_eq!(kinds.len(), 1);
+    let kinds: Vec<(Option<&str>, &str)> = l
+        .supported_kinds
+        .as_deref()
+        .unwrap()
+        .iter()
+        .map(|k| (k.group.as_deref(), k.kind.as_str()))
+        .collect();
     assert_eq!(
-        (kinds[0].group.as_deref(), kinds[0].kind.as_str()),
-        (Some("gateway.networking.k8s.io"), "HTTPRoute")
+        kinds,
+        vec![
+            (Some("gateway.networking.k8s.io"), "HTTPRoute"),
+            (Some("gateway.networking.k8s.io"), "GRPCRoute")
+        ]
     );
     assert!(condition(&l.conditions, "Conflicted").is_none());
 }
@@ -1269,12 +1281,12 @@ fn passthrough_bad_options_bad_ports_and_hostnames_are_not_accepted() {
 }
 
 #[test]
-fn allowed_route_kinds_other_than_httproute_are_invalid_route_kinds() {
+fn allowed_route_kinds_other_than_httproute_and_grpcroute_are_invalid_route_kinds() {
     let mut w = world();
     let mut mixed = http("mixed", 8080);
     mixed["allowedRoutes"]["kinds"] = json!([{"kind": "HTTPRoute"}, {"kind": "TCPRoute"}]);
     let mut none = http("none", 8081);
-    none["allowedRoutes"]["kinds"] = json!([{"kind": "GRPCRoute"}]);
+    none["allowedRoutes"]["kinds"] = json!([{"kind": "TLSRoute"}]);
     add_gateway(&mut w.store, "g", vec![mixed, none], None);
     let t = run(&w.store);
     let g = gw(&t, "g");
@@ -1853,4 +1865,575 @@ fn client_identity_rules_need_frontend_validation_on_their_port() {
     assert_listener_healthy(listener(gw(&t, "verified"), "restricted"));
     let options = &port(&t, 8443).listeners[0].tls.as_ref().unwrap().options;
     assert_eq!(options.client_identity.subject_alt_names.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRPCRoute: attachment, matches, precedence, the HTTPRoute/GRPCRoute hostname rule, backends,
+// statuses.
+
+fn grpc_route(name: &str, namespace: &str, spec: Value) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+           "metadata": {"name": name, "namespace": namespace, "generation": 3}, "spec": spec})
+}
+
+#[track_caller]
+fn grpc_parent<'a>(
+    t: &'a Translation,
+    name: &str,
+    section: Option<&str>,
+) -> &'a GrpcRouteStatusParents {
+    t.grpc_route_status(&ObjectRef::new(NS, name))
+        .unwrap_or_else(|| panic!("no status for GRPCRoute {NS}/{name}"))
+        .parents
+        .iter()
+        .find(|p| p.parent_ref.name == "g" && p.parent_ref.section_name.as_deref() == section)
+        .unwrap_or_else(|| panic!("no parent status for g {section:?}"))
+}
+
+/// `(status, reason, message)` of a GRPCRoute's Accepted condition for Gateway `g`.
+#[track_caller]
+fn grpc_accepted(t: &Translation, name: &str, section: Option<&str>) -> (String, String, String) {
+    let c = condition(&grpc_parent(t, name, section).conditions, "Accepted").unwrap();
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+#[track_caller]
+fn desired_listener<'a>(t: &'a Translation, port_number: u16, name: &str) -> &'a DesiredListener {
+    port(t, port_number)
+        .listeners
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("listener {name} not served"))
+}
+
+/// The names of the routes attached to a served listener, in its order.
+fn attached(t: &Translation, port_number: u16, listener_name: &str) -> Vec<String> {
+    desired_listener(t, port_number, listener_name)
+        .routes
+        .iter()
+        .map(|r| r.route.name.clone())
+        .collect()
+}
+
+#[test]
+fn grpc_routes_attach_like_http_routes_to_http_and_https_listeners() {
+    let mut w = world();
+    let mut http_only = http("http-only", 8081);
+    http_only["allowedRoutes"]["kinds"] = json!([{"kind": "HTTPRoute"}]);
+    let mut grpc_only = http("grpc-only", 8082);
+    grpc_only["allowedRoutes"]["kinds"] = json!([{"kind": "GRPCRoute"}]);
+    let mut same_ns = http("same-ns", 8083);
+    same_ns["allowedRoutes"] = json!({"namespaces": {"from": "Same"}});
+    add_gateway(
+        &mut w.store,
+        "g",
+        vec![
+            http("web", 8080),
+            https_host("secure", 8443, "*.example.com"),
+            http_only,
+            grpc_only,
+            same_ns,
+        ],
+        None,
+    );
+    let parent_ref = |section: &str| json!({"name": "g", "namespace": NS, "sectionName": section});
+    insert(
+        &mut w.store,
+        grpc_route(
+            "all",
+            NS,
+            json!({"parentRefs": [{"name": "g"}], "hostnames": ["rpc.example.com"]}),
+        ),
+    );
+    insert(
+        &mut w.store,
+        grpc_route(
+            "r",
+            "apps",
+            json!({"parentRefs": [parent_ref("http-only"), parent_ref("grpc-only"),
+                                  parent_ref("same-ns"), parent_ref("missing"),
+                                  {"name": "g", "namespace": NS, "port": 8443}],
+                   "hostnames": ["rpc.example.org"]}),
+        ),
+    );
+    let t = run(&w.store);
+    // Listeners without allowedRoutes.kinds take both kinds; a kinds list may name GRPCRoute.
+    let g = gw(&t, "g");
+    let kinds = |name: &str| -> Vec<String> {
+        listener(g, name)
+            .supported_kinds
+            .iter()
+            .flatten()
+            .map(|k| k.kind.clone())
+            .collect()
+    };
+    assert_eq!(kinds("web"), vec!["HTTPRoute", "GRPCRoute"]);
+    assert_eq!(kinds("secure"), vec!["HTTPRoute", "GRPCRoute"]);
+    assert_eq!(kinds("http-only"), vec!["HTTPRoute"]);
+    assert_eq!(kinds("grpc-only"), vec!["GRPCRoute"]);
+    assert_listener_healthy(listener(g, "grpc-only"));
+
+    // No parentRef section: every listener that admits it and whose hostname intersects.
+    let p = grpc_parent(&t, "all", None);
+    assert_condition(&p.conditions, "Accepted", true, "Accepted");
+    assert_condition(&p.conditions, "ResolvedRefs", true, "ResolvedRefs");
+    assert_eq!(p.controller_name, "portcullis.dev/gateway-controller");
+    assert_eq!(
+        p.parent_ref.group.as_deref(),
+        Some("gateway.networking.k8s.io")
+    );
+    assert_eq!(p.parent_ref.kind.as_deref(), Some("Gateway"));
+    assert!(
+        p.conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(3))
+    );
+    assert_eq!(attached(&t, 8080, "web"), vec!["all"]);
+    assert_eq!(attached(&t, 8443, "secure"), vec!["all"]);
+    assert_eq!(
+        desired_listener(&t, 8443, "secure").routes[0].hostnames,
+        vec!["rpc.example.com"]
+    );
+    assert!(attached(&t, 8081, "http-only").is_empty());
+    // apps/r too (below); without timestamps, by namespace/name.
+    assert_eq!(attached(&t, 8082, "grpc-only"), vec!["r", "all"]);
+    assert_eq!(listener(g, "web").attached_routes, 1);
+    assert_eq!(listener(g, "http-only").attached_routes, 0);
+
+    // From namespace apps, by section name and port.
+    let parents = &t
+        .grpc_route_status(&ObjectRef::new("apps", "r"))
+        .unwrap()
+        .parents;
+    let reason = |section: Option<&str>, port: Option<i32>| {
+        let p = parents
+            .iter()
+            .find(|p| p.parent_ref.section_name.as_deref() == section && p.parent_ref.port == port)
+            .unwrap();
+        let c = condition(&p.conditions, "Accepted").unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    };
+    let (status, why, message) = reason(Some("http-only"), None);
+    assert_eq!(
+        (status.as_str(), why.as_str()),
+        ("False", "NotAllowedByListeners")
+    );
+    assert!(
+        message.contains("GRPCRoutes from namespace apps"),
+        "{message}"
+    );
+    assert_eq!(reason(Some("grpc-only"), None).0, "True");
+    assert_eq!(reason(Some("same-ns"), None).1, "NotAllowedByListeners");
+    assert_eq!(reason(Some("missing"), None).1, "NoMatchingParent");
+    assert_eq!(reason(None, Some(8443)).1, "NoMatchingListenerHostname");
+    assert_eq!(listener(g, "grpc-only").attached_routes, 2);
+}
+
+#[test]
+fn grpc_method_and_header_matches_become_desired_matches() {
+    let mut w = world();
+    add_gateway(&mut w.store, "g", vec![http("web", 8080)], None);
+    // Read through the manifest loader, as in file mode.
+    load_yaml(
+        &mut w.store,
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rpc, namespace: infra}
+spec:
+  parentRefs: [{name: g}]
+  rules:
+  - matches:
+    - method: {service: pkg.Echo, method: Say}
+      headers: [{name: X-Env, value: prod}]
+    - method: {type: Exact, service: pkg.Other}
+    - method: {method: Ping, service: ''}
+    - headers: [{name: h, value: '1', type: Exact}]
+  - {}
+",
+    );
+    let t = run(&w.store);
+    assert_eq!(grpc_accepted(&t, "rpc", None).0, "True");
+    let rules = &desired_listener(&t, 8080, "web").routes[0].rules;
+    let grpc = |service: Option<&str>, method: Option<&str>| PathMatch::Grpc {
+        service: service.map(str::to_owned),
+        method: method.map(str::to_owned),
+    };
+    let header = |name: &str, value: &str| HeaderMatch {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    };
+    assert_eq!(
+        rules[0].matches,
+        vec![
+            RouteMatch {
+                path: grpc(Some("pkg.Echo"), Some("Say")),
+                headers: vec![header("X-Env", "prod")],
+                ..RouteMatch::default()
+            },
+            RouteMatch {
+                path: grpc(Some("pkg.Other"), None),
+                ..RouteMatch::default()
+            },
+            RouteMatch {
+                path: grpc(None, Some("Ping")),
+                ..RouteMatch::default()
+            },
+            // No method: every gRPC request (the default match), with the header.
+            RouteMatch {
+                headers: vec![header("h", "1")],
+                ..RouteMatch::default()
+            },
+        ]
+    );
+    // No matches at all: every request, as the API requires.
+    assert!(rules[1].matches.is_empty());
+}
+
+#[test]
+fn grpc_regular_expressions_filters_and_bad_method_matches_make_the_route_unsupported() {
+    for rule in [
+        json!({"matches": [{"method": {"type": "RegularExpression", "service": "pkg\\..*"}}]}),
+        json!({"matches": [{"headers": [{"name": "h", "value": ".*", "type": "RegularExpression"}]}]}),
+        json!({"matches": [{"method": {"type": "Exact"}}]}),
+        json!({"matches": [{"method": {"service": "", "method": ""}}]}),
+        json!({"matches": [{"method": {"service": "pkg/Echo"}}]}),
+        json!({"matches": [{"method": {"method": "Say/x"}}]}),
+        json!({"filters": [{"type": "RequestHeaderModifier",
+                            "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}]}),
+        json!({"backendRefs": [{"name": "svc", "port": 80, "filters": [{"type": "RequestHeaderModifier",
+                            "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}]}]}),
+    ] {
+        let mut w = world();
+        add_gateway(&mut w.store, "g", vec![http("web", 8080)], None);
+        insert(&mut w.store, service(NS, "svc", json!([{"port": 80}])));
+        insert(
+            &mut w.store,
+            grpc_route(
+                "r",
+                NS,
+                json!({"parentRefs": [{"name": "g"}], "rules": [rule.clone()]}),
+            ),
+        );
+        let t = run(&w.store);
+        let (status, reason, message) = grpc_accepted(&t, "r", None);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "UnsupportedValue"),
+            "{rule}"
+        );
+        assert!(message.contains("rules[0]"), "{message}");
+        assert_eq!(listener(gw(&t, "g"), "web").attached_routes, 0);
+        assert!(port(&t, 8080).listeners[0].routes.is_empty());
+    }
+}
+
+/// The backend name of the rule a gRPC call is routed to on a served listener.
+fn route_call(
+    listener: &DesiredListener,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<String> {
+    let table = RouteTable::new(&listener.routes);
+    let headers = HeaderPairs(headers);
+    table
+        .find(&RouteRequest {
+            host,
+            method: "POST",
+            path,
+            query: None,
+            headers: &headers,
+        })
+        .map(|t| t.backends[0].name.clone())
+}
+
+#[test]
+fn grpc_precedence_across_routes_is_service_then_method_then_headers_then_age() {
+    let mut w = world();
+    add_gateway(&mut w.store, "g", vec![http("web", 8080)], None);
+    for svc in ["older", "younger", "service", "method", "header"] {
+        insert(&mut w.store, service(NS, svc, json!([{"port": 80}])));
+    }
+    let backend = |name: &str| json!([{"name": name, "port": 80}]);
+    let mut younger = grpc_route(
+        "a-younger",
+        NS,
+        json!({"parentRefs": [{"name": "g"}], "rules": [
+            {"matches": [{"method": {"service": "pkg.Echo", "method": "Say"}}],
+             "backendRefs": backend("younger")},
+            {"matches": [{"method": {"service": "pkg.Echo", "method": "Say"},
+                          "headers": [{"name": "x-canary", "value": "1"}]}],
+             "backendRefs": backend("header")}
+        ]}),
+    );
+    younger["metadata"]["creationTimestamp"] = created(200);
+    let mut older = grpc_route(
+        "z-older",
+        NS,
+        json!({"parentRefs": [{"name": "g"}], "rules": [
+            {"matches": [{"method": {"service": "pkg.Echo"}}], "backendRefs": backend("service")},
+            {"matches": [{"method": {"service": "pkg.Echo", "method": "Say"}}],
+             "backendRefs": backend("older")},
+            {"matches": [{"method": {"method": "AVeryLongMethodName"}}],
+             "backendRefs": backend("method")}
+        ]}),
+    );
+    older["metadata"]["creationTimestamp"] = created(100);
+    insert(&mut w.store, younger);
+    insert(&mut w.store, older);
+    let t = run(&w.store);
+    let web = desired_listener(&t, 8080, "web");
+    assert_eq!(attached(&t, 8080, "web"), vec!["z-older", "a-younger"]);
+    let call = |path, headers: &[(&str, &str)]| route_call(web, "h", path, headers);
+    // Same service and method in two routes: the older route wins, whatever the names.
+    assert_eq!(
+        call("/pkg.Echo/Say", &[]).as_deref(),
+        Some("infra/older:80")
+    );
+    // More header matches win over age.
+    assert_eq!(
+        call("/pkg.Echo/Say", &[("x-canary", "1")]).as_deref(),
+        Some("infra/header:80")
+    );
+    // A service match beats a longer method-only match; the method match takes other services.
+    assert_eq!(
+        call("/pkg.Echo/AVeryLongMethodName", &[]).as_deref(),
+        Some("infra/service:80")
+    );
+    assert_eq!(
+        call("/pkg.Other/AVeryLongMethodName", &[]).as_deref(),
+        Some("infra/method:80")
+    );
+    assert_eq!(call("/pkg.Other/Say", &[]), None);
+}
+
+#[test]
+fn an_http_route_and_a_grpc_route_sharing_a_hostname_on_a_listener_the_older_is_accepted() {
+    let mut w = world();
+    add_gateway(
+        &mut w.store,
+        "g",
+        vec![
+            http("web", 8080),
+            https_host("rpc", 8443, "rpc.example.com"),
+        ],
+        None,
+    );
+    let add = |store: &mut ObjectStore, kind: &str, name: &str, created_at: i64, spec: Value| {
+        let mut r = if kind == "HTTPRoute" {
+            route(name, NS, spec)
+        } else {
+            grpc_route(name, NS, spec)
+        };
+        r["metadata"]["creationTimestamp"] = created(created_at);
+        insert(store, r);
+    };
+    let web = json!({"name": "g", "sectionName": "web"});
+    // An older HTTPRoute keeps *.example.com's a.example.com against a younger GRPCRoute.
+    add(
+        &mut w.store,
+        "HTTPRoute",
+        "site",
+        100,
+        json!({"parentRefs": [web], "hostnames": ["a.example.com"]}),
+    );
+    add(
+        &mut w.store,
+        "GRPCRoute",
+        "api",
+        200,
+        json!({"parentRefs": [web], "hostnames": ["*.example.com"]}),
+    );
+    // An older GRPCRoute against a younger HTTPRoute without hostnames (every host).
+    add(
+        &mut w.store,
+        "GRPCRoute",
+        "rpc-old",
+        50,
+        json!({"parentRefs": [web], "hostnames": ["rpc.example.org"]}),
+    );
+    add(
+        &mut w.store,
+        "HTTPRoute",
+        "catch-all",
+        300,
+        json!({"parentRefs": [web]}),
+    );
+    // Disjoint hostnames: both accepted.
+    add(
+        &mut w.store,
+        "HTTPRoute",
+        "x",
+        400,
+        json!({"parentRefs": [web], "hostnames": ["x.test"]}),
+    );
+    add(
+        &mut w.store,
+        "GRPCRoute",
+        "y",
+        500,
+        json!({"parentRefs": [web], "hostnames": ["y.test"]}),
+    );
+    // Same age: the first by namespace/name wins (a GRPCRoute "t1" before an HTTPRoute "t2").
+    add(
+        &mut w.store,
+        "HTTPRoute",
+        "t2",
+        600,
+        json!({"parentRefs": [web], "hostnames": ["tie.test"]}),
+    );
+    add(
+        &mut w.store,
+        "GRPCRoute",
+        "t1",
+        600,
+        json!({"parentRefs": [web], "hostnames": ["tie.test"]}),
+    );
+    // Refused on one listener, attached on another: accepted for the parentRef.
+    add(
+        &mut w.store,
+        "GRPCRoute",
+        "both",
+        700,
+        json!({"parentRefs": [{"name": "g"}],
+        "hostnames": ["a.example.com", "rpc.example.com"]}),
+    );
+    let t = run(&w.store);
+    let http_accepted = |name: &str| route_accepted(&t, NS, name, Some("web"));
+    let conflict = |(status, reason, message): (String, String, String), older: &str| {
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "HostnameConflict"),
+            "{message}"
+        );
+        assert!(message.contains(older), "{message}");
+    };
+    assert_eq!(http_accepted("site").0, "True");
+    conflict(
+        grpc_accepted(&t, "api", Some("web")),
+        "HTTPRoute infra/site",
+    );
+    assert_eq!(grpc_accepted(&t, "rpc-old", Some("web")).0, "True");
+    conflict(http_accepted("catch-all"), "GRPCRoute infra/rpc-old");
+    assert_eq!(http_accepted("x").0, "True");
+    assert_eq!(grpc_accepted(&t, "y", Some("web")).0, "True");
+    assert_eq!(grpc_accepted(&t, "t1", Some("web")).0, "True");
+    conflict(http_accepted("t2"), "GRPCRoute infra/t1");
+    assert_eq!(grpc_accepted(&t, "both", None).0, "True");
+
+    assert_eq!(
+        attached(&t, 8080, "web"),
+        vec!["rpc-old", "site", "x", "y", "t1"]
+    );
+    assert_eq!(attached(&t, 8443, "rpc"), vec!["both"]);
+    let g = gw(&t, "g");
+    assert_eq!(listener(g, "web").attached_routes, 5);
+    assert_eq!(listener(g, "rpc").attached_routes, 1);
+}
+
+#[test]
+fn grpc_backends_are_h2c_whatever_the_service_port_says() {
+    let mut w = world();
+    add_gateway(&mut w.store, "g", vec![http("web", 8080)], None);
+    insert(
+        &mut w.store,
+        service(
+            NS,
+            "svc",
+            json!([{"name": "plain", "port": 80},
+                   {"name": "h2c", "port": 9000, "appProtocol": "kubernetes.io/h2c"}]),
+        ),
+    );
+    insert(
+        &mut w.store,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "svc-1", "namespace": NS, "labels": {"kubernetes.io/service-name": "svc"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "plain", "port": 8080}, {"name": "h2c", "port": 9900}],
+        "endpoints": [{"addresses": ["10.0.0.1"]}]}),
+    );
+    insert(
+        &mut w.store,
+        grpc_route(
+            "r",
+            NS,
+            json!({"parentRefs": [{"name": "g"}], "rules": [{"backendRefs": [
+                {"name": "svc", "port": 80, "weight": 2},
+                {"name": "svc", "port": 9000},
+                {"name": "missing", "port": 80}
+            ]}]}),
+        ),
+    );
+    let t = run(&w.store);
+    let backends = &desired_listener(&t, 8080, "web").routes[0].rules[0].backends;
+    assert_eq!(
+        backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight, b.protocol))
+            .collect::<Vec<_>>(),
+        vec![
+            ("infra/svc:80", 2, BackendProtocol::H2c),
+            ("infra/svc:9000", 1, BackendProtocol::H2c),
+            ("infra/missing:80", 1, BackendProtocol::H2c),
+        ]
+    );
+    assert_eq!(
+        backends[0].target,
+        BackendTarget::Endpoints(vec!["10.0.0.1:8080".parse().unwrap()])
+    );
+    assert_eq!(
+        backends[1].target,
+        BackendTarget::Endpoints(vec!["10.0.0.1:9900".parse().unwrap()])
+    );
+    assert!(matches!(backends[2].target, BackendTarget::Invalid { .. }));
+    let p = grpc_parent(&t, "r", None);
+    assert_condition(&p.conditions, "Accepted", true, "Accepted");
+    assert_condition(&p.conditions, "ResolvedRefs", false, "BackendNotFound");
+}
+
+#[test]
+fn grpc_cross_namespace_backends_need_a_grant_from_grpcroutes() {
+    let grant_from = |kind: &str| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "routes", "namespace": "apps"},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": kind, "namespace": NS}],
+                 "to": [{"group": "", "kind": "Service"}]}})
+    };
+    for (grant, resolved) in [
+        (None, false),
+        (Some(grant_from("HTTPRoute")), false),
+        (Some(grant_from("GRPCRoute")), true),
+    ] {
+        let mut w = world();
+        add_gateway(&mut w.store, "g", vec![http("web", 8080)], None);
+        insert(&mut w.store, service("apps", "svc", json!([{"port": 80}])));
+        insert(
+            &mut w.store,
+            grpc_route(
+                "r",
+                NS,
+                json!({"parentRefs": [{"name": "g"}],
+                "rules": [{"backendRefs": [{"name": "svc", "namespace": "apps", "port": 80}]}]}),
+            ),
+        );
+        if let Some(grant) = grant.clone() {
+            insert(&mut w.store, grant);
+        }
+        let t = run(&w.store);
+        let conditions = &grpc_parent(&t, "r", None).conditions;
+        let target = &desired_listener(&t, 8080, "web").routes[0].rules[0].backends[0].target;
+        if resolved {
+            assert_condition(conditions, "ResolvedRefs", true, "ResolvedRefs");
+            assert!(matches!(target, BackendTarget::Endpoints(_)));
+        } else {
+            assert_condition(conditions, "ResolvedRefs", false, "RefNotPermitted");
+            let message = &condition(conditions, "ResolvedRefs").unwrap().message;
+            assert!(
+                message.contains("GRPCRoutes in namespace infra"),
+                "{message}"
+            );
+            assert!(matches!(target, BackendTarget::Invalid { .. }), "{grant:?}");
+        }
+    }
 }

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use portcullis_controller_shim::check::render_statuses;
 use portcullis_controller_shim::{Object, ObjectStore, StoredReferenceGrant, translate};
 use portcullis_core::desired::{ClientValidation, PortProtocol};
+use portcullis_core::hostname;
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
@@ -233,7 +234,7 @@ fn listener() -> impl Strategy<Value = Value> {
             prop::option::of(selector()),
             prop::option::of(prop::collection::vec(
                 (prop::option::of(select(vec!["gateway.networking.k8s.io", "x.io"])),
-                 select(vec!["HTTPRoute", "TCPRoute", "Weird"])),
+                 select(vec!["HTTPRoute", "GRPCRoute", "TCPRoute", "Weird"])),
                 0..3,
             )),
         )),
@@ -401,6 +402,93 @@ fn http_route() -> impl Strategy<Value = Value> {
         })
 }
 
+/// A GRPCRoute method match: service and/or method (valid, empty or garbage), Exact or
+/// RegularExpression, and headers.
+fn grpc_match() -> impl Strategy<Value = Value> {
+    let part = || {
+        prop::option::of(prop_oneof![
+            6 => select(vec!["pkg.Echo", "Echo", "Say", "_x.y_1"]).prop_map(str::to_owned),
+            1 => Just(String::new()),
+            1 => garbage(),
+        ])
+    };
+    (
+        prop::option::of((
+            part(),
+            part(),
+            prop::option::of(prop_oneof![6 => Just("Exact"), 1 => Just("RegularExpression")]),
+        )),
+        prop::collection::vec(
+            (
+                garbage(),
+                garbage(),
+                prop::option::of(prop_oneof![6 => Just("Exact"), 1 => Just("RegularExpression")]),
+            ),
+            0..2,
+        ),
+    )
+        .prop_map(|(method, headers)| {
+            let mut m = json!({});
+            if let Some((service, name, t)) = method {
+                let mut method = json!({});
+                if let Some(service) = service {
+                    method["service"] = json!(service);
+                }
+                if let Some(name) = name {
+                    method["method"] = json!(name);
+                }
+                if let Some(t) = t {
+                    method["type"] = json!(t);
+                }
+                m["method"] = method;
+            }
+            let hs: Vec<Value> = headers
+                .iter()
+                .map(|(n, v, t)| {
+                    let mut h = json!({"name": n, "value": v});
+                    if let Some(t) = t {
+                        h["type"] = json!(t);
+                    }
+                    h
+                })
+                .collect();
+            m["headers"] = json!(hs);
+            m
+        })
+}
+
+/// GRPCRoutes are named `G-...` (a name `name()` never makes), so that a served route's kind
+/// can be told by its name.
+fn grpc_route() -> impl Strategy<Value = Value> {
+    (
+        metadata(),
+        prop::collection::vec(
+            prop_oneof![
+                4 => (select(vec!["g", "h"]), prop::option::of(select(vec!["l1", "l2"])))
+                    .prop_map(|(n, s)| json!({"name": n, "namespace": "a", "sectionName": s})),
+                1 => reference(),
+            ],
+            0..4,
+        ),
+        prop::collection::vec(hostname(), 0..2),
+        prop::collection::vec(
+            (prop::collection::vec(grpc_match(), 0..3), prop::collection::vec(reference(), 0..3), prop::bool::weighted(0.1)),
+            0..3,
+        ),
+    )
+        .prop_map(|(mut metadata, parents, hostnames, rules)| {
+            metadata["name"] = json!(format!("G-{}", metadata["name"].as_str().unwrap_or_default()));
+            let rules: Vec<Value> = rules.into_iter().map(|(matches, backends, filter)| {
+                let mut r = json!({"matches": matches, "backendRefs": backends});
+                if filter { r["filters"] = json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["x"]}}]); }
+                r
+            }).collect();
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+                   "metadata": metadata,
+                   "spec": {"parentRefs": parents, "hostnames": hostnames, "rules": rules}})
+        })
+}
+
 fn pem_value() -> impl Strategy<Value = String> {
     let m = material();
     prop_oneof![
@@ -447,7 +535,7 @@ fn other_object() -> impl Strategy<Value = Value> {
                        "addressType": address_type, "ports": ports, "endpoints": endpoints})
             }),
         (metadata(), select(vec!["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"]),
-         select(vec!["Gateway", "HTTPRoute"]), namespace(), select(vec!["Secret", "ConfigMap", "Service"]), prop::option::of(name()))
+         select(vec!["Gateway", "HTTPRoute", "GRPCRoute"]), namespace(), select(vec!["Secret", "ConfigMap", "Service"]), prop::option::of(name()))
             .prop_map(|(m, api_version, from_kind, from_ns, to_kind, to_name)| {
                 let mut to = json!({"group": "", "kind": to_kind});
                 if let Some(n) = to_name { to["name"] = json!(n); }
@@ -470,6 +558,7 @@ fn to_object(value: Value) -> Object {
     match kind.as_str() {
         "Gateway" => Object::Gateway(serde_json::from_value(parse(value)).expect("Gateway")),
         "HTTPRoute" => Object::HttpRoute(serde_json::from_value(value).expect("HTTPRoute")),
+        "GRPCRoute" => Object::GrpcRoute(serde_json::from_value(value).expect("GRPCRoute")),
         "Secret" => Object::Secret(serde_json::from_value(value).expect("Secret")),
         "ConfigMap" => Object::ConfigMap(serde_json::from_value(value).expect("ConfigMap")),
         "Service" => Object::Service(serde_json::from_value(value).expect("Service")),
@@ -492,10 +581,12 @@ fn object_set() -> impl Strategy<Value = Vec<Value>> {
     (
         prop::collection::vec(gateway(), 0..4),
         prop::collection::vec(http_route(), 0..4),
+        prop::collection::vec(grpc_route(), 0..3),
         prop::collection::vec(other_object(), 0..10),
     )
-        .prop_map(|(mut g, r, o)| {
+        .prop_map(|(mut g, r, grpc, o)| {
             g.extend(r);
+            g.extend(grpc);
             g.extend(o);
             g
         })
@@ -548,6 +639,19 @@ proptest! {
                         .find(|s| s.name == l.name).map(|s| s.attached_routes);
                     prop_assert_eq!(attached, Some(i32::try_from(l.routes.len()).expect("small")));
                 }
+                // No HTTPRoute and GRPCRoute share a hostname on a listener.
+                let (grpc, http): (Vec<_>, Vec<_>) =
+                    l.routes.iter().partition(|r| r.route.name.starts_with("G-"));
+                for g in &grpc {
+                    for h in &http {
+                        let shared = g.hostnames.is_empty()
+                            || h.hostnames.is_empty()
+                            || g.hostnames.iter().any(|a| {
+                                h.hostnames.iter().any(|b| hostname::intersect(Some(a), b).is_some())
+                            });
+                        prop_assert!(!shared, "{:?} and {:?} share a hostname", g, h);
+                    }
+                }
             }
             if p.protocol == PortProtocol::Http {
                 prop_assert_eq!(&p.client_validation, &ClientValidation::NotRequested);
@@ -560,13 +664,17 @@ proptest! {
         let gateway_conditions = t.gateway_statuses.iter().flat_map(|(_, s)| {
             s.conditions.iter().flatten().chain(s.listeners.iter().flatten().flat_map(|l| &l.conditions))
         });
-        let route_conditions = t.route_statuses.iter().flat_map(|(_, s)| s.parents.iter().flat_map(|p| &p.conditions));
+        let route_conditions = t.route_statuses.iter().flat_map(|(_, s)| s.parents.iter().flat_map(|p| &p.conditions))
+            .chain(t.grpc_route_statuses.iter().flat_map(|(_, s)| s.parents.iter().flat_map(|p| &p.conditions)));
         for c in gateway_conditions.chain(route_conditions) {
             prop_assert!(c.status == "True" || c.status == "False");
             prop_assert!(!c.reason.is_empty() && !c.type_.is_empty());
             prop_assert!(c.observed_generation.is_some());
         }
         for (_, s) in &t.route_statuses {
+            prop_assert!(!s.parents.is_empty());
+        }
+        for (_, s) in &t.grpc_route_statuses {
             prop_assert!(!s.parents.is_empty());
         }
         prop_assert!(render_statuses(&t).is_ok());

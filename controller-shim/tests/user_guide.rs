@@ -95,9 +95,14 @@ fn assert_all_true_with_one_route(t: &Translation) {
         assert_listener_healthy(l);
         assert_eq!(l.attached_routes, 1, "{name}");
         let kinds = l.supported_kinds.as_deref().unwrap_or_default();
-        assert_eq!(kinds.len(), 1);
+        assert_eq!(kinds.len(), 2);
         assert_eq!(kinds[0].kind, "HTTPRoute");
-        assert_eq!(kinds[0].group.as_deref(), Some("gateway.networking.k8s.io"));
+        assert_eq!(kinds[1].kind, "GRPCRoute");
+        assert!(
+            kinds
+                .iter()
+                .all(|k| k.group.as_deref() == Some("gateway.networking.k8s.io"))
+        );
     }
     let route = route_status(t, "httpbin", "httpbin-https");
     assert_eq!(route.parents.len(), 1);

@@ -186,7 +186,9 @@ pub enum PrivateKeyEncoding {
     Sec1,
 }
 
-/// An HTTPRoute as attached to one listener.
+/// An HTTPRoute or GRPCRoute as attached to one listener. Translation never attaches both kinds
+/// with intersecting hostnames to one listener (the Gateway API keeps the older route), so the
+/// routes sharing a hostname of a listener are all of one kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DesiredRoute {
     pub route: ObjectRef,
@@ -230,6 +232,13 @@ pub enum PathMatch {
     Exact(String),
     /// Element-wise prefix: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
     Prefix(String),
+    /// A GRPCRoute method match, on the gRPC path `/<service>/<method>`: each part given must
+    /// equal the request's exactly; a part not given takes any (non-empty, without `/`).
+    /// Translation always gives at least one.
+    Grpc {
+        service: Option<String>,
+        method: Option<String>,
+    },
 }
 
 /// Exact header match; names compare case-insensitively.

@@ -1,5 +1,5 @@
-//! The per-listener route table: which HTTPRoute rule serves a request, and the weighted choice
-//! among its backends.
+//! The per-listener route table: which HTTPRoute or GRPCRoute rule serves a request, and the
+//! weighted choice among its backends.
 //!
 //! Built once per config snapshot from the listener's [`DesiredRoute`]s (in Gateway API
 //! tie-break order: oldest first, then `namespace/name`); [`RouteTable::find`] allocates nothing.
@@ -18,12 +18,20 @@
 //!    `Prefix`; the longer path (in characters, a prefix's trailing `/` not counted); a method
 //!    match; more header matches; more query-parameter matches; then the route's position in the
 //!    listener's list, the rule's position in the route, the match's position in the rule.
+//!    GRPCRoute matches ([`PathMatch::Grpc`]) rank by the GRPCRoute criteria instead of path
+//!    type and length: more characters in the matched service, then in the matched method,
+//!    then more header matches, then the same route, rule and match order. Path type and length
+//!    come first, so if both kinds shared a hostname HTTPRoute path matches would rank above
+//!    gRPC ones; translation never lets them share one (the GRPCRoute/HTTPRoute hostname rule).
 //!
 //! Matching details:
 //! - Paths are compared raw (no percent-decoding or dot-segment normalization: the backend gets
 //!   the same raw path that was routed on), case-sensitively. A prefix matches element-wise: `/foo`
 //!   matches `/foo`, `/foo/` and `/foo/bar`, not `/foobar`; a trailing `/` in the prefix is
 //!   ignored, and `/` matches every path. A rule without matches is one `Prefix /` match.
+//! - A gRPC method match takes paths of the form `/<service>/<method>` (both non-empty, the
+//!   method without `/`); the service and method given compare exactly (case-sensitively), a
+//!   part not given takes any name. `/pkg.Svc/Get?x` is not a gRPC path and matches nothing.
 //! - Methods compare exactly (methods are case-sensitive).
 //! - Header names compare ASCII case-insensitively, values exactly; the request's first field
 //!   line of that name is the one compared (a repeated field is not joined). When one match lists
@@ -135,8 +143,11 @@ pub struct RouteTable {
 #[derive(Debug, Clone)]
 struct Entry {
     path: PathRule,
-    /// Characters of the path (a prefix without its trailing `/`).
+    /// Characters of the path (a prefix without its trailing `/`); 0 for gRPC matches.
     path_chars: usize,
+    /// Characters of a gRPC match's service and method (0 when not given, and for paths).
+    grpc_service_chars: usize,
+    grpc_method_chars: usize,
     method: Option<Box<str>>,
     /// Lower-cased names, first entry per name.
     headers: Box<[(Box<str>, Box<str>)]>,
@@ -153,6 +164,10 @@ enum PathRule {
     Exact(Box<str>),
     /// Without trailing `/`; empty for `/`.
     Prefix(Box<str>),
+    Grpc {
+        service: Option<Box<str>>,
+        method: Option<Box<str>>,
+    },
 }
 
 impl RouteTable {
@@ -272,6 +287,18 @@ impl Entry {
                 let trimmed = p.trim_end_matches('/');
                 (PathRule::Prefix(trimmed.into()), trimmed.chars().count())
             }
+            PathMatch::Grpc { service, method } => (
+                PathRule::Grpc {
+                    service: service.as_deref().map(Into::into),
+                    method: method.as_deref().map(Into::into),
+                },
+                0,
+            ),
+        };
+        let chars = |part: &Option<String>| part.as_deref().map_or(0, |p| p.chars().count());
+        let (grpc_service_chars, grpc_method_chars) = match &m.path {
+            PathMatch::Grpc { service, method } => (chars(service), chars(method)),
+            PathMatch::Exact(_) | PathMatch::Prefix(_) => (0, 0),
         };
         let mut headers: Vec<(Box<str>, Box<str>)> = Vec::new();
         for h in &m.headers {
@@ -289,6 +316,8 @@ impl Entry {
         Entry {
             path,
             path_chars,
+            grpc_service_chars,
+            grpc_method_chars,
             method: m.method.as_deref().map(Into::into),
             headers: headers.into(),
             query: query.into(),
@@ -305,6 +334,8 @@ impl Entry {
         exact(b)
             .cmp(&exact(a))
             .then_with(|| b.path_chars.cmp(&a.path_chars))
+            .then_with(|| b.grpc_service_chars.cmp(&a.grpc_service_chars))
+            .then_with(|| b.grpc_method_chars.cmp(&a.grpc_method_chars))
             .then_with(|| b.method.is_some().cmp(&a.method.is_some()))
             .then_with(|| b.headers.len().cmp(&a.headers.len()))
             .then_with(|| b.query.len().cmp(&a.query.len()))
@@ -320,6 +351,9 @@ impl Entry {
                 .path
                 .strip_prefix(&**p)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || p.is_empty()),
+            PathRule::Grpc { service, method } => {
+                grpc_path_matches(req.path, service.as_deref(), method.as_deref())
+            }
         };
         path_ok
             && self.method.as_deref().is_none_or(|m| m == req.method)
@@ -332,6 +366,18 @@ impl Entry {
                 .iter()
                 .all(|(name, value)| query_value(req.query, name) == Some(&**value))
     }
+}
+
+/// Whether `path` is `/<service>/<method>` with the given parts (`None`: any).
+fn grpc_path_matches(path: &str, service: Option<&str>, method: Option<&str>) -> bool {
+    let Some((s, m)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return false;
+    };
+    !s.is_empty()
+        && !m.is_empty()
+        && !m.contains('/')
+        && service.is_none_or(|want| want == s)
+        && method.is_none_or(|want| want == m)
 }
 
 /// The value of the first `name` parameter in a raw query.
@@ -460,6 +506,16 @@ mod tests {
     fn exact(p: &str) -> RouteMatch {
         RouteMatch {
             path: PathMatch::Exact(p.to_owned()),
+            ..RouteMatch::default()
+        }
+    }
+
+    fn grpc(service: Option<&str>, method: Option<&str>) -> RouteMatch {
+        RouteMatch {
+            path: PathMatch::Grpc {
+                service: service.map(str::to_owned),
+                method: method.map(str::to_owned),
+            },
             ..RouteMatch::default()
         }
     }
@@ -740,6 +796,103 @@ mod tests {
             .unwrap();
         assert_eq!(found.rule_index, 0);
         assert_eq!(found.route, ObjectRef::new("ns", "r"));
+    }
+
+    #[test]
+    fn grpc_matches_take_service_and_method_paths() {
+        let table = RouteTable::new(&[route(
+            "r",
+            &[],
+            vec![
+                rule(vec![grpc(Some("pkg.Echo"), Some("Say"))], "both"),
+                rule(vec![grpc(Some("pkg.Other"), None)], "service"),
+                rule(vec![grpc(None, Some("Ping"))], "method"),
+            ],
+        )]);
+        let post = |path| route_to(&table, "h", "POST", path, &[]);
+        assert_eq!(post("/pkg.Echo/Say").as_deref(), Some("both"));
+        assert_eq!(post("/pkg.Echo/Shout"), None);
+        assert_eq!(post("/pkg.Other/Say").as_deref(), Some("service"));
+        assert_eq!(post("/pkg.Other/Anything").as_deref(), Some("service"));
+        assert_eq!(post("/pkg.Echo/Ping").as_deref(), Some("method"));
+        assert_eq!(post("/x.Y/Ping").as_deref(), Some("method"));
+        // Only `/<service>/<method>` is a gRPC path; names compare exactly.
+        for not_grpc in [
+            "/pkg.Other",
+            "/pkg.Other/",
+            "/pkg.Other/A/B",
+            "//Ping",
+            "/Ping",
+            "/pkg.echo/Say",
+            "/pkg.Echo/say",
+            "pkg.Echo/Say",
+            "/",
+        ] {
+            assert_eq!(post(not_grpc), None, "{not_grpc}");
+        }
+    }
+
+    #[test]
+    fn grpc_precedence_is_service_then_method_characters_then_headers() {
+        let table = RouteTable::new(&[
+            route(
+                "old",
+                &[],
+                vec![
+                    rule(vec![], "default"),
+                    rule(vec![with_header(prefix("/"), "x-a", "1")], "header-only"),
+                    rule(vec![grpc(None, Some("AVeryLongMethodName"))], "method"),
+                    rule(vec![grpc(Some("a.Svc"), None)], "service"),
+                    rule(vec![grpc(Some("a.Svc"), Some("Get"))], "service+method"),
+                ],
+            ),
+            route(
+                "new",
+                &[],
+                vec![
+                    rule(vec![grpc(Some("a.Svc"), Some("Put"))], "new-put"),
+                    rule(
+                        vec![with_header(grpc(Some("a.Svc"), Some("Get")), "x-a", "1")],
+                        "service+method+header",
+                    ),
+                    rule(vec![grpc(Some("a.Svc"), Some("Put"))], "new-put-again"),
+                ],
+            ),
+            route(
+                "newer",
+                &[],
+                vec![rule(vec![grpc(Some("a.Svc"), Some("Put"))], "newer-put")],
+            ),
+        ]);
+        let req = |path, h: &[(&str, &str)]| route_to(&table, "h", "POST", path, h);
+        // More service characters beat more method characters.
+        assert_eq!(
+            req("/a.Svc/AVeryLongMethodName", &[]).as_deref(),
+            Some("service")
+        );
+        assert_eq!(
+            req("/b.Svc/AVeryLongMethodName", &[]).as_deref(),
+            Some("method")
+        );
+        // Same service: the method match wins; then header matches.
+        assert_eq!(req("/a.Svc/Get", &[]).as_deref(), Some("service+method"));
+        assert_eq!(
+            req("/a.Svc/Get", &[("x-a", "1")]).as_deref(),
+            Some("service+method+header")
+        );
+        assert_eq!(req("/a.Svc/Other", &[]).as_deref(), Some("service"));
+        // A header-only match (no method) ranks below any service or method match.
+        assert_eq!(
+            req("/a.Svc/Other", &[("x-a", "1")]).as_deref(),
+            Some("service")
+        );
+        assert_eq!(
+            req("/b.Svc/Other", &[("x-a", "1")]).as_deref(),
+            Some("header-only")
+        );
+        assert_eq!(req("/b.Svc/Other", &[]).as_deref(), Some("default"));
+        // Ties: the route first in the listener's order, then the rule first in the route.
+        assert_eq!(req("/a.Svc/Put", &[]).as_deref(), Some("new-put"));
     }
 
     #[test]

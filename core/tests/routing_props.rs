@@ -21,15 +21,35 @@ const HOSTS: &[&str] = &[
     "",
 ];
 const PATHS: &[&str] = &["/", "/a", "/a/", "/a/b", "/ab", "/a/b/c", "/b", "*", ""];
+/// Request paths: the first paths of [`PATHS`] and gRPC-shaped ones (`/<service>/<method>`).
+const REQUEST_PATHS: &[&str] = &[
+    "/", "/a", "/a/", "/a/b", "/ab", "/a/b/c", "/b", "*", "/a.S/M", "/b/M", "/a.S/b", "//M",
+];
+const GRPC_SERVICES: &[&str] = &["a", "a.S", "b"];
+const GRPC_METHODS: &[&str] = &["b", "M"];
 const METHODS: &[&str] = &["GET", "POST", "get"];
 const HEADER_NAMES: &[&str] = &["x-a", "X-A", "x-b"];
 const VALUES: &[&str] = &["1", "2", ""];
 const QUERIES: &[&str] = &["", "q=1", "q=2&r=1", "r=1&q=1", "q", "q=1&q=2", "q=&r=2"];
 
+fn path_match() -> impl Strategy<Value = PathMatch> {
+    prop_oneof![
+        prop::sample::select(PATHS).prop_map(|p| PathMatch::Exact(p.to_owned())),
+        prop::sample::select(PATHS).prop_map(|p| PathMatch::Prefix(p.to_owned())),
+        (
+            prop::option::of(prop::sample::select(GRPC_SERVICES)),
+            prop::option::of(prop::sample::select(GRPC_METHODS)),
+        )
+            .prop_map(|(service, method)| PathMatch::Grpc {
+                service: service.map(str::to_owned),
+                method: method.map(str::to_owned),
+            }),
+    ]
+}
+
 fn route_match() -> impl Strategy<Value = RouteMatch> {
     (
-        any::<bool>(),
-        prop::sample::select(PATHS),
+        path_match(),
         prop::option::of(prop::sample::select(&METHODS[..2])),
         prop::collection::vec(
             (
@@ -46,12 +66,8 @@ fn route_match() -> impl Strategy<Value = RouteMatch> {
             0..3,
         ),
     )
-        .prop_map(|(exact, path, method, headers, query)| RouteMatch {
-            path: if exact {
-                PathMatch::Exact(path.to_owned())
-            } else {
-                PathMatch::Prefix(path.to_owned())
-            },
+        .prop_map(|(path, method, headers, query)| RouteMatch {
+            path,
             method: method.map(str::to_owned),
             headers: headers
                 .into_iter()
@@ -125,7 +141,7 @@ fn request() -> impl Strategy<Value = Req> {
     (
         prop::sample::select(HOSTS),
         prop::sample::select(METHODS),
-        prop::sample::select(&PATHS[..8]),
+        prop::sample::select(REQUEST_PATHS),
         prop::option::of(prop::sample::select(QUERIES)),
         prop::collection::vec(
             (
@@ -181,12 +197,23 @@ fn model(routes: &[DesiredRoute], req: &Req) -> Option<(String, usize)> {
                 let (is_exact, len) = match &m.path {
                     PathMatch::Exact(p) => (true, p.chars().count()),
                     PathMatch::Prefix(p) => (false, p.trim_end_matches('/').chars().count()),
+                    PathMatch::Grpc { .. } => (false, 0),
+                };
+                // GRPCRoute: characters of the matched service, then of the matched method.
+                let (service_len, method_len) = match &m.path {
+                    PathMatch::Grpc { service, method } => (
+                        service.as_deref().map_or(0, |s| s.chars().count()),
+                        method.as_deref().map_or(0, |s| s.chars().count()),
+                    ),
+                    _ => (0, 0),
                 };
                 let headers = unique(m.headers.iter().map(|h| h.name.to_ascii_lowercase()));
                 let query = unique(m.query_params.iter().map(|q| q.name.clone()));
                 let key = (
                     Reverse(is_exact),
                     Reverse(len),
+                    Reverse(service_len),
+                    Reverse(method_len),
                     Reverse(m.method.is_some()),
                     Reverse(headers),
                     Reverse(query),
@@ -220,6 +247,15 @@ fn model_matches(m: &RouteMatch, req: &Req) -> bool {
         PathMatch::Prefix(p) => {
             let p = p.trim_end_matches('/');
             p.is_empty() || req.path == p || req.path.starts_with(&format!("{p}/"))
+        }
+        PathMatch::Grpc { service, method } => {
+            let parts: Vec<&str> = req.path.split('/').collect();
+            parts.len() == 3
+                && parts[0].is_empty()
+                && !parts[1].is_empty()
+                && !parts[2].is_empty()
+                && service.as_deref().is_none_or(|s| s == parts[1])
+                && method.as_deref().is_none_or(|m| m == parts[2])
         }
     };
     let mut seen_headers: Vec<String> = Vec::new();
@@ -276,14 +312,18 @@ proptest! {
     fn arbitrary_strings_never_panic(
         hostnames in prop::collection::vec(".{0,12}", 0..4),
         path in ".{0,12}",
-        prefix in any::<bool>(),
+        path_kind in 0u8..3,
         host in ".{0,12}",
         req_path in ".{0,12}",
         query in prop::option::of(".{0,12}"),
         header in (".{0,6}", ".{0,6}"),
     ) {
         let m = RouteMatch {
-            path: if prefix { PathMatch::Prefix(path) } else { PathMatch::Exact(path) },
+            path: match path_kind {
+                0 => PathMatch::Exact(path),
+                1 => PathMatch::Prefix(path),
+                _ => PathMatch::Grpc { service: Some(path.clone()), method: Some(path) },
+            },
             method: None,
             headers: vec![HeaderMatch { name: header.0.clone(), value: header.1.clone() }],
             query_params: vec![QueryParamMatch { name: header.0.clone(), value: header.1.clone() }],

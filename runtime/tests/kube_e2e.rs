@@ -1140,3 +1140,101 @@ fn leader_election_one_writer_and_takeover() {
     assert_eq!(c.stop().and_then(|s| s.code()), Some(0));
     kube.clean_slate();
 }
+
+/// A GRPCRoute's status is written by the controller: attached to an HTTP listener (which
+/// lists GRPCRoute among its supportedKinds and counts it), its backend unresolved; the
+/// data plane's ClusterRole lets it read GRPCRoutes.
+#[test]
+#[ignore = "needs scripts/test-apiserver"]
+fn grpc_route_status_written_by_the_controller() {
+    let _serial = serial();
+    let kube = Kube::from_env();
+    let dir = work_dir("grpc-route");
+    let release = Release::from_env();
+    kube.install_gateway_api(&release.bundle_path(), release.version);
+    kube.clean_slate();
+    kube.ensure_namespace(LEASE_NS);
+    kube.apply(GATEWAY_CLASS);
+    let admin = free_port();
+    let config = controller_config(&dir, "grpc", "e2e-grpc", admin);
+    let mut controller = Process::portcullis(
+        "controller",
+        &dir,
+        &kube,
+        &["controller", "--config", config.to_str().unwrap()],
+    );
+    wait_for("the controller's watches to sync", PATIENCE, || {
+        controller.assert_running();
+        match metric(admin, "portcullis_controller_synced") {
+            Some(1.0) => Ok(()),
+            other => Err(format!("synced={other:?}")),
+        }
+    });
+    kube.apply(&plain_gateway("grpc"));
+    kube.apply(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: portcullis-system}
+spec:
+  parentRefs: [{name: grpc}]
+  hostnames: [grpc.example.com]
+  rules:
+  - matches: [{method: {service: grpc.examples.echo.Echo, method: UnaryEcho}}]
+    backendRefs: [{name: missing, port: 50051}]
+",
+    );
+    let route = wait_for("the GRPCRoute's status", PATIENCE, || {
+        controller.assert_running();
+        let route = kube
+            .get("grpcroute", Some(LEASE_NS), "echo")
+            .ok_or("no route")?;
+        let parent = our_route_parent(&route).ok_or("no parent entry of ours")?;
+        match (
+            condition(&parent["conditions"], "Accepted"),
+            condition(&parent["conditions"], "ResolvedRefs"),
+        ) {
+            (Some(accepted), Some(resolved))
+                if accepted == ("True".to_owned(), "Accepted".to_owned())
+                    && resolved == ("False".to_owned(), "BackendNotFound".to_owned()) =>
+            {
+                Ok(route)
+            }
+            other => Err(format!("conditions {other:?}")),
+        }
+    });
+    let parent = our_route_parent(&route).unwrap();
+    assert_eq!(parent["parentRef"]["name"], "grpc");
+    assert!(
+        parent["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["observedGeneration"] == route["metadata"]["generation"])
+    );
+    wait_for("the listener to count the GRPCRoute", PATIENCE, || {
+        let gateway = kube.get("gateway", Some(LEASE_NS), "grpc").ok_or("gone")?;
+        let listener = &gateway["status"]["listeners"][0];
+        let kinds: Vec<&str> = listener["supportedKinds"]
+            .as_array()
+            .map(|k| k.iter().filter_map(|k| k["kind"].as_str()).collect())
+            .unwrap_or_default();
+        (listener["attachedRoutes"] == 1 && kinds == ["HTTPRoute", "GRPCRoute"])
+            .then_some(())
+            .ok_or(format!("listener {listener}"))
+    });
+    let role = kube
+        .get("clusterrole", None, "portcullis-dataplane")
+        .expect("the data plane's ClusterRole");
+    assert!(
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"]
+                .as_array()
+                .is_some_and(|res| res.iter().any(|x| x == "grpcroutes"))),
+        "{role}"
+    );
+    assert_eq!(controller.stop().and_then(|s| s.code()), Some(0));
+    kube.clean_slate();
+}

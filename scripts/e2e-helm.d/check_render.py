@@ -25,6 +25,7 @@ CONTROLLER_RULES = {
     (GW, "gatewayclasses"): READ,
     (GW, "gateways"): READ,
     (GW, "httproutes"): READ,
+    (GW, "grpcroutes"): READ,
     (GW, "referencegrants"): READ,
     ("", "secrets"): READ,
     ("", "configmaps"): READ,
@@ -33,6 +34,7 @@ CONTROLLER_RULES = {
     (GW, "gatewayclasses/status"): {"update", "patch"},
     (GW, "gateways/status"): {"update", "patch"},
     (GW, "httproutes/status"): {"update", "patch"},
+    (GW, "grpcroutes/status"): {"update", "patch"},
     (GW, "gateways/finalizers"): {"update"},
     ("", "services"): READ | WRITE,
     ("", "serviceaccounts"): READ | WRITE,
@@ -45,6 +47,7 @@ CONTROLLER_RULES = {
 DATA_PLANE_RULES = {
     (GW, "gateways"): READ,
     (GW, "httproutes"): READ,
+    (GW, "grpcroutes"): READ,
     (GW, "referencegrants"): READ,
     ("", "secrets"): READ,
     ("", "configmaps"): READ,

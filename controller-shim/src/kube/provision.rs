@@ -492,7 +492,7 @@ pub fn data_plane_cluster_role(name: &str) -> ClusterRole {
         rules: Some(vec![
             rule(
                 "gateway.networking.k8s.io",
-                &["gateways", "httproutes", "referencegrants"],
+                &["gateways", "httproutes", "grpcroutes", "referencegrants"],
             ),
             rule("", &["secrets", "configmaps", "services", "namespaces"]),
             rule("discovery.k8s.io", &["endpointslices"]),

@@ -5,9 +5,9 @@
 //! - a condition whose `status` did not change keeps the live `lastTransitionTime`;
 //! - nothing is written when the merged status equals the live one in every field we write,
 //!   so status converges and then stays put (no write loops);
-//! - HTTPRoute `status.parents` is an atomic list in the CRD (not a map), so server-side apply
-//!   would replace other controllers' entries: the list written is the live list with only
-//!   our controller's entries replaced, sent with the live `resourceVersion` so that a
+//! - a route's `status.parents` (HTTPRoute and GRPCRoute alike) is an atomic list in the CRD
+//!   (not a map), so server-side apply would replace other controllers' entries: the list
+//!   written is the live list with only our controller's entries replaced, sent with the live `resourceVersion` so that a
 //!   concurrent write by another controller makes ours fail (409) and be redone from fresh
 //!   data rather than lose theirs. Our entries on routes that no longer reference one of our
 //!   Gateways are removed;
@@ -27,7 +27,12 @@ use ::kube::Client;
 use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
 use gateway_api::experimental::gateways::{GatewayStatus, GatewayStatusListeners};
-use gateway_api::experimental::httproutes::{HttpRouteStatus, HttpRouteStatusParents};
+use gateway_api::experimental::grpcroutes::{
+    GrpcRouteStatus, GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef,
+};
+use gateway_api::experimental::httproutes::{
+    HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use portcullis_core::desired::ObjectRef;
 use serde_json::json;
@@ -59,6 +64,7 @@ pub enum StatusBody {
     GatewayClass(GatewayClassStatus),
     Gateway(GatewayStatus),
     HttpRoute(HttpRouteStatus),
+    GrpcRoute(GrpcRouteStatus),
 }
 
 /// One status to write.
@@ -165,36 +171,71 @@ pub fn gateway_status_differs(desired: &GatewayStatus, live: &GatewayStatus) -> 
     })
 }
 
+/// A route's `status.parents` entry: the API's one `RouteParentStatus`, which the generated
+/// types repeat per route kind.
+pub trait RouteParentStatus: Clone {
+    type ParentRef: PartialEq;
+    fn controller_name(&self) -> &str;
+    fn parent_ref(&self) -> &Self::ParentRef;
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+macro_rules! route_parent_status {
+    ($parents:ty, $parent_ref:ty) => {
+        impl RouteParentStatus for $parents {
+            type ParentRef = $parent_ref;
+            fn controller_name(&self) -> &str {
+                &self.controller_name
+            }
+            fn parent_ref(&self) -> &Self::ParentRef {
+                &self.parent_ref
+            }
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+        }
+    };
+}
+route_parent_status!(HttpRouteStatusParents, HttpRouteStatusParentsParentRef);
+route_parent_status!(GrpcRouteStatusParents, GrpcRouteStatusParentsParentRef);
+
 /// The `status.parents` to write on a route: the live list with our controller's entries
 /// replaced by `ours` (transition times kept); `None` when that changes nothing.
-pub fn route_parents_to_write(
-    ours: &[HttpRouteStatusParents],
-    live: &[HttpRouteStatusParents],
+pub fn route_parents_to_write<P: RouteParentStatus>(
+    ours: &[P],
+    live: &[P],
     controller_name: &str,
-) -> Option<Vec<HttpRouteStatusParents>> {
-    let live_ours: Vec<&HttpRouteStatusParents> = live
+) -> Option<Vec<P>> {
+    let live_ours: Vec<&P> = live
         .iter()
-        .filter(|p| p.controller_name == controller_name)
+        .filter(|p| p.controller_name() == controller_name)
         .collect();
-    let mut merged: Vec<HttpRouteStatusParents> = ours.to_vec();
+    let mut merged: Vec<P> = ours.to_vec();
     for parent in &mut merged {
-        if let Some(previous) = live_ours.iter().find(|p| p.parent_ref == parent.parent_ref) {
-            keep_transition_times(&mut parent.conditions, &previous.conditions);
+        if let Some(previous) = live_ours
+            .iter()
+            .find(|p| p.parent_ref() == parent.parent_ref())
+        {
+            keep_transition_times(parent.conditions_mut(), previous.conditions());
         }
     }
     let unchanged = merged.len() == live_ours.len()
         && merged.iter().all(|want| {
             live_ours.iter().any(|have| {
-                have.parent_ref == want.parent_ref
-                    && !conditions_differ(&want.conditions, &have.conditions, &ROUTE_CONDITIONS)
+                have.parent_ref() == want.parent_ref()
+                    && !conditions_differ(want.conditions(), have.conditions(), &ROUTE_CONDITIONS)
             })
         });
     if unchanged {
         return None;
     }
-    let mut parents: Vec<HttpRouteStatusParents> = live
+    let mut parents: Vec<P> = live
         .iter()
-        .filter(|p| p.controller_name != controller_name)
+        .filter(|p| p.controller_name() != controller_name)
         .cloned()
         .collect();
     parents.extend(merged);
@@ -287,42 +328,91 @@ pub fn plan_status_writes(
         }
     }
     release_foreign_statuses(store, translation, memo, &mut writes);
-    let desired_routes: BTreeMap<&ObjectRef, &HttpRouteStatus> = translation
-        .route_statuses
-        .iter()
-        .map(|(k, s)| (k, s))
-        .collect();
-    let empty_route = HttpRouteStatus::default();
-    for (at, route) in &store.http_routes {
-        let key = ObjectKey {
-            kind: ObjectKind::HttpRoute,
-            object: at.clone(),
-        };
-        let version = route.metadata.resource_version.clone();
-        let live = effective(
-            memo,
-            &key,
-            &version,
-            route.status.as_ref().unwrap_or(&empty_route),
-            |b| match b {
-                StatusBody::HttpRoute(s) => Some(s),
-                _ => None,
-            },
-        );
-        // A route that no longer references one of our Gateways loses our entries.
-        let ours = desired_routes
-            .get(at)
-            .map(|s| s.parents.as_slice())
-            .unwrap_or_default();
-        if let Some(parents) = route_parents_to_write(ours, &live.parents, controller_name) {
-            writes.push(StatusWrite {
-                target: key,
-                resource_version: version,
-                status: StatusBody::HttpRoute(HttpRouteStatus { parents }),
-            });
+    let route_writes = RouteWrites {
+        memo,
+        controller_name,
+    };
+    route_writes.plan(
+        ObjectKind::HttpRoute,
+        store
+            .http_routes
+            .iter()
+            .map(|(at, r)| (at, &r.metadata, r.status.as_ref().map(|s| &s.parents[..]))),
+        &translation.route_statuses,
+        |s| &s.parents,
+        |b| match b {
+            StatusBody::HttpRoute(s) => Some(&s.parents),
+            _ => None,
+        },
+        |parents| StatusBody::HttpRoute(HttpRouteStatus { parents }),
+        &mut writes,
+    );
+    route_writes.plan(
+        ObjectKind::GrpcRoute,
+        store
+            .grpc_routes
+            .iter()
+            .map(|(at, r)| (at, &r.metadata, r.status.as_ref().map(|s| &s.parents[..]))),
+        &translation.grpc_route_statuses,
+        |s| &s.parents,
+        |b| match b {
+            StatusBody::GrpcRoute(s) => Some(&s.parents),
+            _ => None,
+        },
+        |parents| StatusBody::GrpcRoute(GrpcRouteStatus { parents }),
+        &mut writes,
+    );
+    writes
+}
+
+/// Route status writes, the same for every route kind.
+struct RouteWrites<'a> {
+    memo: &'a WrittenMemo,
+    controller_name: &'a str,
+}
+
+impl RouteWrites<'_> {
+    /// Plans the writes for the live routes of `kind` (`(key, metadata, live parents)`), given
+    /// the translated statuses: `parents_of` reads a status's parents, `written_parents` those
+    /// of a memo entry, `body` wraps the parents to write.
+    #[allow(clippy::too_many_arguments)] // two call sites, one per kind; each argument differs
+    fn plan<'s, S, P: RouteParentStatus + 's>(
+        &self,
+        kind: ObjectKind,
+        live_routes: impl Iterator<Item = (&'s ObjectRef, &'s ObjectMeta, Option<&'s [P]>)>,
+        desired: &[(ObjectRef, S)],
+        parents_of: impl Fn(&S) -> &Vec<P>,
+        written_parents: impl Fn(&StatusBody) -> Option<&Vec<P>>,
+        body: impl Fn(Vec<P>) -> StatusBody,
+        writes: &mut Vec<StatusWrite>,
+    ) {
+        let desired: BTreeMap<&ObjectRef, &[P]> = desired
+            .iter()
+            .map(|(k, s)| (k, parents_of(s).as_slice()))
+            .collect();
+        for (at, metadata, live_parents) in live_routes {
+            let key = ObjectKey {
+                kind,
+                object: at.clone(),
+            };
+            let version = metadata.resource_version.clone();
+            let live: &[P] = match self.memo.get(&key) {
+                Some((written_from, written)) if *written_from == version => {
+                    written_parents(written).map_or(live_parents.unwrap_or_default(), Vec::as_slice)
+                }
+                _ => live_parents.unwrap_or_default(),
+            };
+            // A route that no longer references one of our Gateways loses our entries.
+            let ours = desired.get(at).copied().unwrap_or_default();
+            if let Some(parents) = route_parents_to_write(ours, live, self.controller_name) {
+                writes.push(StatusWrite {
+                    target: key,
+                    resource_version: version,
+                    status: body(parents),
+                });
+            }
         }
     }
-    writes
 }
 
 /// Empty status applies for the GatewayClasses and Gateways that are no longer ours but still
@@ -469,6 +559,7 @@ impl StatusWriter {
                 ObjectKind::GatewayClass => store.gateway_classes.contains_key(&key.object.name),
                 ObjectKind::Gateway => store.gateways.contains_key(&key.object),
                 ObjectKind::HttpRoute => store.http_routes.contains_key(&key.object),
+                ObjectKind::GrpcRoute => store.grpc_routes.contains_key(&key.object),
                 _ => false,
             })
             .cloned()
@@ -486,14 +577,17 @@ pub fn status_apply_body(
         StatusBody::GatewayClass(s) => serde_json::to_value(s)?,
         StatusBody::Gateway(s) => serde_json::to_value(s)?,
         StatusBody::HttpRoute(s) => serde_json::to_value(s)?,
+        StatusBody::GrpcRoute(s) => serde_json::to_value(s)?,
     };
     let mut metadata = json!({ "name": write.target.object.name });
     if write.target.kind.is_namespaced() {
         metadata["namespace"] = json!(write.target.object.namespace);
     }
     // Routes: the parents list is replaced whole, so it must be based on the latest version.
-    if write.target.kind == ObjectKind::HttpRoute
-        && let Some(version) = &write.resource_version
+    if matches!(
+        write.target.kind,
+        ObjectKind::HttpRoute | ObjectKind::GrpcRoute
+    ) && let Some(version) = &write.resource_version
     {
         metadata["resourceVersion"] = json!(version);
     }
@@ -682,6 +776,7 @@ spec:
                 StatusBody::GatewayClass(s) => serde_json::to_value(s),
                 StatusBody::Gateway(s) => serde_json::to_value(s),
                 StatusBody::HttpRoute(s) => serde_json::to_value(s),
+                StatusBody::GrpcRoute(s) => serde_json::to_value(s),
             }
             .unwrap();
             let metadata = match &write.status {
@@ -700,6 +795,11 @@ spec:
                 }
                 StatusBody::HttpRoute(s) => {
                     let route = store.http_routes.get_mut(&write.target.object).unwrap();
+                    route.status = Some(s.clone());
+                    &mut route.metadata
+                }
+                StatusBody::GrpcRoute(s) => {
+                    let route = store.grpc_routes.get_mut(&write.target.object).unwrap();
                     route.status = Some(s.clone());
                     &mut route.metadata
                 }
@@ -873,6 +973,85 @@ spec:
                 .iter()
                 .all(|c| c.last_transition_time == at(100))
         );
+    }
+
+    const GRPC: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis, resourceVersion: '1'}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: g, namespace: ns, resourceVersion: '2', generation: 1}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rpc, namespace: ns, resourceVersion: '4', generation: 1}
+spec:
+  parentRefs: [{name: g}]
+  rules: [{matches: [{method: {service: pkg.Echo}}]}]
+status:
+  parents:
+  - controllerName: example.com/other
+    parentRef: {name: elsewhere}
+    conditions: []
+";
+
+    #[test]
+    fn grpc_route_statuses_are_written_keep_other_controllers_and_converge() {
+        let mut loaded = LoadedManifests::default();
+        load_text(Path::new("t.yaml"), GRPC, false, &mut loaded).unwrap();
+        let mut store = loaded.store;
+        let memo = WrittenMemo::new();
+        let first = plan_status_writes(&store, &translation(&store, 100), OURS, &memo);
+        let kinds: Vec<ObjectKind> = first.iter().map(|w| w.target.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ObjectKind::GatewayClass,
+                ObjectKind::Gateway,
+                ObjectKind::GrpcRoute
+            ]
+        );
+        let StatusBody::GrpcRoute(route) = &first[2].status else {
+            panic!("{first:?}");
+        };
+        assert_eq!(route.parents.len(), 2);
+        assert_eq!(route.parents[0].controller_name, "example.com/other");
+        assert_eq!(route.parents[1].controller_name, OURS);
+        assert_eq!(route.parents[1].conditions[0].status, "True");
+        let resource = ApiResource::erase::<gateway_api::experimental::grpcroutes::GrpcRoute>(&());
+        let body = status_apply_body(&resource, &first[2]).unwrap();
+        assert_eq!(body["kind"], "GRPCRoute");
+        assert_eq!(
+            body["metadata"],
+            json!({"name": "rpc", "namespace": "ns", "resourceVersion": "4"})
+        );
+        apply_writes(&mut store, &first);
+        for second in [101, 10_000] {
+            assert_eq!(
+                plan_status_writes(&store, &translation(&store, second), OURS, &memo),
+                Vec::new()
+            );
+        }
+        // The route leaves our Gateway: our entry goes, the other controller's stays.
+        let route = store
+            .grpc_routes
+            .get_mut(&ObjectRef::new("ns", "rpc"))
+            .unwrap();
+        route.spec.parent_refs = None;
+        let writes = plan_status_writes(&store, &translation(&store, 200), OURS, &memo);
+        let last = writes.last().unwrap();
+        assert_eq!(last.target.kind, ObjectKind::GrpcRoute);
+        let StatusBody::GrpcRoute(route) = &last.status else {
+            panic!("{writes:?}");
+        };
+        assert_eq!(route.parents.len(), 1);
+        assert_eq!(route.parents[0].controller_name, "example.com/other");
     }
 
     #[test]

@@ -306,6 +306,7 @@ fn take_kind(store: &mut ObjectStore, fresh: ObjectStore, kind: ObjectKind) -> b
         ObjectKind::GatewayClass => swap(&mut store.gateway_classes, fresh.gateway_classes),
         ObjectKind::Gateway => swap(&mut store.gateways, fresh.gateways),
         ObjectKind::HttpRoute => swap(&mut store.http_routes, fresh.http_routes),
+        ObjectKind::GrpcRoute => swap(&mut store.grpc_routes, fresh.grpc_routes),
         ObjectKind::ReferenceGrant => swap(&mut store.reference_grants, fresh.reference_grants),
         ObjectKind::Secret => swap(&mut store.secrets, fresh.secrets),
         ObjectKind::ConfigMap => swap(&mut store.config_maps, fresh.config_maps),
@@ -320,6 +321,7 @@ fn kind_len(store: &ObjectStore, kind: ObjectKind) -> usize {
         ObjectKind::GatewayClass => store.gateway_classes.len(),
         ObjectKind::Gateway => store.gateways.len(),
         ObjectKind::HttpRoute => store.http_routes.len(),
+        ObjectKind::GrpcRoute => store.grpc_routes.len(),
         ObjectKind::ReferenceGrant => store.reference_grants.len(),
         ObjectKind::Secret => store.secrets.len(),
         ObjectKind::ConfigMap => store.config_maps.len(),
@@ -340,6 +342,7 @@ fn stored_equals(store: &ObjectStore, object: &Object) -> bool {
         Object::GatewayClass(o) => store.gateway_classes.get(&at.name) == Some(o),
         Object::Gateway(o) => store.gateways.get(at) == Some(o),
         Object::HttpRoute(o) => store.http_routes.get(at) == Some(o),
+        Object::GrpcRoute(o) => store.grpc_routes.get(at) == Some(o),
         Object::ReferenceGrant(o) => store.reference_grants.get(at) == Some(o),
         Object::Secret(o) => store.secrets.get(at) == Some(o),
         Object::ConfigMap(o) => store.config_maps.get(at) == Some(o),
@@ -381,6 +384,7 @@ pub fn gateway_api_entry(kind: ObjectKind, api_version: &str, object: DynamicObj
         ObjectKind::GatewayClass => typed(value).map(Object::GatewayClass),
         ObjectKind::Gateway => typed(value).map(Object::Gateway),
         ObjectKind::HttpRoute => typed(value).map(Object::HttpRoute),
+        ObjectKind::GrpcRoute => typed(value).map(Object::GrpcRoute),
         ObjectKind::ReferenceGrant => typed(value).map(|grant| {
             Object::ReferenceGrant(StoredReferenceGrant {
                 api_version: api_version.to_owned(),
@@ -396,10 +400,11 @@ pub fn gateway_api_entry(kind: ObjectKind, api_version: &str, object: DynamicObj
 }
 
 /// The Gateway API kinds translation reads, with their `kind` names.
-pub const GATEWAY_API_KINDS: [ObjectKind; 4] = [
+pub const GATEWAY_API_KINDS: [ObjectKind; 5] = [
     ObjectKind::GatewayClass,
     ObjectKind::Gateway,
     ObjectKind::HttpRoute,
+    ObjectKind::GrpcRoute,
     ObjectKind::ReferenceGrant,
 ];
 
@@ -459,6 +464,7 @@ impl WatchPlan {
             gateway_api: vec![
                 ObjectKind::Gateway,
                 ObjectKind::HttpRoute,
+                ObjectKind::GrpcRoute,
                 ObjectKind::ReferenceGrant,
             ],
             core: CORE_KINDS.to_vec(),

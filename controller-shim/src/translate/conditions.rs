@@ -30,6 +30,8 @@ pub mod reasons {
     // Listener.
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+    /// Also a route parent's `Accepted=False` reason: an HTTPRoute and a GRPCRoute that share
+    /// a hostname on a listener (the younger is refused).
     pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
     pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";

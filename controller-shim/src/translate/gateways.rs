@@ -23,10 +23,11 @@ use super::refs::{
     CaRef, CertificateRef, GATEWAY_GROUP, ServerCertificates, resolve_ca_ref,
     resolve_certificate_ref,
 };
+use super::routes::RouteKind;
 use crate::store::ObjectStore;
 
-/// The only route kind Portcullis serves.
-pub(crate) const HTTP_ROUTE_KIND: &str = "HTTPRoute";
+/// The route kinds HTTP and HTTPS listeners serve, in `supportedKinds` order.
+const SERVED_ROUTE_KINDS: [RouteKind; 2] = [RouteKind::Http, RouteKind::Grpc];
 
 /// Creation order, for "the older one wins" decisions: creationTimestamp (objects without
 /// one first, as in a manifest folder), then `namespace/name`.
@@ -36,6 +37,7 @@ pub(crate) type Age<'s> = (Option<&'s Time>, &'s ObjectRef);
 #[derive(Debug, Clone)]
 pub(crate) struct AttachedRoute<'s> {
     pub age: Age<'s>,
+    pub kind: RouteKind,
     pub route: DesiredRoute,
 }
 
@@ -90,15 +92,16 @@ impl ListenerState<'_> {
         self.structurally_valid() && !self.blocking_ref_problem && self.ca_refused.is_some()
     }
 
-    /// Whether routes from `route_namespace` may attach, by `allowedRoutes` (spec default:
-    /// same namespace) and kinds.
+    /// Whether routes of `kind` from `route_namespace` may attach, by `allowedRoutes` (spec
+    /// default: same namespace) and kinds.
     pub fn admits(
         &self,
         store: &ObjectStore,
         gateway_namespace: &str,
+        kind: RouteKind,
         route_namespace: &str,
     ) -> bool {
-        if self.supported_kinds.is_empty() {
+        if !self.supported_kinds.iter().any(|k| k.kind == kind.as_str()) {
             return false;
         }
         let namespaces = self
@@ -470,12 +473,13 @@ fn validate_listener<'s>(
     state
 }
 
-/// `supportedKinds` from `allowedRoutes.kinds`: HTTPRoute is the only kind served; others are
-/// `ResolvedRefs=False, InvalidRouteKinds`, and a listener left with no kind is not programmed.
+/// `supportedKinds` from `allowedRoutes.kinds`: HTTPRoute and GRPCRoute are served (both
+/// when no kinds are given); others are `ResolvedRefs=False, InvalidRouteKinds`, and a
+/// listener left with no kind is not programmed.
 fn route_kinds(state: &mut ListenerState<'_>) {
-    let http_route = || GatewayStatusListenersSupportedKinds {
+    let supported = |kind: RouteKind| GatewayStatusListenersSupportedKinds {
         group: Some(GATEWAY_GROUP.to_owned()),
-        kind: HTTP_ROUTE_KIND.to_owned(),
+        kind: kind.as_str().to_owned(),
     };
     let requested = state
         .spec
@@ -484,26 +488,35 @@ fn route_kinds(state: &mut ListenerState<'_>) {
         .and_then(|a| a.kinds.as_ref())
         .filter(|k| !k.is_empty());
     let Some(requested) = requested else {
-        state.supported_kinds = vec![http_route()];
+        state.supported_kinds = SERVED_ROUTE_KINDS.map(supported).to_vec();
         return;
     };
     let mut invalid = Vec::new();
     for kind in requested {
         let group = kind.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        if group == GATEWAY_GROUP && kind.kind == HTTP_ROUTE_KIND {
-            if state.supported_kinds.is_empty() {
-                state.supported_kinds.push(http_route());
+        let served = SERVED_ROUTE_KINDS
+            .into_iter()
+            .find(|k| group == GATEWAY_GROUP && kind.kind == k.as_str());
+        match served {
+            Some(k) => {
+                if !state.supported_kinds.iter().any(|s| s.kind == k.as_str()) {
+                    state.supported_kinds.push(supported(k));
+                }
             }
-        } else {
-            invalid.push(format!("{group}/{}", kind.kind));
+            None => invalid.push(format!("{group}/{}", kind.kind)),
         }
     }
     if !invalid.is_empty() {
+        let served: Vec<String> = SERVED_ROUTE_KINDS
+            .iter()
+            .map(|k| format!("{GATEWAY_GROUP}/{}", k.as_str()))
+            .collect();
         state.ref_problems.push(Problem::new(
             reasons::INVALID_ROUTE_KINDS,
             format!(
-                "allowedRoutes.kinds {} not supported (only {GATEWAY_GROUP}/{HTTP_ROUTE_KIND})",
-                invalid.join(", ")
+                "allowedRoutes.kinds {} not supported (only {})",
+                invalid.join(", "),
+                served.join(" and ")
             ),
         ));
         if state.supported_kinds.is_empty() {

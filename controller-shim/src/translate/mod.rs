@@ -11,7 +11,12 @@
 //!    Only structurally valid listeners claim ports; references (Secrets, CAs) do not decide
 //!    who owns a port, so that a Secret briefly missing never moves a port to another Gateway;
 //! 4. each HTTPS port's client-validation policy (perPort entry, else default);
-//! 5. HTTPRoutes attach to listeners (parentRef, allowedRoutes, hostname intersection);
+//! 5. HTTPRoutes and GRPCRoutes attach to listeners (parentRef, allowedRoutes, hostname
+//!    intersection), oldest first; a route whose hostnames intersect those of a route of the
+//!    other kind already on a listener is not attached there (`Accepted=False,
+//!    HostnameConflict` when no listener of the parentRef takes it), as the GRPCRoute API
+//!    requires: exactly one of the two is accepted, the older (then the first by
+//!    `namespace/name`);
 //! 6. statuses, and the desired config of what is programmed.
 
 mod conditions;
@@ -24,15 +29,20 @@ use std::collections::BTreeMap;
 
 use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
 use gateway_api::experimental::gateways::{GatewayStatus, GatewayStatusAddresses};
+use gateway_api::experimental::grpcroutes::{
+    GrpcRoute, GrpcRouteParentRefs, GrpcRouteStatus, GrpcRouteStatusParents,
+    GrpcRouteStatusParentsParentRef,
+};
 use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteStatus, HttpRouteStatusParents,
     HttpRouteStatusParentsParentRef,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use portcullis_core::desired::{
     ClientValidation, DesiredConfig, DesiredListener, DesiredPort, DesiredRoute, ListenerTls,
     ObjectRef, PortProtocol,
 };
+use portcullis_core::hostname;
 
 pub use conditions::{reasons, types};
 
@@ -40,7 +50,10 @@ use conditions::{ConditionStamp, Problem, join_messages};
 use gateways::{AttachedRoute, GatewayState, ListenerState};
 use matching::hostnames_on_listener;
 use refs::{GATEWAY_GROUP, ServerCertificates};
-use routes::{PreparedRoute, index_endpoint_slices, prepare_route};
+use routes::{
+    PreparedRoute, RouteKind, SlicesByService, index_endpoint_slices, prepare_grpc_route,
+    prepare_route,
+};
 
 use crate::store::ObjectStore;
 
@@ -95,6 +108,8 @@ pub struct Translation {
     /// Status of every HttpRoute with at least one parentRef to a Gateway we serve. Only our
     /// parents are listed: a status writer must keep other controllers' entries.
     pub route_statuses: Vec<(ObjectRef, HttpRouteStatus)>,
+    /// The same for every GRPCRoute.
+    pub grpc_route_statuses: Vec<(ObjectRef, GrpcRouteStatus)>,
 }
 
 impl Translation {
@@ -107,6 +122,13 @@ impl Translation {
 
     pub fn route_status(&self, route: &ObjectRef) -> Option<&HttpRouteStatus> {
         self.route_statuses
+            .iter()
+            .find(|(key, _)| key == route)
+            .map(|(_, status)| status)
+    }
+
+    pub fn grpc_route_status(&self, route: &ObjectRef) -> Option<&GrpcRouteStatus> {
+        self.grpc_route_statuses
             .iter()
             .find(|(key, _)| key == route)
             .map(|(_, status)| status)
@@ -129,7 +151,7 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
         gateway.resolve_port_policies(store);
     }
 
-    let route_statuses = attach_routes(store, options, &mut gateways);
+    let (route_statuses, grpc_route_statuses) = attach_routes(store, options, &mut gateways);
 
     let desired = desired_config(&gateways, &port_owners);
     let mut gateway_statuses: Vec<(ObjectRef, GatewayStatus)> = gateways
@@ -143,6 +165,7 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
         gateway_class_statuses: gateway_class_statuses(store, options),
         gateway_statuses,
         route_statuses,
+        grpc_route_statuses,
     }
 }
 
@@ -214,66 +237,235 @@ fn claim_ports(gateways: &mut [GatewayState<'_>], separate: bool) -> BTreeMap<u1
     owners
 }
 
-/// Attaches every route to the listeners that take it and returns the routes' statuses.
+/// A route of either kind, as attachment reads it.
+#[derive(Debug, Clone, Copy)]
+enum RouteObject<'s> {
+    Http(&'s HttpRoute),
+    Grpc(&'s GrpcRoute),
+}
+
+impl<'s> RouteObject<'s> {
+    fn kind(self) -> RouteKind {
+        match self {
+            RouteObject::Http(_) => RouteKind::Http,
+            RouteObject::Grpc(_) => RouteKind::Grpc,
+        }
+    }
+
+    fn metadata(self) -> &'s ObjectMeta {
+        match self {
+            RouteObject::Http(r) => &r.metadata,
+            RouteObject::Grpc(r) => &r.metadata,
+        }
+    }
+
+    fn parent_refs(self) -> Vec<ParentRef<'s>> {
+        match self {
+            RouteObject::Http(r) => r
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(Into::into)
+                .collect(),
+            RouteObject::Grpc(r) => r
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(Into::into)
+                .collect(),
+        }
+    }
+
+    fn prepare(
+        self,
+        store: &ObjectStore,
+        slices: &SlicesByService<'_>,
+        key: &ObjectRef,
+    ) -> PreparedRoute {
+        match self {
+            RouteObject::Http(r) => prepare_route(store, slices, key, r),
+            RouteObject::Grpc(r) => prepare_grpc_route(store, slices, key, r),
+        }
+    }
+}
+
+/// A parentRef of either route kind (the API's `ParentReference`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ParentRef<'r> {
+    group: Option<&'r str>,
+    kind: Option<&'r str>,
+    name: &'r str,
+    namespace: Option<&'r str>,
+    port: Option<i32>,
+    section_name: Option<&'r str>,
+}
+
+impl<'r> From<&'r HttpRouteParentRefs> for ParentRef<'r> {
+    fn from(p: &'r HttpRouteParentRefs) -> Self {
+        Self {
+            group: p.group.as_deref(),
+            kind: p.kind.as_deref(),
+            name: &p.name,
+            namespace: p.namespace.as_deref(),
+            port: p.port,
+            section_name: p.section_name.as_deref(),
+        }
+    }
+}
+
+impl<'r> From<&'r GrpcRouteParentRefs> for ParentRef<'r> {
+    fn from(p: &'r GrpcRouteParentRefs) -> Self {
+        Self {
+            group: p.group.as_deref(),
+            kind: p.kind.as_deref(),
+            name: &p.name,
+            namespace: p.namespace.as_deref(),
+            port: p.port,
+            section_name: p.section_name.as_deref(),
+        }
+    }
+}
+
+impl ParentRef<'_> {
+    /// The group as the API server stores it (defaulted).
+    fn group_or_default(&self) -> String {
+        self.group.unwrap_or(GATEWAY_GROUP).to_owned()
+    }
+
+    /// The kind as the API server stores it (defaulted).
+    fn kind_or_default(&self) -> String {
+        self.kind.unwrap_or("Gateway").to_owned()
+    }
+}
+
+/// The statuses of one route: each of our parentRefs with its conditions.
+type ParentConditions<'s> = Vec<(ParentRef<'s>, Vec<Condition>)>;
+
+/// Attaches every route to the listeners that take it, oldest first, and returns the routes'
+/// statuses: HTTPRoutes', then GRPCRoutes'.
+#[allow(clippy::type_complexity)] // two plain lists; a struct would only rename them
 fn attach_routes<'s>(
     store: &'s ObjectStore,
     options: &TranslateOptions,
     gateways: &mut [GatewayState<'s>],
-) -> Vec<(ObjectRef, HttpRouteStatus)> {
+) -> (
+    Vec<(ObjectRef, HttpRouteStatus)>,
+    Vec<(ObjectRef, GrpcRouteStatus)>,
+) {
     let slices = index_endpoint_slices(store);
-    let mut routes: Vec<(&ObjectRef, &HttpRoute)> = store.http_routes.iter().collect();
-    routes.sort_by_key(|(key, route)| (route.metadata.creation_timestamp.as_ref(), *key));
-    let mut statuses = Vec::new();
+    let mut routes: Vec<(&ObjectRef, RouteObject<'_>)> = store
+        .http_routes
+        .iter()
+        .map(|(key, route)| (key, RouteObject::Http(route)))
+        .chain(
+            store
+                .grpc_routes
+                .iter()
+                .map(|(key, route)| (key, RouteObject::Grpc(route))),
+        )
+        .collect();
+    // Oldest first: the older of an HTTPRoute and a GRPCRoute sharing a hostname keeps it.
+    routes.sort_by_key(|(key, route)| {
+        (
+            route.metadata().creation_timestamp.as_ref(),
+            *key,
+            route.kind(),
+        )
+    });
+    let mut http_statuses = Vec::new();
+    let mut grpc_statuses = Vec::new();
     for (key, route) in routes {
         let parents = our_parent_refs(route, key, gateways);
         if parents.is_empty() {
             continue;
         }
-        let prepared = prepare_route(store, &slices, key, route);
+        let prepared = route.prepare(store, &slices, key);
         let stamp = ConditionStamp {
-            observed_generation: route.metadata.generation.unwrap_or(1),
+            observed_generation: route.metadata().generation.unwrap_or(1),
             now: &options.now,
         };
-        let age = (route.metadata.creation_timestamp.as_ref(), key);
-        let mut parent_statuses = Vec::new();
+        let age = (route.metadata().creation_timestamp.as_ref(), key);
+        let mut parent_conditions: ParentConditions<'_> = Vec::new();
         for (parent_ref, gateway_index) in parents {
-            let accepted = match gateways.get_mut(gateway_index) {
-                Some(gateway) => attach_to_gateway(store, key, age, &prepared, parent_ref, gateway),
-                None => continue,
+            let Some(gateway) = gateways.get_mut(gateway_index) else {
+                continue;
             };
-            parent_statuses.push(HttpRouteStatusParents {
-                conditions: route_conditions(&stamp, &accepted, &prepared),
-                controller_name: options.controller_name.clone(),
-                parent_ref: echo_parent_ref(parent_ref),
-            });
+            let attaching = Attaching {
+                kind: route.kind(),
+                key,
+                age,
+                prepared: &prepared,
+            };
+            let accepted = attach_to_gateway(store, &attaching, &parent_ref, gateway);
+            parent_conditions.push((parent_ref, route_conditions(&stamp, &accepted, &prepared)));
         }
-        statuses.push((
-            key.clone(),
-            HttpRouteStatus {
-                parents: parent_statuses,
-            },
-        ));
+        let controller_name = &options.controller_name;
+        match route.kind() {
+            RouteKind::Http => http_statuses.push((
+                key.clone(),
+                HttpRouteStatus {
+                    parents: parent_conditions
+                        .into_iter()
+                        .map(|(p, conditions)| HttpRouteStatusParents {
+                            conditions,
+                            controller_name: controller_name.clone(),
+                            parent_ref: HttpRouteStatusParentsParentRef {
+                                group: Some(p.group_or_default()),
+                                kind: Some(p.kind_or_default()),
+                                name: p.name.to_owned(),
+                                namespace: p.namespace.map(str::to_owned),
+                                port: p.port,
+                                section_name: p.section_name.map(str::to_owned),
+                            },
+                        })
+                        .collect(),
+                },
+            )),
+            RouteKind::Grpc => grpc_statuses.push((
+                key.clone(),
+                GrpcRouteStatus {
+                    parents: parent_conditions
+                        .into_iter()
+                        .map(|(p, conditions)| GrpcRouteStatusParents {
+                            conditions,
+                            controller_name: controller_name.clone(),
+                            parent_ref: GrpcRouteStatusParentsParentRef {
+                                group: Some(p.group_or_default()),
+                                kind: Some(p.kind_or_default()),
+                                name: p.name.to_owned(),
+                                namespace: p.namespace.map(str::to_owned),
+                                port: p.port,
+                                section_name: p.section_name.map(str::to_owned),
+                            },
+                        })
+                        .collect(),
+                },
+            )),
+        }
     }
-    statuses.sort_by(|a, b| a.0.cmp(&b.0));
-    statuses
+    http_statuses.sort_by(|a, b| a.0.cmp(&b.0));
+    grpc_statuses.sort_by(|a, b| a.0.cmp(&b.0));
+    (http_statuses, grpc_statuses)
 }
 
 /// The route's distinct parentRefs that name one of our Gateways, with its index.
 fn our_parent_refs<'r>(
-    route: &'r HttpRoute,
+    route: RouteObject<'r>,
     key: &ObjectRef,
     gateways: &[GatewayState<'_>],
-) -> Vec<(&'r HttpRouteParentRefs, usize)> {
-    let mut parents: Vec<(&HttpRouteParentRefs, usize)> = Vec::new();
-    for parent_ref in route.spec.parent_refs.iter().flatten() {
-        let group = parent_ref.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        let kind = parent_ref.kind.as_deref().unwrap_or("Gateway");
+) -> Vec<(ParentRef<'r>, usize)> {
+    let mut parents: Vec<(ParentRef<'r>, usize)> = Vec::new();
+    for parent_ref in route.parent_refs() {
+        let group = parent_ref.group.unwrap_or(GATEWAY_GROUP);
+        let kind = parent_ref.kind.unwrap_or("Gateway");
         if group != GATEWAY_GROUP || kind != "Gateway" {
             continue;
         }
         let gateway = ObjectRef::new(
-            parent_ref.namespace.as_deref().unwrap_or(&key.namespace),
-            parent_ref.name.as_str(),
+            parent_ref.namespace.unwrap_or(&key.namespace),
+            parent_ref.name,
         );
         let Some(index) = gateways.iter().position(|g| *g.key == gateway) else {
             continue;
@@ -285,20 +477,28 @@ fn our_parent_refs<'r>(
     parents
 }
 
+/// The route being attached.
+struct Attaching<'a, 's> {
+    kind: RouteKind,
+    key: &'s ObjectRef,
+    age: gateways::Age<'s>,
+    prepared: &'a PreparedRoute,
+}
+
 /// Attaches the route to the listeners of `gateway` that its parentRef selects; `Ok(())` when
 /// it attached to at least one, else why not.
 fn attach_to_gateway<'s>(
     store: &ObjectStore,
-    key: &ObjectRef,
-    age: gateways::Age<'s>,
-    prepared: &PreparedRoute,
-    parent_ref: &HttpRouteParentRefs,
+    route: &Attaching<'_, 's>,
+    parent_ref: &ParentRef<'_>,
     gateway: &mut GatewayState<'s>,
 ) -> Result<(), Problem> {
+    let key = route.key;
+    let prepared = route.prepared;
     let gateway_namespace = gateway.namespace().to_owned();
     let gateway_key = gateway.key.clone();
     // By name through the index: a Gateway with a route per listener stays linear.
-    let candidates: Vec<usize> = match parent_ref.section_name.as_deref() {
+    let candidates: Vec<usize> = match parent_ref.section_name {
         Some(section) => gateway
             .listener_index
             .get(section)
@@ -324,7 +524,6 @@ fn attach_to_gateway<'s>(
                 "Gateway {gateway_key} has no listener{}{}",
                 parent_ref
                     .section_name
-                    .as_deref()
                     .map_or(String::new(), |s| format!(" named {s:?}")),
                 parent_ref
                     .port
@@ -338,14 +537,15 @@ fn attach_to_gateway<'s>(
             gateway
                 .listeners
                 .get(*i)
-                .is_some_and(|l| l.admits(store, &gateway_namespace, &key.namespace))
+                .is_some_and(|l| l.admits(store, &gateway_namespace, route.kind, &key.namespace))
         })
         .collect();
     if allowed.is_empty() {
         return Err(Problem::new(
             reasons::NOT_ALLOWED_BY_LISTENERS,
             format!(
-                "no selected listener of Gateway {gateway_key} allows HTTPRoutes from namespace {}",
+                "no selected listener of Gateway {gateway_key} allows {}s from namespace {}",
+                route.kind.as_str(),
                 key.namespace
             ),
         ));
@@ -374,24 +574,66 @@ fn attach_to_gateway<'s>(
             join_messages(&prepared.unsupported),
         ));
     }
+    let mut conflicts = Vec::new();
+    let mut attached = 0;
     for (i, hostnames) in taking {
         let Some(listener) = gateway.listeners.get_mut(i) else {
             continue;
         };
         // A route reaching one listener through two parentRefs attaches once.
-        if listener.routes.iter().any(|r| r.route.route == *key) {
+        if listener
+            .routes
+            .iter()
+            .any(|r| r.kind == route.kind && r.route.route == *key)
+        {
+            attached += 1;
+            continue;
+        }
+        // Routes attach oldest first, so a route of the other kind already here is the older.
+        let other_kind = listener
+            .routes
+            .iter()
+            .find(|r| r.kind != route.kind && hostnames_intersect(&r.route.hostnames, &hostnames));
+        if let Some(other) = other_kind {
+            conflicts.push(format!(
+                "listener {} already serves {} {} on an intersecting hostname",
+                listener.name(),
+                other.kind.as_str(),
+                other.route.route
+            ));
             continue;
         }
         listener.routes.push(AttachedRoute {
-            age,
+            age: route.age,
+            kind: route.kind,
             route: DesiredRoute {
                 route: key.clone(),
                 hostnames,
                 rules: prepared.rules.clone(),
             },
         });
+        attached += 1;
+    }
+    if attached == 0 {
+        return Err(Problem::new(
+            reasons::HOSTNAME_CONFLICT,
+            format!(
+                "Gateway {gateway_key}: {} (an HTTPRoute and a GRPCRoute may not share a \
+                 hostname on a listener; the older route keeps it)",
+                conflicts.join("; ")
+            ),
+        ));
     }
     Ok(())
+}
+
+/// Whether two routes' hostnames on one listener share a host; empty means every host of the
+/// listener.
+fn hostnames_intersect(a: &[String], b: &[String]) -> bool {
+    a.is_empty()
+        || b.is_empty()
+        || a.iter()
+            .any(|x| b.iter().any(|y| hostname::intersect(Some(x), y).is_some()))
 }
 
 fn route_conditions(
@@ -420,28 +662,6 @@ fn route_conditions(
         "All backendRefs are resolved",
     );
     vec![accepted, resolved]
-}
-
-/// The parentRef as the API server stores it: with its defaulted group and kind.
-fn echo_parent_ref(parent_ref: &HttpRouteParentRefs) -> HttpRouteStatusParentsParentRef {
-    HttpRouteStatusParentsParentRef {
-        group: Some(
-            parent_ref
-                .group
-                .clone()
-                .unwrap_or_else(|| GATEWAY_GROUP.to_owned()),
-        ),
-        kind: Some(
-            parent_ref
-                .kind
-                .clone()
-                .unwrap_or_else(|| "Gateway".to_owned()),
-        ),
-        name: parent_ref.name.clone(),
-        namespace: parent_ref.namespace.clone(),
-        port: parent_ref.port,
-        section_name: parent_ref.section_name.clone(),
-    }
 }
 
 fn gateway_status(gateway: &GatewayState<'_>, options: &TranslateOptions) -> GatewayStatus {

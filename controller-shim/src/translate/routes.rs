@@ -1,14 +1,23 @@
-//! HttpRoute rules to desired rules: matches, backends resolved through Services to the ready
-//! endpoints of their EndpointSlices.
+//! HTTPRoute and GRPCRoute rules to desired rules: matches, backends resolved through Services
+//! to the ready endpoints of their EndpointSlices.
 //!
 //! What Portcullis does not implement is refused, not ignored, when ignoring it would change
 //! what a request gets: filters (redirects, header changes, rewrites, mirrors...) and
 //! `RegularExpression` matches make the route `Accepted=False, reason UnsupportedValue` on every
 //! parent. `timeouts`, `retry` and `sessionPersistence` are best-effort knobs and are ignored.
+//!
+//! GRPCRoute: a method match becomes [`PathMatch::Grpc`] (service and/or method, `Exact`); a
+//! match without one takes every request, as the API's default. Every backend of a GRPCRoute
+//! is spoken to in h2c whatever its Service port's `appProtocol`: gRPC needs HTTP/2, and a
+//! GRPCRoute's backendRef says the backend speaks gRPC.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
+use gateway_api::experimental::grpcroutes::{
+    GrpcRoute, GrpcRouteRules, GrpcRouteRulesBackendRefs, GrpcRouteRulesMatches,
+    GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
+};
 use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
@@ -31,6 +40,60 @@ pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// A backendRef's weight when it names none.
 const DEFAULT_BACKEND_WEIGHT: u32 = 1;
+
+/// The route kinds Portcullis serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    /// The Kubernetes `kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+/// One backendRef of either route kind (the API's `BackendRef` fields that matter here).
+#[derive(Debug, Clone, Copy)]
+struct BackendRef<'a> {
+    group: Option<&'a str>,
+    kind: Option<&'a str>,
+    namespace: Option<&'a str>,
+    name: &'a str,
+    port: Option<i32>,
+    weight: Option<i32>,
+}
+
+impl<'a> From<&'a HttpRouteRulesBackendRefs> for BackendRef<'a> {
+    fn from(r: &'a HttpRouteRulesBackendRefs) -> Self {
+        Self {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            namespace: r.namespace.as_deref(),
+            name: &r.name,
+            port: r.port,
+            weight: r.weight,
+        }
+    }
+}
+
+impl<'a> From<&'a GrpcRouteRulesBackendRefs> for BackendRef<'a> {
+    fn from(r: &'a GrpcRouteRulesBackendRefs) -> Self {
+        Self {
+            group: r.group.as_deref(),
+            kind: r.kind.as_deref(),
+            namespace: r.namespace.as_deref(),
+            name: &r.name,
+            port: r.port,
+            weight: r.weight,
+        }
+    }
+}
 
 /// EndpointSlices by the Service they belong to.
 pub(crate) type SlicesByService<'s> = BTreeMap<ObjectRef, Vec<&'s EndpointSlice>>;
@@ -71,13 +134,37 @@ pub(crate) fn prepare_route(
     key: &ObjectRef,
     route: &HttpRoute,
 ) -> PreparedRoute {
+    let mut prepared = prepared_hostnames(route.spec.hostnames.as_deref());
+    for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let rule = prepare_rule(store, slices, key, rule_index, rule, &mut prepared);
+        prepared.rules.push(rule);
+    }
+    prepared
+}
+
+pub(crate) fn prepare_grpc_route(
+    store: &ObjectStore,
+    slices: &SlicesByService<'_>,
+    key: &ObjectRef,
+    route: &GrpcRoute,
+) -> PreparedRoute {
+    let mut prepared = prepared_hostnames(route.spec.hostnames.as_deref());
+    for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let rule = prepare_grpc_rule(store, slices, key, rule_index, rule, &mut prepared);
+        prepared.rules.push(rule);
+    }
+    prepared
+}
+
+/// A prepared route with its valid `spec.hostnames` and no rules yet.
+fn prepared_hostnames(hostnames: Option<&[String]>) -> PreparedRoute {
     let mut prepared = PreparedRoute {
         hostnames: Vec::new(),
         rules: Vec::new(),
         unsupported: Vec::new(),
         unresolved: Vec::new(),
     };
-    for raw in route.spec.hostnames.iter().flatten() {
+    for raw in hostnames.into_iter().flatten() {
         let name = hostname::normalize(raw);
         if is_valid_hostname(&name) {
             if !prepared.hostnames.contains(&name) {
@@ -89,10 +176,6 @@ pub(crate) fn prepare_route(
                 format!("hostname {raw:?} is not a valid DNS name or wildcard"),
             ));
         }
-    }
-    for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
-        let rule = prepare_rule(store, slices, key, rule_index, rule, &mut prepared);
-        prepared.rules.push(rule);
     }
     prepared
 }
@@ -133,13 +216,129 @@ fn prepare_rule(
                 format!("{at}.backendRefs[{backend_index}].filters are not supported"),
             ));
         }
-        let (backend, problem) = resolve_backend(store, slices, &key.namespace, backend_ref);
+        let (backend, problem) = resolve_backend(
+            store,
+            slices,
+            RouteKind::Http,
+            &key.namespace,
+            backend_ref.into(),
+        );
         if let Some(problem) = problem {
             prepared.unresolved.push(problem);
         }
         backends.push(backend);
     }
     DesiredRule { matches, backends }
+}
+
+/// A GRPCRoute rule, refused and resolved as an HTTPRoute rule is.
+fn prepare_grpc_rule(
+    store: &ObjectStore,
+    slices: &SlicesByService<'_>,
+    key: &ObjectRef,
+    rule_index: usize,
+    rule: &GrpcRouteRules,
+    prepared: &mut PreparedRoute,
+) -> DesiredRule {
+    let at = format!("rules[{rule_index}]");
+    for filter in rule.filters.iter().flatten() {
+        prepared.unsupported.push(Problem::new(
+            reasons::UNSUPPORTED_VALUE,
+            format!(
+                "{at}.filters: filter type {:?} is not supported",
+                filter.r#type
+            ),
+        ));
+    }
+    let mut matches = Vec::new();
+    for (match_index, m) in rule.matches.iter().flatten().enumerate() {
+        match convert_grpc_match(m) {
+            Ok(converted) => matches.push(converted),
+            Err(message) => prepared.unsupported.push(Problem::new(
+                reasons::UNSUPPORTED_VALUE,
+                format!("{at}.matches[{match_index}]{message}"),
+            )),
+        }
+    }
+    let mut backends = Vec::new();
+    for (backend_index, backend_ref) in rule.backend_refs.iter().flatten().enumerate() {
+        if backend_ref.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            prepared.unsupported.push(Problem::new(
+                reasons::UNSUPPORTED_VALUE,
+                format!("{at}.backendRefs[{backend_index}].filters are not supported"),
+            ));
+        }
+        let (backend, problem) = resolve_backend(
+            store,
+            slices,
+            RouteKind::Grpc,
+            &key.namespace,
+            backend_ref.into(),
+        );
+        if let Some(problem) = problem {
+            prepared.unresolved.push(problem);
+        }
+        backends.push(backend);
+    }
+    DesiredRule { matches, backends }
+}
+
+/// One GRPCRoute match, or the reason (as a field suffix and message) it cannot be honoured.
+fn convert_grpc_match(m: &GrpcRouteRulesMatches) -> Result<RouteMatch, String> {
+    let mut converted = RouteMatch::default();
+    if let Some(method) = &m.method {
+        if method.r#type == Some(GrpcRouteRulesMatchesMethodType::RegularExpression) {
+            return Err(".method: type RegularExpression is not supported".to_owned());
+        }
+        // The API: an empty value is the same as none.
+        let service = method.service.as_deref().filter(|s| !s.is_empty());
+        let name = method.method.as_deref().filter(|m| !m.is_empty());
+        if service.is_none() && name.is_none() {
+            return Err(".method: one or both of service and method must be given".to_owned());
+        }
+        if let Some(service) = service.filter(|s| !is_grpc_service_name(s)) {
+            return Err(format!(
+                ".method.service: {service:?} is not a gRPC service name"
+            ));
+        }
+        if let Some(name) = name.filter(|m| !is_grpc_identifier(m)) {
+            return Err(format!(
+                ".method.method: {name:?} is not a gRPC method name"
+            ));
+        }
+        converted.path = PathMatch::Grpc {
+            service: service.map(str::to_owned),
+            method: name.map(str::to_owned),
+        };
+    }
+    for (i, header) in m.headers.iter().flatten().enumerate() {
+        if header.r#type == Some(GrpcRouteRulesMatchesHeadersType::RegularExpression) {
+            return Err(format!(
+                ".headers[{i}]: type RegularExpression is not supported"
+            ));
+        }
+        converted.headers.push(HeaderMatch {
+            name: header.name.clone(),
+            value: header.value.clone(),
+        });
+    }
+    Ok(converted)
+}
+
+/// The CRD's pattern for an `Exact` service: `^(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$`.
+/// (The API server checks it; a manifest folder has no API server.)
+fn is_grpc_service_name(service: &str) -> bool {
+    let service = service.strip_prefix('.').unwrap_or(service);
+    service.split('.').all(is_grpc_identifier)
+}
+
+/// The CRD's pattern for an `Exact` method, and each label of a service: `^[A-Za-z_][A-Za-z_0-9]*$`.
+fn is_grpc_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// One match, or the reason (as a field suffix and message) it cannot be honoured.
@@ -204,19 +403,20 @@ fn method_name(method: &HttpRouteRulesMatchesMethod) -> &'static str {
 /// The Service port `appProtocol` (a Kubernetes standard name) of HTTP/2 over cleartext.
 const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
 
-/// Resolves one backendRef of a route in `route_namespace`. An unresolvable ref still yields a
-/// backend (with [`BackendTarget::Invalid`], so that its share of traffic gets 500 as the API
-/// requires) and the problem for `ResolvedRefs`.
+/// Resolves one backendRef of a route of `route_kind` in `route_namespace`. An unresolvable ref
+/// still yields a backend (with [`BackendTarget::Invalid`], so that its share of traffic gets
+/// the API's error answer) and the problem for `ResolvedRefs`.
 fn resolve_backend(
     store: &ObjectStore,
     slices: &SlicesByService<'_>,
+    route_kind: RouteKind,
     route_namespace: &str,
-    backend_ref: &HttpRouteRulesBackendRefs,
+    backend_ref: BackendRef<'_>,
 ) -> (DesiredBackend, Option<Problem>) {
-    let group = backend_ref.group.as_deref().unwrap_or(CORE_GROUP);
-    let kind = backend_ref.kind.as_deref().unwrap_or("Service");
-    let namespace = backend_ref.namespace.as_deref().unwrap_or(route_namespace);
-    let name = backend_ref.name.as_str();
+    let group = backend_ref.group.unwrap_or(CORE_GROUP);
+    let kind = backend_ref.kind.unwrap_or("Service");
+    let namespace = backend_ref.namespace.unwrap_or(route_namespace);
+    let name = backend_ref.name;
     let port_text = backend_ref
         .port
         .map_or_else(|| "?".to_owned(), |p| p.to_string());
@@ -226,13 +426,20 @@ fn resolve_backend(
     let backend = |(protocol, target)| DesiredBackend {
         name: format!("{namespace}/{name}:{port_text}"),
         weight,
-        protocol,
+        protocol: match route_kind {
+            RouteKind::Grpc => BackendProtocol::H2c,
+            RouteKind::Http => protocol,
+        },
         target,
     };
     match resolve_endpoints(
         store,
         slices,
-        route_namespace,
+        Referrer {
+            group: GATEWAY_GROUP,
+            kind: route_kind.as_str(),
+            namespace: route_namespace,
+        },
         group,
         kind,
         namespace,
@@ -259,7 +466,7 @@ fn resolve_backend(
 fn resolve_endpoints(
     store: &ObjectStore,
     slices: &SlicesByService<'_>,
-    route_namespace: &str,
+    from: Referrer<'_>,
     group: &str,
     kind: &str,
     namespace: &str,
@@ -273,11 +480,6 @@ fn resolve_endpoints(
             format!("{what}: only kind Service in the core group (\"\") is supported"),
         ));
     }
-    let from = Referrer {
-        group: GATEWAY_GROUP,
-        kind: "HTTPRoute",
-        namespace: route_namespace,
-    };
     let to = Referent {
         group,
         kind,

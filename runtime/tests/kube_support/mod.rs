@@ -239,6 +239,7 @@ impl Kube {
             "--timeout=60s",
             "crd/gateways.gateway.networking.k8s.io",
             "crd/httproutes.gateway.networking.k8s.io",
+            "crd/grpcroutes.gateway.networking.k8s.io",
             "crd/gatewayclasses.gateway.networking.k8s.io",
             "crd/referencegrants.gateway.networking.k8s.io",
         ]);
@@ -252,6 +253,7 @@ impl Kube {
             for kind in [
                 "gateways.gateway.networking.k8s.io",
                 "httproutes.gateway.networking.k8s.io",
+                "grpcroutes.gateway.networking.k8s.io",
                 "referencegrants.gateway.networking.k8s.io",
             ] {
                 self.ok(&[

@@ -489,8 +489,14 @@ fn a_connection_at_the_backends_stream_limit_makes_the_next_stream_open_another(
         let mut watches = Vec::new();
         for _ in 0..5 {
             let mut client = HealthClient::new(channel.clone());
-            let mut watch = client.watch(check(SERVICE)).await.unwrap().into_inner();
-            let first = watch.message().await.unwrap().unwrap();
+            // Bounded: a stream queued behind a full connection would never be answered.
+            let first = tokio::time::timeout(PATIENCE, async {
+                let mut watch = client.watch(check(SERVICE)).await.unwrap().into_inner();
+                let first = watch.message().await.unwrap().unwrap();
+                (watch, first)
+            })
+            .await;
+            let (watch, first) = first.expect("every watch gets its first message");
             assert_eq!(first.status, WireStatus::Serving as i32);
             watches.push(watch);
         }

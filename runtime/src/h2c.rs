@@ -23,6 +23,14 @@
 //!   and trailers are relayed frame by frame in both directions, with flow control: the
 //!   credit a backend gets back is what the client took, and the other way round.
 //!
+//! - **Timeouts.** The response head must come within the backend response timeout (504);
+//!   after it, each direction of a stream may stay quiet for the idle timeout, so that
+//!   server-streaming calls (watches) live as long as they keep talking.
+//! - **Known limit.** A connection's first streams are sent before the backend's SETTINGS
+//!   arrive, so a burst in that first round trip may exceed a backend limit below
+//!   [`MAX_STREAMS_PER_CONNECTION`]; h2 queues the excess until streams end (unary calls end
+//!   at once; long-lived streams would hold them).
+//!
 //! HTTP/1.1 backends never touch this module: the choice is made once per request on the
 //! backend's protocol.
 

@@ -48,6 +48,10 @@ struct GrpcBackend {
     connections: Arc<AtomicUsize>,
     xfcc: Arc<Mutex<Vec<Vec<String>>>>,
     reporter: HealthReporter,
+    /// Starts the server's graceful shutdown (GOAWAY on every connection).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server's task: done when the shutdown finished (every connection closed).
+    served: Option<tokio::task::JoinHandle<()>>,
     runtime: Option<Runtime>,
 }
 
@@ -66,7 +70,8 @@ impl GrpcBackend {
             .unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let xfcc = Arc::new(Mutex::new(Vec::new()));
-        let (addr, reporter) = runtime.block_on(async {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr, reporter, served) = runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
             let addr = listener.local_addr().unwrap();
             let counted = Arc::clone(&connections);
@@ -99,26 +104,45 @@ impl GrpcBackend {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .build_v1()
                 .unwrap();
-            tokio::spawn(
+            let served = tokio::spawn(async move {
                 Server::builder()
                     .max_concurrent_streams(max_streams)
                     .add_service(health)
                     .add_service(reflection)
-                    .serve_with_incoming(incoming),
-            );
-            (addr, reporter)
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+            (addr, reporter, served)
         });
         GrpcBackend {
             addr,
             connections,
             xfcc,
             reporter,
+            stop: Some(stop),
+            served: Some(served),
             runtime: Some(runtime),
         }
     }
 
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Shuts the server down as a rolling update does: GOAWAY, then it waits until the
+    /// connections are closed (the gateway must close its idle one).
+    fn stop_gracefully(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let served = self.served.take().unwrap();
+        let runtime = self.runtime.take().unwrap();
+        runtime
+            .block_on(async { tokio::time::timeout(PATIENCE, served).await })
+            .expect("the gateway closed its connection after the backend's GOAWAY")
+            .unwrap();
+        runtime.shutdown_timeout(PATIENCE);
     }
 
     /// Ends the server at once, as a killed process: every task and socket of the backend
@@ -521,4 +545,26 @@ fn a_backend_that_does_not_speak_h2_is_a_counted_connection_error_and_unavailabl
             .filter(|l| l.starts_with("portcullis_backend_h2_connection_errors_total{"))
             .any(|l| !l.ends_with(" 0"))
     });
+}
+
+#[test]
+fn after_the_backends_goaway_the_connection_closes_and_the_next_call_gets_a_fresh_one() {
+    let first = GrpcBackend::start("127.0.0.1:0".parse().unwrap());
+    let addr = first.addr;
+    let f = fixture(addr);
+    let rt = Runtime::new().unwrap();
+    let mut client = rt.block_on(async {
+        let mut client = HealthClient::new(f.channel("grpc.example.com").await);
+        client.check(check(SERVICE)).await.unwrap();
+        client
+    });
+    assert_eq!(first.connections(), 1);
+    first.stop_gracefully();
+    let second = GrpcBackend::start(addr);
+    let response = rt
+        .block_on(client.check(check(SERVICE)))
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.status, WireStatus::Serving as i32);
+    assert_eq!(second.connections(), 1);
 }

@@ -24,8 +24,9 @@
 //!   credit a backend gets back is what the client took, and the other way round.
 //!
 //! - **Timeouts.** The response head must come within the backend response timeout (504);
-//!   after it, each direction of a stream may stay quiet for the idle timeout, so that
-//!   server-streaming calls (watches) live as long as they keep talking.
+//!   after it, a stream ends when neither direction moved for the idle timeout ([`Activity`]):
+//!   a streaming call lives as long as either side keeps talking (a client streaming its
+//!   upload to a backend that answers only at the end, a watch a client only listens to).
 //! - **Known limit.** A connection's first streams are sent before the backend's SETTINGS
 //!   arrive, so a burst in that first round trip may exceed a backend limit below
 //!   [`MAX_STREAMS_PER_CONNECTION`]; h2 queues the excess until streams end (unary calls end
@@ -502,12 +503,13 @@ pub(crate) async fn forward_from_h2(
     ctx: &ShardContext,
 ) -> Result<u16, ForwardError> {
     let (response, backend_body, _stream) = send_head(&mut attempts, request, ctx).await?;
-    let idle = ctx.limits.idle_timeout;
+    let activity = Activity::new(ctx.limits.idle_timeout);
+    let activity = &activity;
     let upload = async move {
         let Some(mut to) = (!request.end_of_stream).then_some(backend_body) else {
             return;
         };
-        if let Err(e) = pipe(client_body, &mut to, idle).await {
+        if let Err(e) = pipe(client_body, &mut to, activity).await {
             // The client broke off its request: the backend's stream goes too.
             if e != PipeError::Sink {
                 to.send_reset(Reason::CANCEL);
@@ -527,7 +529,7 @@ pub(crate) async fn forward_from_h2(
         if end {
             return Ok(status);
         }
-        match pipe(&mut body, &mut send, idle).await {
+        match pipe(&mut body, &mut send, activity).await {
             Ok(()) => Ok(status),
             Err(PipeError::Sink) => Err(ForwardError::ClientGone),
             Err(PipeError::Source | PipeError::Idle) => {
@@ -738,13 +740,47 @@ enum PipeError {
     Idle,
 }
 
+/// When a stream last moved, in either direction: it is idle only when both are quiet.
+struct Activity {
+    idle: Duration,
+    last: Cell<Instant>,
+}
+
+impl Activity {
+    fn new(idle: Duration) -> Self {
+        Self {
+            idle,
+            last: Cell::new(Instant::now()),
+        }
+    }
+
+    fn moved(&self) {
+        self.last.set(Instant::now());
+    }
+
+    /// Polls `poll` until it is ready, or `None` once the stream was quiet for the idle
+    /// timeout (the other direction's traffic counts too).
+    async fn until<T>(
+        &self,
+        mut poll: impl FnMut(&mut std::task::Context<'_>) -> Poll<T>,
+    ) -> Option<T> {
+        loop {
+            let quiet = self.last.get().elapsed();
+            let left = self.idle.checked_sub(quiet).filter(|d| !d.is_zero())?;
+            if let Ok(ready) = monoio::time::timeout(left, poll_fn(&mut poll)).await {
+                return Some(ready);
+            }
+        }
+    }
+}
+
 /// Relays DATA and then the trailers (or the end of stream) from `from` to `to`. Credit goes
 /// back to `from` only as `to` takes the bytes, so a slow reader slows the writer down
 /// instead of filling the shard.
 async fn pipe(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
-    idle: Duration,
+    activity: &Activity,
 ) -> Result<(), PipeError> {
     enum Next {
         Data(Option<Result<Bytes, h2::Error>>),
@@ -753,30 +789,33 @@ async fn pipe(
     loop {
         // A reader that resets its stream ends the relay even while the writer is quiet (a
         // cancelled watch on a backend that sends rarely).
-        let next = poll_fn(|cx| {
-            if to.poll_reset(cx).is_ready() {
-                return Poll::Ready(Next::SinkReset);
-            }
-            from.poll_data(cx).map(Next::Data)
-        });
-        let data = match monoio::time::timeout(idle, next).await {
-            Err(_) => return Err(PipeError::Idle),
-            Ok(Next::SinkReset) => return Err(PipeError::Sink),
-            Ok(Next::Data(None)) => break,
-            Ok(Next::Data(Some(Err(_)))) => return Err(PipeError::Source),
-            Ok(Next::Data(Some(Ok(data)))) => data,
+        let next = activity
+            .until(|cx| {
+                if to.poll_reset(cx).is_ready() {
+                    return Poll::Ready(Next::SinkReset);
+                }
+                from.poll_data(cx).map(Next::Data)
+            })
+            .await;
+        let data = match next {
+            None => return Err(PipeError::Idle),
+            Some(Next::SinkReset) => return Err(PipeError::Sink),
+            Some(Next::Data(None)) => break,
+            Some(Next::Data(Some(Err(_)))) => return Err(PipeError::Source),
+            Some(Next::Data(Some(Ok(data)))) => data,
         };
+        activity.moved();
         let len = data.len();
         send_all(to, data, false)
             .await
             .map_err(|_| PipeError::Sink)?;
         let _ = from.flow_control().release_capacity(len);
     }
-    match monoio::time::timeout(idle, from.trailers()).await {
-        Err(_) => Err(PipeError::Idle),
-        Ok(Err(_)) => Err(PipeError::Source),
-        Ok(Ok(Some(trailers))) => to.send_trailers(trailers).map_err(|_| PipeError::Sink),
-        Ok(Ok(None)) => to
+    match activity.until(|cx| from.poll_trailers(cx)).await {
+        None => Err(PipeError::Idle),
+        Some(Err(_)) => Err(PipeError::Source),
+        Some(Ok(Some(trailers))) => to.send_trailers(trailers).map_err(|_| PipeError::Sink),
+        Some(Ok(None)) => to
             .send_data(Bytes::new(), true)
             .map_err(|_| PipeError::Sink),
     }

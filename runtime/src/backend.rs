@@ -40,7 +40,7 @@ use crate::sockets::quiet_and_open;
 /// clients on one shard against a cap of 64, that was a backend connection per request, the
 /// backend's accept queue overflowing, SYNs sent again after a second (p99 1.05 s), and on a
 /// busy gateway its ephemeral ports held in TIME_WAIT.
-const MAX_IDLE_REUSE_AGE: Duration = Duration::from_secs(4);
+pub(crate) const MAX_IDLE_REUSE_AGE: Duration = Duration::from_secs(4);
 
 /// How often a shard closes the idle connections too old to reuse, so that a burst's
 /// connections are closed within about twice [`MAX_IDLE_REUSE_AGE`] after it, even when no

@@ -14,8 +14,10 @@
 //! - Each stream is one request, handled as an HTTP/1.1 request would be: its head is written
 //!   out as an HTTP/1.1 head and parsed by the same parser, so routing (the 404 and 421 rules
 //!   on `:authority`), identity headers (client copies stripped, ours added) and the forwarded
-//!   head are exactly HTTP/1.1's. The backend gets HTTP/1.1; the response comes back as h2
-//!   HEADERS and DATA, hop-by-hop fields dropped, chunked bodies de-chunked.
+//!   head are exactly HTTP/1.1's. An HTTP/1.1 backend gets it as is; the response comes back
+//!   as h2 HEADERS and DATA, hop-by-hop fields dropped, chunked bodies de-chunked. An h2c
+//!   backend gets the stream as an h2 stream, trailers included ([`crate::h2c`]).
+//! - A gRPC call the gateway answers itself gets a gRPC status ([`crate::grpc`]).
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -31,6 +33,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use monoio::io::AsyncWriteRentExt;
 use portcullis_core::client_identity::VerifiedClient;
+use portcullis_core::desired::BackendProtocol;
 use portcullis_core::http1::{
     ChunkedDecoder, ContentLengthBody, ForwardExtras, ForwardedProto, HeadLimits, RequestBody,
     RequestHead, ResponseBody, ResponseHead, parse_request_head, write_forwarded_request_head,
@@ -39,6 +42,8 @@ use tracing::debug;
 
 use crate::backend::BackendConnection;
 use crate::bufpool;
+use crate::grpc;
+use crate::h2c::{self, BackendRequest};
 use crate::http::{self as h1, BackendAttempts, ConnInfo, ForwardError, Route};
 use crate::metrics::{H2GoAway, H2StreamReset, RequestProtocol};
 use crate::shard::{ShardContext, ShardPort};
@@ -201,12 +206,13 @@ async fn serve_stream(
         return;
     }
     let started = Instant::now();
-    let protocol = if is_grpc(request.headers()) {
+    let grpc = is_grpc(request.headers());
+    let protocol = if grpc {
         RequestProtocol::Grpc
     } else {
         RequestProtocol::H2
     };
-    let (status, route_metrics) = handle(request, &mut respond, &conn).await;
+    let (status, route_metrics) = handle(request, &mut respond, &conn, grpc).await;
     if status == h1::CLIENT_CLOSED_REQUEST {
         conn.cancelled.set(conn.cancelled.get() + 1);
         conn.ctx
@@ -227,27 +233,25 @@ async fn serve_stream(
 /// A gRPC call: its content type is `application/grpc`, alone or with a `+format` or `;params`
 /// suffix.
 fn is_grpc(headers: &::http::HeaderMap) -> bool {
-    let Some(value) = headers.get(::http::header::CONTENT_TYPE) else {
-        return false;
-    };
-    let (value, grpc) = (value.as_bytes(), GRPC_CONTENT_TYPE.as_bytes());
-    value
-        .get(..grpc.len())
-        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(grpc))
-        && matches!(value.get(grpc.len()), None | Some(b'+' | b';'))
+    headers
+        .get(::http::header::CONTENT_TYPE)
+        .is_some_and(|value| grpc::is_grpc_content_type(value.as_bytes()))
 }
 
-const GRPC_CONTENT_TYPE: &str = "application/grpc";
-
 /// Routes and forwards one request; returns the status the client got and the route's metrics
-/// (`None`: not routed).
+/// (`None`: not routed). `grpc`: the gateway's own answers go out as gRPC statuses.
 async fn handle(
     request: Request<RecvStream>,
     respond: &mut SendResponse<Bytes>,
     conn: &H2Conn,
+    grpc: bool,
 ) -> (u16, Option<Rc<crate::metrics::RouteMetrics>>) {
     let ctx = &conn.ctx;
     let (parts, mut body) = request.into_parts();
+    let wants_trailers = parts
+        .headers
+        .get(::http::header::TE)
+        .is_some_and(|te| h2c::te_lists_trailers(te.as_bytes()));
     let mut head_buf = bufpool::take();
     let parsed = h1_head(&parts, body.is_end_stream(), &mut head_buf).and_then(|()| {
         let limits = HeadLimits {
@@ -264,7 +268,7 @@ async fn handle(
         Ok(head) => head,
         Err(status) => {
             bufpool::give(head_buf);
-            send_error(respond, status);
+            send_error(respond, status, grpc);
             return (status.as_u16(), None);
         }
     };
@@ -281,7 +285,7 @@ async fn handle(
     let (target, state) = match h1::route(&conn.port, &head, &head_buf, &info) {
         Route::Reject(status) => {
             bufpool::give(head_buf);
-            send_error(respond, status_code(status));
+            send_error(respond, status_code(status), grpc);
             return (status, None);
         }
         Route::Forward { target, state } => (target, state),
@@ -303,6 +307,14 @@ async fn handle(
     let has_body = head.body != RequestBody::None;
     let result = match BackendAttempts::choose(target, state, ctx) {
         Err(status) => Err(ForwardError::Status(status)),
+        Ok(attempts) if attempts.protocol() == BackendProtocol::H2c => {
+            match BackendRequest::from_forwarded_head(&forwarded_head, wants_trailers) {
+                Ok(request) => {
+                    h2c::forward_from_h2(attempts, &request, &mut body, respond, ctx).await
+                }
+                Err(status) => Err(ForwardError::Status(status)),
+            }
+        }
         Ok(mut attempts) => loop {
             let backend = match attempts.connect(ctx, has_body).await {
                 Ok(backend) => backend,
@@ -322,7 +334,7 @@ async fn handle(
     let status = match result {
         Ok(status) => status,
         Err(ForwardError::Status(status)) => {
-            send_error(respond, status_code(status));
+            send_error(respond, status_code(status), grpc);
             status
         }
         Err(ForwardError::Broken(status)) => {
@@ -331,7 +343,7 @@ async fn handle(
             status
         }
         Err(ForwardError::StaleConnection) => {
-            send_error(respond, StatusCode::BAD_GATEWAY);
+            send_error(respond, StatusCode::BAD_GATEWAY, grpc);
             502
         }
         Err(ForwardError::ClientGone) => h1::CLIENT_CLOSED_REQUEST,
@@ -652,8 +664,13 @@ pub(crate) fn status_code(status: u16) -> StatusCode {
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// A complete error response with a short plain-text body, as HTTP/1.1's.
-pub(crate) fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+/// A complete error response: to a gRPC call a gRPC status (see [`crate::grpc`]), else a short
+/// plain-text body, as HTTP/1.1's.
+pub(crate) fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, grpc: bool) {
+    if grpc && grpc::answers_as_grpc_status(status.as_u16()) {
+        let _ = respond.send_response(grpc::trailers_only_response(status.as_u16()), true);
+        return;
+    }
     let body = format!(
         "{} {}\n",
         status.as_u16(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use portcullis_core::compile::CompiledPort;
-use portcullis_core::desired::BackendTarget;
+use portcullis_core::desired::{BackendProtocol, BackendTarget};
 use portcullis_core::http1::{
     ChunkedDecoder, ClientBody, ClientConn, ContentLengthBody, ForwardExtras, ForwardedProto,
     HeadLimits, RequestBody, RequestHead, ResponseHead, ResponsePlan, parse_request_head,
@@ -24,8 +24,9 @@ use portcullis_core::http1::{
 use portcullis_core::routing::{RouteRequest, RouteTarget, WrrState};
 use tracing::{debug, info};
 
-use crate::backend::{BackendConnection, ConnectFailure, Ejections, pick_endpoint};
+use crate::backend::{BackendConnection, ConnectError, ConnectFailure, Ejections, pick_endpoint};
 use crate::bufpool;
+use crate::h2c::{self, BackendRequest, H2cConnectError, H2cStream};
 use crate::metrics::{BackendFailure, RequestProtocol, RouteMetrics, ShardMetrics};
 use crate::shard::{ShardContext, ShardPort};
 use crate::tls::{ClientIo, read_append};
@@ -146,7 +147,7 @@ pub(crate) fn route<'p>(
 fn choose_backend<'p>(
     target: &'p RouteTarget,
     state: &'p TargetState,
-) -> Result<(&'p [SocketAddr], &'p Cell<usize>), u16> {
+) -> Result<(&'p [SocketAddr], &'p Cell<usize>, BackendProtocol), u16> {
     let Some(backend_index) = target.weights.pick(&mut state.wrr.borrow_mut()) else {
         return Err(500); // no backend configured, or all weights zero
     };
@@ -158,7 +159,7 @@ fn choose_backend<'p>(
         BackendTarget::Endpoints(endpoints) if endpoints.is_empty() => Err(503),
         BackendTarget::Endpoints(endpoints) => {
             let cursor = state.endpoint_cursor.get(backend_index).ok_or(500u16)?;
-            Ok((endpoints, cursor))
+            Ok((endpoints, cursor, backend.protocol))
         }
     }
 }
@@ -187,6 +188,7 @@ pub(crate) struct BackendAttempts<'p> {
     /// After a connection closed unanswered, only new connections: a pooled one may be as
     /// stale.
     fresh_only: bool,
+    protocol: BackendProtocol,
 }
 
 impl<'p> BackendAttempts<'p> {
@@ -196,7 +198,7 @@ impl<'p> BackendAttempts<'p> {
         state: &'p TargetState,
         ctx: &ShardContext,
     ) -> Result<Self, u16> {
-        let (endpoints, cursor) = choose_backend(target, state)?;
+        let (endpoints, cursor, protocol) = choose_backend(target, state)?;
         let endpoint = next_endpoint(endpoints, cursor, &[], &ctx.ejections).ok_or(503u16)?;
         Ok(Self {
             endpoints,
@@ -204,7 +206,13 @@ impl<'p> BackendAttempts<'p> {
             endpoint,
             tried: Vec::new(),
             fresh_only: false,
+            protocol,
         })
+    }
+
+    /// What the chosen backend speaks.
+    pub(crate) fn protocol(&self) -> BackendProtocol {
+        self.protocol
     }
 
     /// Whether to send the request again after its connection closed before any byte of a
@@ -259,24 +267,61 @@ impl<'p> BackendAttempts<'p> {
                     }
                     return Ok(conn);
                 }
-                Err(e) => {
-                    let failure = e.failure();
-                    connect_failed(ctx, self.endpoint, failure);
-                    debug!(
-                        shard = ctx.index,
-                        reason = failure.label(),
-                        error = %e,
-                        "backend connect failed"
-                    );
-                    self.tried.push(self.endpoint);
-                    match next_endpoint(self.endpoints, self.cursor, &self.tried, &ctx.ejections) {
-                        Some(next) if self.tried.len() < MAX_CONNECT_ATTEMPTS => {
-                            self.endpoint = next;
-                        }
-                        _ => return Err(ForwardError::Status(502)),
-                    }
-                }
+                Err(e) => self.move_on_after(&e, ctx)?,
             }
+        }
+    }
+
+    /// A stream to the current endpoint of an h2c backend, on a pooled connection with room
+    /// unless `fresh`, moving on to endpoints not tried yet while connects fail, as
+    /// [`Self::connect`].
+    pub(crate) async fn h2c_stream(
+        &mut self,
+        ctx: &ShardContext,
+        fresh: bool,
+    ) -> Result<H2cStream, ForwardError> {
+        loop {
+            let stream = ctx
+                .h2c_backends
+                .stream(
+                    self.endpoint,
+                    ctx.limits.backend_connect_timeout,
+                    fresh,
+                    &ctx.backends,
+                    &ctx.metrics,
+                )
+                .await;
+            match stream {
+                Ok(stream) => {
+                    if !stream.reused {
+                        ctx.ejections.restore(self.endpoint);
+                    }
+                    return Ok(stream);
+                }
+                Err(H2cConnectError::Connect(e)) => self.move_on_after(&e, ctx)?,
+                Err(H2cConnectError::Handshake(_)) => return Err(ForwardError::Status(502)),
+            }
+        }
+    }
+
+    /// Counts a failed connect (ejecting the endpoint if it was its fault) and moves on to an
+    /// endpoint not tried yet; `Err` (502) when none is left or enough were tried.
+    fn move_on_after(&mut self, e: &ConnectError, ctx: &ShardContext) -> Result<(), ForwardError> {
+        let failure = e.failure();
+        connect_failed(ctx, self.endpoint, failure);
+        debug!(
+            shard = ctx.index,
+            reason = failure.label(),
+            error = %e,
+            "backend connect failed"
+        );
+        self.tried.push(self.endpoint);
+        match next_endpoint(self.endpoints, self.cursor, &self.tried, &ctx.ejections) {
+            Some(next) if self.tried.len() < MAX_CONNECT_ATTEMPTS => {
+                self.endpoint = next;
+                Ok(())
+            }
+            _ => Err(ForwardError::Status(502)),
         }
     }
 
@@ -368,12 +413,12 @@ pub async fn serve<C: ClientIo>(
         };
         let started = Instant::now();
         let upgrade = websocket_upgrade(&head, &inbuf);
-        let protocol = match upgrade {
+        let asked = match upgrade {
             Ok(false) => RequestProtocol::H1,
             Ok(true) | Err(_) => RequestProtocol::WebSocket,
         };
         let mut upgraded = None;
-        let (keep_going, status, metrics) = match route(port, &head, &inbuf, info) {
+        let (keep_going, status, protocol, metrics) = match route(port, &head, &inbuf, info) {
             Route::Reject(status) => {
                 // Without a body the connection stays usable; with one, close rather than
                 // read a body nobody wants.
@@ -383,25 +428,25 @@ pub async fn serve<C: ClientIo>(
                 if keep {
                     drop_prefix(&mut inbuf, head.head_len);
                 }
-                (keep, status, &port.metrics.unrouted)
+                (keep, status, asked, &port.metrics.unrouted)
             }
             Route::Forward { target, state } => match upgrade {
                 Ok(false) => {
-                    let (keep, status) =
+                    let (keep, status, protocol) =
                         forward(client, &mut inbuf, &head, target, state, ctx, info).await;
-                    (keep, status, &*state.metrics)
+                    (keep, status, protocol, &*state.metrics)
                 }
                 Ok(true) => {
                     let outcome =
                         websocket::forward_h1(client, &mut inbuf, &head, target, state, ctx, info)
                             .await;
                     upgraded = outcome.upgraded;
-                    (outcome.keep_alive, outcome.status, &*state.metrics)
+                    (outcome.keep_alive, outcome.status, asked, &*state.metrics)
                 }
                 Err(e) => {
                     debug!(shard = ctx.index, error = %e, "malformed WebSocket upgrade");
                     send_error(client, e.status(), false).await;
-                    (false, e.status(), &*state.metrics)
+                    (false, e.status(), asked, &*state.metrics)
                 }
             },
         };
@@ -532,7 +577,9 @@ pub(crate) enum ForwardError {
 }
 
 /// Forwards one request and its response. Returns whether the client connection may carry
-/// another request, and the status the client got (499: it left before a response).
+/// another request, the status the client got (499: it left before a response) and the
+/// protocol the request counts as (gRPC is told apart only on the way to h2c backends: gRPC
+/// needs HTTP/2 to the server, and HTTP/1.1 backends pay no header lookup for it).
 async fn forward<C: ClientIo>(
     client: &mut C,
     inbuf: &mut Vec<u8>,
@@ -541,7 +588,7 @@ async fn forward<C: ClientIo>(
     state: &TargetState,
     ctx: &ShardContext,
     info: &ConnInfo<'_>,
-) -> (bool, u16) {
+) -> (bool, u16, RequestProtocol) {
     let mut attempts = match BackendAttempts::choose(target, state, ctx) {
         Ok(attempts) => attempts,
         Err(status) => {
@@ -551,7 +598,7 @@ async fn forward<C: ClientIo>(
             if keep {
                 drop_prefix(inbuf, head.head_len);
             }
-            return (keep, status);
+            return (keep, status, RequestProtocol::H1);
         }
     };
     if head.expect_continue {
@@ -559,7 +606,7 @@ async fn forward<C: ClientIo>(
         // a round trip to the backend; a 100 from the backend is forwarded too (harmless).
         if client.queue(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() || client.flush().await.is_err()
         {
-            return (false, CLIENT_CLOSED_REQUEST);
+            return (false, CLIENT_CLOSED_REQUEST, RequestProtocol::H1);
         }
     }
     let mut request_head = bufpool::take();
@@ -573,6 +620,26 @@ async fn forward<C: ClientIo>(
         },
         &mut request_head,
     );
+    if attempts.protocol() == BackendProtocol::H2c {
+        let headers = head.headers(inbuf);
+        let wants_trailers = headers.get("te").is_some_and(h2c::te_lists_trailers);
+        let protocol = if headers
+            .get("content-type")
+            .is_some_and(crate::grpc::is_grpc_content_type)
+        {
+            RequestProtocol::Grpc
+        } else {
+            RequestProtocol::H1
+        };
+        drop_prefix(inbuf, head.head_len);
+        let result = match BackendRequest::from_forwarded_head(&request_head, wants_trailers) {
+            Ok(request) => h2c::forward_from_h1(client, inbuf, head, &request, attempts, ctx).await,
+            Err(status) => Err(ForwardError::Status(status)),
+        };
+        bufpool::give(request_head);
+        let (keep, status) = delivered_or_error(client, result).await;
+        return (keep, status, protocol);
+    }
     let idempotent = is_idempotent(head.method(inbuf));
     drop_prefix(inbuf, head.head_len);
     let result = loop {
@@ -591,6 +658,16 @@ async fn forward<C: ClientIo>(
         }
     };
     bufpool::give(request_head);
+    let (keep, status) = delivered_or_error(client, result).await;
+    (keep, status, RequestProtocol::H1)
+}
+
+/// The outcome of a forwarded request for the client connection: whether it may carry another
+/// request, and the status the client got (answering it here when nothing was sent yet).
+async fn delivered_or_error<C: ClientIo>(
+    client: &mut C,
+    result: Result<Delivered, ForwardError>,
+) -> (bool, u16) {
     match result {
         Ok(delivered) => (delivered.keep_alive, delivered.status),
         Err(ForwardError::Status(status)) => {
@@ -626,9 +703,9 @@ pub(crate) const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// A response that reached the client.
 #[derive(Debug)]
-struct Delivered {
-    keep_alive: bool,
-    status: u16,
+pub(crate) struct Delivered {
+    pub(crate) keep_alive: bool,
+    pub(crate) status: u16,
 }
 
 /// Sends the request (head, then body as it streams in) on `conn` and relays the response.

@@ -24,6 +24,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::backend::ConnectFailure;
+use crate::h2c::H2cConnectionError;
 
 /// Upper bounds (seconds) of the duration histograms' buckets: from a resumed handshake on
 /// loopback (~100 µs) to a stalled client or backend (10 s).
@@ -193,6 +194,8 @@ pub struct EndpointCounters {
     pub ejections: [u64; ConnectFailure::ALL.len()],
     /// Shards that skip the endpoint now (a gauge; 0 or 1 for one shard).
     pub ejected_shards: u64,
+    /// h2c connections to the endpoint that failed, by [`H2cConnectionError::index`].
+    pub h2_connection_errors: [u64; H2cConnectionError::ALL.len()],
 }
 
 impl EndpointCounters {
@@ -204,6 +207,21 @@ impl EndpointCounters {
             *a += b;
         }
         self.ejected_shards += other.ejected_shards;
+        for (a, b) in self
+            .h2_connection_errors
+            .iter_mut()
+            .zip(other.h2_connection_errors)
+        {
+            *a += b;
+        }
+    }
+
+    /// Failed h2c connections for this reason.
+    pub fn h2_connection_errors(&self, reason: H2cConnectionError) -> u64 {
+        self.h2_connection_errors
+            .get(reason.index())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Ejections for this reason.
@@ -372,6 +390,15 @@ impl ShardMetrics {
             BackendFailure::Connect(ConnectFailure::TimedOut) => c.connect_timeouts += 1,
             BackendFailure::Connect(_) => c.connect_errors += 1,
             BackendFailure::ResponseTimeout => c.response_timeouts += 1,
+        }
+    }
+
+    /// An h2c connection to `endpoint` failed.
+    pub fn backend_h2_connection_error(&self, endpoint: SocketAddr, reason: H2cConnectionError) {
+        let mut endpoints = self.endpoints.borrow_mut();
+        let c = endpoints.entry(endpoint).or_default();
+        if let Some(n) = c.h2_connection_errors.get_mut(reason.index()) {
+            *n += 1;
         }
     }
 
@@ -699,6 +726,25 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
             "portcullis_backend_timeouts_total{{endpoint=\"{endpoint}\",phase=\"response\"}} {}",
             c.response_timeouts
         );
+    }
+    family(
+        &mut out,
+        "portcullis_backend_h2_connection_errors_total",
+        "counter",
+        "Failed HTTP/2 (h2c) connections to backend endpoints, by reason (endpoints that had one).",
+    );
+    for (endpoint, c) in &sample.endpoints {
+        if c.h2_connection_errors.iter().all(|n| *n == 0) {
+            continue;
+        }
+        for reason in H2cConnectionError::ALL {
+            let _ = writeln!(
+                out,
+                "portcullis_backend_h2_connection_errors_total{{endpoint=\"{endpoint}\",reason=\"{}\"}} {}",
+                reason.label(),
+                c.h2_connection_errors(reason)
+            );
+        }
     }
     family(
         &mut out,

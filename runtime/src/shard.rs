@@ -369,6 +369,8 @@ pub struct ShardContext {
     pub index: usize,
     pub limits: Limits,
     pub backends: BackendPool,
+    /// Multiplexed connections to h2c backends (see `h2c`).
+    pub h2c_backends: crate::h2c::H2cPool,
     /// Endpoints this shard skips for now (passive health checking, see `backend`).
     pub ejections: Ejections,
     pub open_connections: Cell<usize>,
@@ -481,6 +483,7 @@ async fn shard_main(shard: Shard) {
         index,
         limits: options.limits.clone(),
         backends: BackendPool::default(),
+        h2c_backends: crate::h2c::H2cPool::default(),
         ejections: Ejections::new(options.limits.backend_ejection_time),
         open_connections: Cell::new(0),
         handshakes_in_progress: Cell::new(0),
@@ -585,6 +588,7 @@ async fn close_stale_backend_connections(ctx: Rc<ShardContext>) {
     loop {
         monoio::time::sleep(STALE_SWEEP_INTERVAL).await;
         ctx.backends.close_stale();
+        ctx.h2c_backends.close_stale(&ctx.metrics);
         ctx.ejections.forget_ended();
     }
 }

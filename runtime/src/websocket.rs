@@ -493,7 +493,7 @@ async fn open_extended_connect(
 ) -> (u16, Option<Rc<RouteMetrics>>, Option<Opened>) {
     let ctx = &conn.ctx;
     let refuse = |respond: &mut SendResponse<Bytes>, status: u16| {
-        h2s::send_error(respond, h2s::status_code(status));
+        h2s::send_error(respond, h2s::status_code(status), false);
         (status, None, None)
     };
     let (mut parts, body) = request.into_parts();
@@ -591,7 +591,7 @@ async fn open_extended_connect(
             rbuf,
         }) => (false, backend, response, rbuf),
         Err(ForwardError::Status(status)) => {
-            h2s::send_error(respond, h2s::status_code(status));
+            h2s::send_error(respond, h2s::status_code(status), false);
             return (status, metrics, None);
         }
         Err(ForwardError::Broken(status)) => return (status, metrics, None),
@@ -621,7 +621,7 @@ async fn open_extended_connect(
         }
     }
     let Ok(h2_response) = builder.body(()) else {
-        h2s::send_error(respond, StatusCode::BAD_GATEWAY);
+        h2s::send_error(respond, StatusCode::BAD_GATEWAY, false);
         return (502, metrics, None);
     };
     let end_of_stream = !switched

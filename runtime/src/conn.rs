@@ -1,5 +1,10 @@
 //! One client connection from accept to close: the TLS handshake with the port's policy, the
 //! client's identity (counted and, on failure, logged), then HTTP.
+//!
+//! A plain connection speaks HTTP/1.1, or HTTP/2 when its first bytes are the HTTP/2 preface
+//! (prior knowledge, RFC 9113 §3.3: what gRPC clients send to `http://`). No HTTP/1.1 request
+//! starts with the preface, so the first bytes decide; they are read once and handed to
+//! whichever protocol they belong to. HTTP/1.1's `Upgrade: h2c` is not offered.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -10,11 +15,13 @@ use portcullis_core::client_auth::{self, ClientCertFailure, PeerIdentity};
 use portcullis_core::http1::ForwardedProto;
 use tracing::{debug, info};
 
+use crate::bufpool;
 use crate::h2;
 use crate::http::{self, ConnInfo};
 use crate::metrics::{HandshakeOutcome, ListenerMetrics};
 use crate::shard::{HandshakeInProgress, ShardContext, ShardPort};
 use crate::tls::{self, ClientIo, HandshakeError, HandshakeFailure, PlainStream};
+use crate::tls_poll::ReplayStream;
 use crate::websocket;
 
 /// `in_progress` counts this connection's handshake as in progress until it ends.
@@ -103,7 +110,8 @@ pub async fn serve_tls(
             Rc::clone(port),
             Rc::clone(ctx),
             peer,
-            accepted.listener,
+            ForwardedProto::Https,
+            Some(accepted.listener),
             client,
         );
         match stream.into_poll_stream() {
@@ -129,8 +137,38 @@ pub async fn serve_tls(
 /// The ALPN name of HTTP/2 over TLS.
 const ALPN_H2: &[u8] = b"h2";
 
-pub async fn serve_plain(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx: &ShardContext) {
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+pub async fn serve_plain(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: &Rc<ShardPort>,
+    ctx: &Rc<ShardContext>,
+) {
     let mut stream = PlainStream::new(tcp);
+    match first_bytes(&mut stream, ctx).await {
+        FirstBytes::Http1(bytes) => stream.replay(bytes),
+        FirstBytes::H2Preface(bytes) => {
+            let conn = h2::H2Conn::new(
+                Rc::clone(port),
+                Rc::clone(ctx),
+                peer,
+                ForwardedProto::Http,
+                None,
+                None,
+            );
+            match stream.into_poll_stream() {
+                Ok(tcp) => h2::serve(ReplayStream::new(tcp, bytes), Rc::new(conn)).await,
+                Err(e) => debug!(%peer, error = %e, "cannot switch the connection to poll mode"),
+            }
+            return;
+        }
+        FirstBytes::Nothing => {
+            stream.close().await;
+            return;
+        }
+    }
     let info = ConnInfo {
         peer,
         proto: ForwardedProto::Http,
@@ -141,6 +179,55 @@ pub async fn serve_plain(tcp: TcpStream, peer: SocketAddr, port: &ShardPort, ctx
         match stream.into_poll_stream() {
             Ok(poll_stream) => websocket::tunnel_h1(poll_stream, upgraded, ctx, peer).await,
             Err(e) => debug!(%peer, error = %e, "cannot switch the connection to poll mode"),
+        }
+    }
+}
+
+/// What a plain connection's client sent first.
+enum FirstBytes {
+    /// The HTTP/2 preface, and whatever followed it in the same reads.
+    H2Preface(Vec<u8>),
+    /// Bytes that are not the preface: HTTP/1.1 (or garbage, which its parser answers).
+    Http1(Vec<u8>),
+    /// Nothing in time, the client left, or the shard drains; also a preface begun and not
+    /// finished within the request head timeout.
+    Nothing,
+}
+
+/// Reads until the client's bytes differ from the HTTP/2 preface or complete it: usually one
+/// read, the one HTTP/1.1 would have made anyway. Before the first byte the connection is
+/// idle as between HTTP/1.1 requests (idle timeout, drain, a small read in flight).
+async fn first_bytes(stream: &mut PlainStream, ctx: &ShardContext) -> FirstBytes {
+    if ctx.draining.is_fired() {
+        return FirstBytes::Nothing;
+    }
+    let readable = monoio::time::timeout(ctx.limits.idle_timeout, async {
+        monoio::select! {
+            r = stream.wait_readable() => r.is_ok(),
+            () = ctx.draining.wait() => false,
+        }
+    })
+    .await;
+    if readable != Ok(true) {
+        return FirstBytes::Nothing;
+    }
+    let deadline = Instant::now() + ctx.limits.request_head_timeout;
+    let mut buf = bufpool::take();
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(wait, stream.read_into(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                bufpool::give(buf);
+                return FirstBytes::Nothing;
+            }
+        }
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf.get(..seen) != H2_PREFACE.get(..seen) {
+            return FirstBytes::Http1(buf);
+        }
+        if seen == H2_PREFACE.len() {
+            return FirstBytes::H2Preface(buf);
         }
     }
 }

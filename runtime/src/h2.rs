@@ -1,4 +1,5 @@
-//! HTTP/2 to clients (ALPN `h2`), served on the shard that accepted the connection.
+//! HTTP/2 to clients (ALPN `h2` over TLS; on plain HTTP ports, h2c with prior knowledge, RFC
+//! 9113 §3.3, which gRPC clients use), served on the shard that accepted the connection.
 //!
 //! - Framing, HPACK, flow control and the protocol's own attack limits are the `h2` crate's
 //!   (hyper's): it refuses CONTINUATION floods (header lists are bounded while they arrive),
@@ -48,7 +49,7 @@ use crate::http::{self as h1, BackendAttempts, ConnInfo, ForwardError, Route};
 use crate::metrics::{H2GoAway, H2StreamReset, RequestProtocol};
 use crate::shard::{ShardContext, ShardPort};
 use crate::tls::read_append;
-use crate::tls_poll::{SharedTlsPollStream, TlsPollStream};
+use crate::tls_poll::SharedPollStream;
 use crate::websocket;
 
 /// How long a closing connection keeps reading (and dropping) what the client still sends, so
@@ -87,8 +88,10 @@ pub struct H2Conn {
     pub port: Rc<ShardPort>,
     pub ctx: Rc<ShardContext>,
     pub peer: SocketAddr,
-    /// The listener the TLS SNI selected.
-    pub sni_listener: usize,
+    /// `https` over TLS; `http` for h2c with prior knowledge on a plain port.
+    pub proto: ForwardedProto,
+    /// The listener the TLS SNI selected (`None` on a plain port).
+    pub sni_listener: Option<usize>,
     /// The verified client, whose identity headers every request carries.
     pub client: Option<Arc<VerifiedClient>>,
     streams: Cell<u64>,
@@ -101,13 +104,15 @@ impl H2Conn {
         port: Rc<ShardPort>,
         ctx: Rc<ShardContext>,
         peer: SocketAddr,
-        sni_listener: usize,
+        proto: ForwardedProto,
+        sni_listener: Option<usize>,
         client: Option<Arc<VerifiedClient>>,
     ) -> Self {
         Self {
             port,
             ctx,
             peer,
+            proto,
             sni_listener,
             client,
             streams: Cell::new(0),
@@ -123,15 +128,22 @@ impl H2Conn {
 }
 
 /// Serves one HTTP/2 connection until it closes, the client breaks a limit, or the shard
-/// drains (GOAWAY, then the open streams finish).
-pub async fn serve(stream: TlsPollStream, conn: Rc<H2Conn>) {
-    let stream = SharedTlsPollStream::new(stream);
+/// drains (GOAWAY, then the open streams finish). `stream`: the TLS session, or the plain
+/// socket (h2c), in poll mode.
+pub async fn serve<S>(stream: S, conn: Rc<H2Conn>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let stream = SharedPollStream::new(stream);
     drive(stream.clone(), &conn).await;
     stream.linger(LINGER_TIMEOUT).await;
 }
 
 /// Runs the h2 connection until it ends.
-async fn drive(stream: SharedTlsPollStream, conn: &Rc<H2Conn>) {
+async fn drive<S>(stream: SharedPollStream<S>, conn: &Rc<H2Conn>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let ctx = Rc::clone(&conn.ctx);
     let max_header_list = u32::try_from(ctx.limits.max_request_head_bytes).unwrap_or(u32::MAX);
     let handshake = h2::server::Builder::new()
@@ -278,8 +290,8 @@ async fn handle(
         .map_or(&[], |c| c.identity_headers.as_slice());
     let info = ConnInfo {
         peer: conn.peer,
-        proto: ForwardedProto::Https,
-        sni_listener: Some(conn.sni_listener),
+        proto: conn.proto,
+        sni_listener: conn.sni_listener,
         identity_headers: identity,
     };
     let (target, state) = match h1::route(&conn.port, &head, &head_buf, &info) {
@@ -297,7 +309,7 @@ async fn handle(
         &head_buf,
         &ForwardExtras {
             client_ip: conn.peer.ip(),
-            proto: ForwardedProto::Https,
+            proto: conn.proto,
             identity_headers: identity,
         },
         &mut forwarded_head,

@@ -69,6 +69,9 @@ pub async fn read_append(tcp: &mut TcpStream, mut buf: Vec<u8>) -> (io::Result<u
 pub struct PlainStream {
     tcp: TcpStream,
     tx: Vec<u8>,
+    /// Bytes read before the HTTP/1.1 parser took over (while telling HTTP/2 with prior
+    /// knowledge apart); the first `read_into` returns them.
+    pre_read: Vec<u8>,
 }
 
 impl PlainStream {
@@ -76,7 +79,13 @@ impl PlainStream {
         Self {
             tcp,
             tx: Vec::new(),
+            pre_read: Vec::new(),
         }
+    }
+
+    /// Gives `bytes`, already read from the socket, to the next `read_into`.
+    pub fn replay(&mut self, bytes: Vec<u8>) {
+        bufpool::give(std::mem::replace(&mut self.pre_read, bytes));
     }
 }
 
@@ -84,12 +93,23 @@ impl PlainStream {
     /// The connection as a poll-mode stream (for a WebSocket tunnel); nothing may be queued.
     pub fn into_poll_stream(self) -> io::Result<monoio::net::tcp::stream_poll::TcpStreamPoll> {
         bufpool::give(self.tx);
+        bufpool::give(self.pre_read);
         self.tcp.try_into_poll_io().map_err(|(e, _)| e)
     }
 }
 
 impl ClientIo for PlainStream {
     async fn read_into(&mut self, dst: &mut Vec<u8>) -> io::Result<usize> {
+        if !self.pre_read.is_empty() {
+            let n = self.pre_read.len();
+            if dst.is_empty() {
+                bufpool::give(std::mem::replace(dst, std::mem::take(&mut self.pre_read)));
+            } else {
+                dst.extend_from_slice(&self.pre_read);
+                bufpool::give(std::mem::take(&mut self.pre_read));
+            }
+            return Ok(n);
+        }
         let (res, buf) = read_append(&mut self.tcp, std::mem::take(dst)).await;
         *dst = buf;
         res
@@ -113,6 +133,9 @@ impl ClientIo for PlainStream {
     }
 
     async fn wait_readable(&mut self) -> io::Result<()> {
+        if !self.pre_read.is_empty() {
+            return Ok(());
+        }
         self.tcp.readable(false).await
     }
 

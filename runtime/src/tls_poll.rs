@@ -6,6 +6,9 @@
 //! driver completed (with the ciphertext already read past the handshake). The rest is the
 //! same few rules it follows: plaintext first, then buffered ciphertext, then the socket;
 //! writes are encrypted as they come and sent as far as the socket takes them.
+//!
+//! The wrappers that the h2 server shares with plain connections (h2c with prior knowledge)
+//! live here too: [`SharedPollStream`] and [`ReplayStream`].
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
@@ -159,21 +162,28 @@ impl AsyncWrite for TlsPollStream {
     }
 }
 
-/// A [`TlsPollStream`] that a protocol library drives while the connection's owner keeps a
-/// handle: once the library is done with it (say, after a GOAWAY), the owner still closes it
-/// politely ([`SharedTlsPollStream::linger`]). One shard thread, short borrows in each poll.
-#[derive(Debug, Clone)]
-pub struct SharedTlsPollStream(Rc<RefCell<TlsPollStream>>);
+/// A poll-mode stream (a [`TlsPollStream`], or a plain socket) that a protocol library drives
+/// while the connection's owner keeps a handle: once the library is done with it (say, after
+/// a GOAWAY), the owner still closes it politely ([`SharedPollStream::linger`]). One shard
+/// thread, short borrows in each poll.
+#[derive(Debug)]
+pub struct SharedPollStream<S>(Rc<RefCell<S>>);
 
-impl SharedTlsPollStream {
-    pub fn new(stream: TlsPollStream) -> Self {
+impl<S> Clone for SharedPollStream<S> {
+    fn clone(&self) -> Self {
+        Self(Rc::clone(&self.0))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> SharedPollStream<S> {
+    pub fn new(stream: S) -> Self {
         Self(Rc::new(RefCell::new(stream)))
     }
 
-    /// Ends the connection as a client expects to see it end: close_notify and FIN, then what
-    /// the client still sends is read and dropped until it closes too, for at most `patience`.
-    /// Closing with unread bytes would make the kernel send a reset, and a reset destroys what
-    /// the client had not read yet: the GOAWAY that says why.
+    /// Ends the connection as a client expects to see it end: close_notify (over TLS) and FIN,
+    /// then what the client still sends is read and dropped until it closes too, for at most
+    /// `patience`. Closing with unread bytes would make the kernel send a reset, and a reset
+    /// destroys what the client had not read yet: the GOAWAY that says why.
     pub async fn linger(self, patience: std::time::Duration) {
         let mut stream = self;
         let _ = monoio::time::timeout(patience, async {
@@ -194,7 +204,7 @@ impl SharedTlsPollStream {
     }
 }
 
-impl AsyncRead for SharedTlsPollStream {
+impl<S: AsyncRead + Unpin> AsyncRead for SharedPollStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -204,7 +214,7 @@ impl AsyncRead for SharedTlsPollStream {
     }
 }
 
-impl AsyncWrite for SharedTlsPollStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for SharedPollStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,6 +229,67 @@ impl AsyncWrite for SharedTlsPollStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.0.borrow_mut()).poll_shutdown(cx)
+    }
+}
+
+/// A poll-mode stream whose first reads return bytes already read from it (the client's
+/// first bytes, read to tell HTTP/2 with prior knowledge from HTTP/1.1); writes go straight
+/// through.
+#[derive(Debug)]
+pub struct ReplayStream<S> {
+    inner: S,
+    /// `replay[replay_pos..]` is not yet returned.
+    replay: Vec<u8>,
+    replay_pos: usize,
+}
+
+impl<S> ReplayStream<S> {
+    pub fn new(inner: S, replay: Vec<u8>) -> Self {
+        Self {
+            inner,
+            replay,
+            replay_pos: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReplayStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let pending = this.replay.get(this.replay_pos..).unwrap_or_default();
+        if pending.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let n = pending.len().min(buf.remaining());
+        buf.put_slice(pending.get(..n).unwrap_or_default());
+        this.replay_pos += n;
+        if this.replay_pos >= this.replay.len() {
+            crate::bufpool::give(std::mem::take(&mut this.replay));
+            this.replay_pos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReplayStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -40,7 +40,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use monoio::io::AsyncWriteRentExt;
 use portcullis_core::http1::{
-    ClientConn, ForwardExtras, ForwardedProto, HeadLimits, RequestHead, ResponseBody, ResponseHead,
+    ClientConn, ForwardExtras, HeadLimits, RequestHead, ResponseBody, ResponseHead,
     SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, check_switching_protocols, generate_key,
     parse_request_head, parse_upgrade_response_head, websocket_upgrade,
     write_forwarded_response_head, write_switching_protocols_head, write_websocket_request_head,
@@ -556,8 +556,8 @@ async fn open_extended_connect(
         .map_or(&[], |c| c.identity_headers.as_slice());
     let info = ConnInfo {
         peer: conn.peer,
-        proto: ForwardedProto::Https,
-        sni_listener: Some(conn.sni_listener),
+        proto: conn.proto,
+        sni_listener: conn.sni_listener,
         identity_headers: identity,
     };
     let (target, state) = match h1::route(&conn.port, &head, &head_buf, &info) {
@@ -571,7 +571,7 @@ async fn open_extended_connect(
         &head_buf,
         &ForwardExtras {
             client_ip: conn.peer.ip(),
-            proto: ForwardedProto::Https,
+            proto: conn.proto,
             identity_headers: identity,
         },
         &mut request_head,

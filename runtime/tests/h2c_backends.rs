@@ -1,7 +1,7 @@
 //! h2c backends (Service ports with `appProtocol: kubernetes.io/h2c`) on real sockets: a real
 //! gRPC server (tonic's health and reflection services) behind the gateway, called by a real
-//! gRPC client (tonic, over mTLS with the guide's client certificate), by `curl --http2`, and
-//! by an HTTP/1.1 client with a chunked body.
+//! gRPC client (tonic, over mTLS with the guide's client certificate, and over plain h2c to an
+//! HTTP listener), by `curl --http2`, and by an HTTP/1.1 client with a chunked body.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -276,6 +276,40 @@ fn unary_and_server_streaming_grpc_calls_reach_an_h2c_backend_with_their_trailer
         assert_eq!(second.status, WireStatus::NotServing as i32);
     });
     assert!(f.grpc_requests() >= 2, "route metrics count gRPC calls");
+}
+
+#[test]
+fn a_grpc_client_over_plain_h2c_reaches_the_h2c_backend_through_an_http_listener() {
+    // GRPCRoute on an HTTP listener: the client speaks HTTP/2 with prior knowledge.
+    let backend = GrpcBackend::start("127.0.0.1:0".parse().unwrap());
+    let port = free_port();
+    let docs = vec![
+        GatewayYaml::new().listener(http("plain", port)).yaml(),
+        route("grpc", &["grpc.example.com"], &rule_to("health")),
+        h2c_service("health", backend.addr),
+    ];
+    let _gateway = Gateway::start(desired(&docs));
+    let rt = Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .origin(format!("http://grpc.example.com:{port}").parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let mut request = Request::new(check(SERVICE));
+        request
+            .metadata_mut()
+            .insert("x-forwarded-client-cert", "Hash=spoofed".parse().unwrap());
+        let response = client.check(request).await.unwrap().into_inner();
+        assert_eq!(response.status, WireStatus::Serving as i32);
+        let seen = backend.xfcc.lock().unwrap().last().cloned().unwrap();
+        assert!(seen.is_empty(), "no identity on a plain port: {seen:?}");
+
+        let error = client.check(check("no.such.Service")).await.unwrap_err();
+        assert_eq!(error.code(), Code::NotFound, "{error:?}");
+    });
 }
 
 #[test]

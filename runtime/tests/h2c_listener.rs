@@ -11,7 +11,9 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+use portcullis_runtime::limits::Limits;
 use portcullis_runtime::metrics::RequestProtocol;
+use portcullis_runtime::shard::DriverChoice;
 use support::backends::echo;
 use support::*;
 
@@ -27,6 +29,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_on(DriverChoice::Auto)
+}
+
+fn fixture_on(driver: DriverChoice) -> Fixture {
     let port = free_port();
     let docs = vec![
         GatewayYaml::new().listener(http("plain", port)).yaml(),
@@ -35,7 +41,7 @@ fn fixture() -> Fixture {
     ];
     Fixture {
         port,
-        gateway: Gateway::start(desired(&docs)),
+        gateway: Gateway::start_with(desired(&docs), 1, driver, Limits::default()),
     }
 }
 
@@ -287,4 +293,19 @@ fn http1_keep_alive_on_the_same_port_still_works() {
         assert!(!response.closes());
     }
     assert_eq!(f.accepted(), 1);
+}
+
+#[test]
+fn the_epoll_driver_serves_prior_knowledge_and_http1_on_one_plain_port() {
+    let f = fixture_on(DriverChoice::Epoll);
+    let out = f.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        &f.url("/get"),
+    ]);
+    assert_eq!(out, "200 2");
+    let mut client = Http::new(f.connect());
+    assert_eq!(client.get("example.com", "/get").unwrap().status, 200);
 }

@@ -9,6 +9,9 @@
 //	                                       over HTTP/1.1 Upgrade or (--http2) RFC 8441
 //	                                       extended CONNECT, and checks the echo and the
 //	                                       identity headers the backend saw
+//	protocols grpc-load --target HOST:PORT   unary TestService calls with a client certificate,
+//	                                       over many streams, for a fixed time; prints JSON
+//	                                       (the compare's gRPC row)
 //
 // Both backends report the identity headers they received, so the script can check that the
 // gateway added its own and dropped the client's copies: the gRPC backend as response header
@@ -33,18 +36,22 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
 	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/interop"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 )
 
 // The request headers that carry a client's identity (XFCC and RFC 9440): the backends
@@ -72,6 +79,8 @@ func main() {
 		err = wsBackend(os.Args[2:])
 	case "ws-client":
 		err = wsClient(os.Args[2:])
+	case "grpc-load":
+		err = grpcLoad(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
@@ -370,4 +379,87 @@ func (s *connectStream) Write(p []byte) (int, error) { return s.toServer.Write(p
 func (s *connectStream) Close() error {
 	_ = s.toServer.Close()
 	return s.ReadCloser.Close()
+}
+
+// What grpc-load prints: the calls that returned OK over the measured seconds, and the others
+// by gRPC status code.
+type loadReport struct {
+	OK      int64            `json:"ok"`
+	Errors  map[string]int64 `json:"errors"`
+	Seconds float64          `json:"seconds"`
+	Rate    float64          `json:"rate"`
+}
+
+// grpcLoad runs small unary calls (TestService/UnaryCall, a 16-byte payload each way) on
+// --connections connections with --streams calls in flight on each, for --duration.
+func grpcLoad(args []string) error {
+	fs := flag.NewFlagSet("grpc-load", flag.ExitOnError)
+	target := fs.String("target", "", "HOST:PORT of the gateway")
+	serverName := fs.String("servername", "", "TLS server name and :authority (default: the target's host)")
+	certFile := fs.String("cert", "", "client certificate (PEM)")
+	keyFile := fs.String("key", "", "client key (PEM)")
+	caFile := fs.String("cacert", "", "CA that signed the server certificate (PEM)")
+	connections := fs.Int("connections", 4, "HTTP/2 connections")
+	streams := fs.Int("streams", 100, "calls in flight per connection")
+	duration := fs.Duration("duration", 10*time.Second, "how long to call")
+	_ = fs.Parse(args)
+	if *target == "" || *caFile == "" {
+		return errors.New("grpc-load needs --target and --cacert")
+	}
+	tlsConfig, err := clientTLS(*certFile, *keyFile, *caFile)
+	if err != nil {
+		return err
+	}
+	if *serverName != "" {
+		tlsConfig.ServerName = *serverName
+	}
+	clients := make([]testgrpc.TestServiceClient, *connections)
+	for i := range clients {
+		// WithAuthority as well as the TLS name: both say which host the calls are for.
+		options := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig.Clone()))}
+		if *serverName != "" {
+			options = append(options, grpc.WithAuthority(*serverName))
+		}
+		conn, err := grpc.NewClient("passthrough:///"+*target, options...)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		clients[i] = testgrpc.NewTestServiceClient(conn)
+	}
+	request := &testgrpc.SimpleRequest{ResponseSize: 16, Payload: &testgrpc.Payload{Body: make([]byte, 16)}}
+
+	var ok atomic.Int64
+	var mu sync.Mutex
+	failed := map[string]int64{}
+	ctx, cancel := context.WithTimeout(context.Background(), *duration)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, client := range clients {
+		for range *streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					_, err := client.UnaryCall(ctx, request)
+					if err == nil {
+						ok.Add(1)
+						continue
+					}
+					if ctx.Err() != nil {
+						return // the deadline cut this call short: not the server's failure
+					}
+					mu.Lock()
+					failed[status.Code(err).String()]++
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	seconds := time.Since(start).Seconds()
+	report, _ := json.Marshal(loadReport{OK: ok.Load(), Errors: failed, Seconds: seconds, Rate: float64(ok.Load()) / seconds})
+	fmt.Println(string(report))
+	return nil
 }

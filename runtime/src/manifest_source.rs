@@ -65,7 +65,8 @@ impl ManifestSource {
             files = loaded.files.len(),
             objects = loaded.objects,
             gateways = translation.gateway_statuses.len(),
-            routes = translation.route_statuses.len(),
+            http_routes = translation.route_statuses.len(),
+            grpc_routes = translation.grpc_route_statuses.len(),
             ports = translation.desired.ports.len(),
             "manifests translated"
         );

@@ -67,6 +67,8 @@ struct BackendRef<'a> {
     name: &'a str,
     port: Option<i32>,
     weight: Option<i32>,
+    /// backendRef-level filters are not implemented: the route is refused for them.
+    has_filters: bool,
 }
 
 impl<'a> From<&'a HttpRouteRulesBackendRefs> for BackendRef<'a> {
@@ -78,6 +80,7 @@ impl<'a> From<&'a HttpRouteRulesBackendRefs> for BackendRef<'a> {
             name: &r.name,
             port: r.port,
             weight: r.weight,
+            has_filters: r.filters.as_ref().is_some_and(|f| !f.is_empty()),
         }
     }
 }
@@ -91,6 +94,7 @@ impl<'a> From<&'a GrpcRouteRulesBackendRefs> for BackendRef<'a> {
             name: &r.name,
             port: r.port,
             weight: r.weight,
+            has_filters: r.filters.as_ref().is_some_and(|f| !f.is_empty()),
         }
     }
 }
@@ -136,7 +140,15 @@ pub(crate) fn prepare_route(
 ) -> PreparedRoute {
     let mut prepared = prepared_hostnames(route.spec.hostnames.as_deref());
     for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
-        let rule = prepare_rule(store, slices, key, rule_index, rule, &mut prepared);
+        let rule = prepare_rule(
+            store,
+            slices,
+            RouteKind::Http,
+            key,
+            rule_index,
+            rule.into(),
+            &mut prepared,
+        );
         prepared.rules.push(rule);
     }
     prepared
@@ -150,7 +162,15 @@ pub(crate) fn prepare_grpc_route(
 ) -> PreparedRoute {
     let mut prepared = prepared_hostnames(route.spec.hostnames.as_deref());
     for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
-        let rule = prepare_grpc_rule(store, slices, key, rule_index, rule, &mut prepared);
+        let rule = prepare_rule(
+            store,
+            slices,
+            RouteKind::Grpc,
+            key,
+            rule_index,
+            rule.into(),
+            &mut prepared,
+        );
         prepared.rules.push(rule);
     }
     prepared
@@ -180,101 +200,77 @@ fn prepared_hostnames(hostnames: Option<&[String]>) -> PreparedRoute {
     prepared
 }
 
+/// What a rule of either kind says, read into the parts both kinds share.
+struct RuleParts<'a> {
+    /// The `type` of each rule-level filter (none is implemented).
+    filter_types: Vec<String>,
+    /// Each match, converted, or why it cannot be honoured (a field suffix and message).
+    matches: Vec<Result<RouteMatch, String>>,
+    backend_refs: Vec<BackendRef<'a>>,
+}
+
+impl<'a> From<&'a HttpRouteRules> for RuleParts<'a> {
+    fn from(rule: &'a HttpRouteRules) -> Self {
+        Self {
+            filter_types: (rule.filters.iter().flatten())
+                .map(|f| format!("{:?}", f.r#type))
+                .collect(),
+            matches: rule.matches.iter().flatten().map(convert_match).collect(),
+            backend_refs: rule.backend_refs.iter().flatten().map(Into::into).collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a GrpcRouteRules> for RuleParts<'a> {
+    fn from(rule: &'a GrpcRouteRules) -> Self {
+        Self {
+            filter_types: (rule.filters.iter().flatten())
+                .map(|f| format!("{:?}", f.r#type))
+                .collect(),
+            matches: (rule.matches.iter().flatten())
+                .map(convert_grpc_match)
+                .collect(),
+            backend_refs: rule.backend_refs.iter().flatten().map(Into::into).collect(),
+        }
+    }
+}
+
+/// One rule of either kind: what it uses that is not implemented goes to `unsupported`, its
+/// backendRefs that do not resolve to `unresolved`.
 fn prepare_rule(
     store: &ObjectStore,
     slices: &SlicesByService<'_>,
+    route_kind: RouteKind,
     key: &ObjectRef,
     rule_index: usize,
-    rule: &HttpRouteRules,
+    rule: RuleParts<'_>,
     prepared: &mut PreparedRoute,
 ) -> DesiredRule {
     let at = format!("rules[{rule_index}]");
-    for filter in rule.filters.iter().flatten() {
-        prepared.unsupported.push(Problem::new(
-            reasons::UNSUPPORTED_VALUE,
-            format!(
-                "{at}.filters: filter type {:?} is not supported",
-                filter.r#type
-            ),
-        ));
+    let unsupported = |message: String| Problem::new(reasons::UNSUPPORTED_VALUE, message);
+    for filter_type in rule.filter_types {
+        prepared.unsupported.push(unsupported(format!(
+            "{at}.filters: filter type {filter_type} is not supported"
+        )));
     }
     let mut matches = Vec::new();
-    for (match_index, m) in rule.matches.iter().flatten().enumerate() {
-        match convert_match(m) {
+    for (match_index, m) in rule.matches.into_iter().enumerate() {
+        match m {
             Ok(converted) => matches.push(converted),
-            Err(message) => prepared.unsupported.push(Problem::new(
-                reasons::UNSUPPORTED_VALUE,
-                format!("{at}.matches[{match_index}]{message}"),
-            )),
+            Err(message) => prepared
+                .unsupported
+                .push(unsupported(format!("{at}.matches[{match_index}]{message}"))),
         }
     }
     let mut backends = Vec::new();
-    for (backend_index, backend_ref) in rule.backend_refs.iter().flatten().enumerate() {
-        if backend_ref.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            prepared.unsupported.push(Problem::new(
-                reasons::UNSUPPORTED_VALUE,
-                format!("{at}.backendRefs[{backend_index}].filters are not supported"),
-            ));
+    for (backend_index, backend_ref) in rule.backend_refs.into_iter().enumerate() {
+        if backend_ref.has_filters {
+            prepared.unsupported.push(unsupported(format!(
+                "{at}.backendRefs[{backend_index}].filters are not supported"
+            )));
         }
-        let (backend, problem) = resolve_backend(
-            store,
-            slices,
-            RouteKind::Http,
-            &key.namespace,
-            backend_ref.into(),
-        );
-        if let Some(problem) = problem {
-            prepared.unresolved.push(problem);
-        }
-        backends.push(backend);
-    }
-    DesiredRule { matches, backends }
-}
-
-/// A GRPCRoute rule, refused and resolved as an HTTPRoute rule is.
-fn prepare_grpc_rule(
-    store: &ObjectStore,
-    slices: &SlicesByService<'_>,
-    key: &ObjectRef,
-    rule_index: usize,
-    rule: &GrpcRouteRules,
-    prepared: &mut PreparedRoute,
-) -> DesiredRule {
-    let at = format!("rules[{rule_index}]");
-    for filter in rule.filters.iter().flatten() {
-        prepared.unsupported.push(Problem::new(
-            reasons::UNSUPPORTED_VALUE,
-            format!(
-                "{at}.filters: filter type {:?} is not supported",
-                filter.r#type
-            ),
-        ));
-    }
-    let mut matches = Vec::new();
-    for (match_index, m) in rule.matches.iter().flatten().enumerate() {
-        match convert_grpc_match(m) {
-            Ok(converted) => matches.push(converted),
-            Err(message) => prepared.unsupported.push(Problem::new(
-                reasons::UNSUPPORTED_VALUE,
-                format!("{at}.matches[{match_index}]{message}"),
-            )),
-        }
-    }
-    let mut backends = Vec::new();
-    for (backend_index, backend_ref) in rule.backend_refs.iter().flatten().enumerate() {
-        if backend_ref.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-            prepared.unsupported.push(Problem::new(
-                reasons::UNSUPPORTED_VALUE,
-                format!("{at}.backendRefs[{backend_index}].filters are not supported"),
-            ));
-        }
-        let (backend, problem) = resolve_backend(
-            store,
-            slices,
-            RouteKind::Grpc,
-            &key.namespace,
-            backend_ref.into(),
-        );
+        let (backend, problem) =
+            resolve_backend(store, slices, route_kind, &key.namespace, backend_ref);
         if let Some(problem) = problem {
             prepared.unresolved.push(problem);
         }

@@ -50,10 +50,7 @@ use conditions::{ConditionStamp, Problem, join_messages};
 use gateways::{AttachedRoute, GatewayState, ListenerState};
 use matching::hostnames_on_listener;
 use refs::{GATEWAY_GROUP, ServerCertificates};
-use routes::{
-    PreparedRoute, RouteKind, SlicesByService, index_endpoint_slices, prepare_grpc_route,
-    prepare_route,
-};
+use routes::{PreparedRoute, RouteKind, SlicesByService, index_endpoint_slices, prepare_route};
 
 use crate::store::ObjectStore;
 
@@ -285,8 +282,22 @@ impl<'s> RouteObject<'s> {
         key: &ObjectRef,
     ) -> PreparedRoute {
         match self {
-            RouteObject::Http(r) => prepare_route(store, slices, key, r),
-            RouteObject::Grpc(r) => prepare_grpc_route(store, slices, key, r),
+            RouteObject::Http(r) => prepare_route(
+                store,
+                slices,
+                RouteKind::Http,
+                key,
+                r.spec.hostnames.as_deref(),
+                r.spec.rules.iter().flatten().map(Into::into),
+            ),
+            RouteObject::Grpc(r) => prepare_route(
+                store,
+                slices,
+                RouteKind::Grpc,
+                key,
+                r.spec.hostnames.as_deref(),
+                r.spec.rules.iter().flatten().map(Into::into),
+            ),
         }
     }
 }

@@ -15,11 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use gateway_api::experimental::grpcroutes::{
-    GrpcRoute, GrpcRouteRules, GrpcRouteRulesBackendRefs, GrpcRouteRulesMatches,
+    GrpcRouteRules, GrpcRouteRulesBackendRefs, GrpcRouteRulesMatches,
     GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
 };
 use gateway_api::experimental::httproutes::{
-    HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
+    HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType,
 };
@@ -132,43 +132,24 @@ pub(crate) struct PreparedRoute {
     pub unresolved: Vec<Problem>,
 }
 
-pub(crate) fn prepare_route(
+/// A route of either kind: its valid hostnames, then each rule (see [`prepare_rule`]).
+pub(crate) fn prepare_route<'a>(
     store: &ObjectStore,
     slices: &SlicesByService<'_>,
+    route_kind: RouteKind,
     key: &ObjectRef,
-    route: &HttpRoute,
+    hostnames: Option<&[String]>,
+    rules: impl Iterator<Item = RuleParts<'a>>,
 ) -> PreparedRoute {
-    let mut prepared = prepared_hostnames(route.spec.hostnames.as_deref());
-    for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
+    let mut prepared = prepared_hostnames(hostnames);
+    for (rule_index, rule) in rules.enumerate() {
         let rule = prepare_rule(
             store,
             slices,
-            RouteKind::Http,
+            route_kind,
             key,
             rule_index,
-            rule.into(),
-            &mut prepared,
-        );
-        prepared.rules.push(rule);
-    }
-    prepared
-}
-
-pub(crate) fn prepare_grpc_route(
-    store: &ObjectStore,
-    slices: &SlicesByService<'_>,
-    key: &ObjectRef,
-    route: &GrpcRoute,
-) -> PreparedRoute {
-    let mut prepared = prepared_hostnames(route.spec.hostnames.as_deref());
-    for (rule_index, rule) in route.spec.rules.iter().flatten().enumerate() {
-        let rule = prepare_rule(
-            store,
-            slices,
-            RouteKind::Grpc,
-            key,
-            rule_index,
-            rule.into(),
+            rule,
             &mut prepared,
         );
         prepared.rules.push(rule);
@@ -201,7 +182,7 @@ fn prepared_hostnames(hostnames: Option<&[String]>) -> PreparedRoute {
 }
 
 /// What a rule of either kind says, read into the parts both kinds share.
-struct RuleParts<'a> {
+pub(crate) struct RuleParts<'a> {
     /// The `type` of each rule-level filter (none is implemented).
     filter_types: Vec<String>,
     /// Each match, converted, or why it cannot be honoured (a field suffix and message).

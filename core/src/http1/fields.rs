@@ -143,6 +143,8 @@ impl CodingScan {
 pub(crate) struct ConnectionOptions {
     pub close: bool,
     pub keep_alive: bool,
+    /// The `upgrade` option: the only requests that can be a WebSocket handshake.
+    pub upgrade: bool,
 }
 
 impl ConnectionOptions {
@@ -152,6 +154,8 @@ impl ConnectionOptions {
                 self.close = true;
             } else if option.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
+            } else if option.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
             }
         }
     }

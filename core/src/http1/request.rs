@@ -55,6 +55,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue` on an HTTP/1.1 request.
     pub expect_continue: bool,
+    /// `Connection: upgrade`: without it no request is an upgrade (see `websocket_upgrade`).
+    pub connection_upgrade: bool,
     /// Bytes of the head, blank line included: the body (or the next request) starts here.
     pub head_len: usize,
 }
@@ -307,6 +309,7 @@ pub fn parse_request_head(
         version,
         body,
         keep_alive: connection.persistent(version),
+        connection_upgrade: connection.upgrade,
         expect_continue: expect_continue && version == Version::Http11,
         head_len,
     }))

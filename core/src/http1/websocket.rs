@@ -73,20 +73,18 @@ pub enum SwitchingProtocolsError {
 /// Whether the request asks for a WebSocket (see the module doc). `Ok(false)`: it does not, and
 /// any `Upgrade` it carries is dropped when forwarded. `Err`: it does but is malformed.
 pub fn websocket_upgrade(head: &RequestHead, buf: &[u8]) -> Result<bool, WebSocketRequestError> {
+    // Found by the parser's own pass: most requests end here without a second look.
+    if !head.connection_upgrade {
+        return Ok(false);
+    }
     let mut wants_websocket = false;
-    let mut connection_upgrade = false;
     let mut keys = 0usize;
     let mut key_valid = false;
     let mut has_version = false;
     for (name, value) in head.headers(buf).iter() {
-        // Cheap length checks first: this runs on every request.
         match name.len() {
             7 if name.eq_ignore_ascii_case(b"upgrade") => {
                 wants_websocket |= list_elements(value).any(names_websocket);
-            }
-            10 if classify(name) == Field::Connection => {
-                connection_upgrade |=
-                    list_elements(value).any(|o| o.eq_ignore_ascii_case(b"upgrade"));
             }
             17 if name.eq_ignore_ascii_case(SEC_WEBSOCKET_KEY.as_bytes()) => {
                 keys += 1;
@@ -98,7 +96,7 @@ pub fn websocket_upgrade(head: &RequestHead, buf: &[u8]) -> Result<bool, WebSock
             _ => {}
         }
     }
-    if !(wants_websocket && connection_upgrade) {
+    if !wants_websocket {
         return Ok(false);
     }
     if head.method(buf) != "GET" {

@@ -9,7 +9,7 @@ COPY . .
 # cached target/ in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p portcullis-runtime --bin portcullis \
+    cargo build --release --locked -p portcullis --bin portcullis \
     && install -m 0755 target/release/portcullis /portcullis
 
 # Runtime stage: glibc, libgcc and CA certificates, no shell, no package manager. The binary

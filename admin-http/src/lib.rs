@@ -22,9 +22,9 @@
 //! for its shards. Replies are therefore computed on tokio's blocking pool, so that one slow
 //! scrape does not hold `/healthz` on the data plane's one-thread runtime.
 //!
-//! Why a crate of its own: the runtime depends on the controller-shim, which is the Gateway
-//! API translation and its Kubernetes client, and the core has no IO. Both binaries' admin
-//! endpoints share this server, and neither of the other crates is the place for it.
+//! Why a crate of its own: the data plane (`portcullis-runtime`) and the controller
+//! (`portcullis-controller`) both serve an admin endpoint, neither may depend on the other,
+//! and the core has no IO.
 
 use std::convert::Infallible;
 use std::io;

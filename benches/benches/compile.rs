@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use portcullis_benches::{OrExit, Pki, many_listener_manifests, object_store, translate_options};
-use portcullis_controller_shim::translate;
 use portcullis_core::compile::compile;
 use portcullis_runtime::pki::KeyKind;
+use portcullis_translate::translate;
 
 fn compile_bench(c: &mut Criterion) {
     let pki = Pki::generate(KeyKind::Rsa2048).or_exit("certificates");

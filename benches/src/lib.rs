@@ -11,8 +11,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_controller_shim::manifests::{LoadedManifests, load_text};
-use portcullis_controller_shim::{ObjectStore, TranslateOptions};
 use portcullis_core::client_auth::{ClientAuth, PeerIdentity};
 use portcullis_core::compile::{self, ShardServerConfigs, Snapshot};
 use portcullis_core::desired::{
@@ -25,6 +23,8 @@ use portcullis_core::listener_options::{
 };
 use portcullis_runtime::demo;
 use portcullis_runtime::pki::{GuidePki, KeyKind};
+use portcullis_translate::manifests::{LoadedManifests, load_text};
+use portcullis_translate::{ObjectStore, TranslateOptions};
 use rustls::client::Resumption;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
@@ -534,7 +534,7 @@ pub fn object_store(docs: &[String]) -> Result<ObjectStore, String> {
 
 /// Translate options as `portcullis serve --gateway-class agentgateway` uses them.
 pub fn translate_options() -> TranslateOptions {
-    let mut options = TranslateOptions::new(portcullis_controller_shim::check::now());
+    let mut options = TranslateOptions::new(portcullis_translate::check::now());
     options.extra_gateway_class = Some(demo::GUIDE_GATEWAY_CLASS.to_owned());
     options
 }

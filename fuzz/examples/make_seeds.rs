@@ -3,7 +3,7 @@
 //! - `request_head`, `response_head`, `chunked_body`: every byte-string literal of the unit tests
 //!   in `core/src/http1/` that is a request head, a response head or (in `chunked.rs`) a body.
 //! - `manifests_translate`: the user guide's and the conformance fixtures of
-//!   `controller-shim/tests/fixtures/`, and the manifests of the `tls_accept` gateway.
+//!   `translate/tests/fixtures/`, and the manifests of the `tls_accept` gateway.
 //! - `tls_accept`: what real rustls clients send to that gateway, captured in memory: full
 //!   handshakes (TLS 1.3 and 1.2, with and without a client certificate), a resumption, a
 //!   ChaCha20-first client, an unknown and an absent server name.
@@ -169,7 +169,7 @@ fn byte_string_literals(source: &str) -> Vec<Vec<u8>> {
 // --- Manifests ---------------------------------------------------------------------------------
 
 fn manifest_seeds(root: &Path, corpus: &Path, pki: &PkiFiles) {
-    let fixtures = root.join("controller-shim/tests/fixtures");
+    let fixtures = root.join("translate/tests/fixtures");
     let mut seeds = Vec::new();
     let mut add_dir = |dir: PathBuf, prefix: &str| {
         let mut files: Vec<PathBuf> = fs::read_dir(&dir)

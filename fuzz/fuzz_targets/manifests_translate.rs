@@ -4,7 +4,7 @@
 //!
 //! Invariants: no panic at any stage; translate is deterministic and (one process serving every
 //! Gateway) keeps the desired config's invariants (those of
-//! controller-shim/tests/translate_never_panics.rs, which generates object sets where this target
+//! translate/tests/translate_never_panics.rs, which generates object sets where this target
 //! mutates text); statuses render; compile accounts for every listener (built, or reported as an
 //! error) and resolves each built listener's own hostname to a listener of that hostname.
 
@@ -14,9 +14,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_controller_shim::check::{self, render_statuses};
-use portcullis_controller_shim::manifests::{LoadedManifests, load_text};
-use portcullis_controller_shim::{TranslateOptions, Translation, translate};
+use portcullis_translate::check::{self, render_statuses};
+use portcullis_translate::manifests::{LoadedManifests, load_text};
+use portcullis_translate::{TranslateOptions, Translation, translate};
 use portcullis_core::compile::compile;
 use portcullis_core::desired::{ClientValidation, PortProtocol};
 use portcullis_core::hostname;

@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use portcullis_controller_shim::check;
-use portcullis_controller_shim::manifests::{LoadedManifests, load_text};
-use portcullis_controller_shim::{TranslateOptions, translate};
+use portcullis_translate::check;
+use portcullis_translate::manifests::{LoadedManifests, load_text};
+use portcullis_translate::{TranslateOptions, translate};
 use portcullis_core::compile::{CompiledPort, ShardServerConfigs, compile};
 use rustls::ServerConfig;
 use rustls::server::ClientHello;

@@ -1,5 +1,5 @@
 //! `portcullis-load` (the real binary) against the real data plane, started in this process as
-//! `runtime/tests/support` does: manifests -> translate -> compile -> shards on loopback, the
+//! `cli/tests/support` does: manifests -> translate -> compile -> shards on loopback, the
 //! echo backend behind them. Short count-based runs; the assertions are on counts and error
 //! classes, never on speed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,13 +11,13 @@ use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use portcullis_controller_shim::manifests::{LoadedManifests, load_text};
-use portcullis_controller_shim::{TranslateOptions, translate};
 use portcullis_runtime::demo;
 use portcullis_runtime::limits::Limits;
 use portcullis_runtime::pki::{GuidePki, KeyKind};
 use portcullis_runtime::publish::Publisher;
 use portcullis_runtime::shard::{DriverChoice, ShardOptions, Shards};
+use portcullis_translate::manifests::{LoadedManifests, load_text};
+use portcullis_translate::{TranslateOptions, translate};
 use serde_json::Value;
 
 /// A bound so a broken build fails instead of hanging; not a timing assertion.
@@ -85,7 +85,7 @@ fn start_gateway() -> Fixture {
     for (i, doc) in docs.iter().enumerate() {
         load_text(Path::new(&format!("doc-{i}.yaml")), doc, false, &mut loaded).unwrap();
     }
-    let mut options = TranslateOptions::new(portcullis_controller_shim::check::now());
+    let mut options = TranslateOptions::new(portcullis_translate::check::now());
     options.extra_gateway_class = Some(demo::GUIDE_GATEWAY_CLASS.to_owned());
     let desired = translate(&loaded.store, &options).desired;
     assert_eq!(desired.ports.len(), 2, "both guide ports are programmed");

@@ -262,9 +262,6 @@ fn config_reply(ctx: &AdminContext) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_controller_shim::kube::config::{
-        DEFAULT_ADMIN_PORT, DEFAULT_CONTROLLER_ADMIN_ADDRESS,
-    };
 
     fn address(text: &str) -> Option<SocketAddr> {
         text.parse().ok()
@@ -280,17 +277,5 @@ mod tests {
             address(DEFAULT_ADMIN_CONFIG_ADDRESS)
         );
         assert_eq!(default_config_address(None), None);
-    }
-
-    #[test]
-    fn config_defaults_to_loopback_on_a_port_of_its_own() {
-        let config = address(DEFAULT_ADMIN_CONFIG_ADDRESS);
-        let probes = address(DEFAULT_ADMIN_ADDRESS);
-        let controller = address(DEFAULT_CONTROLLER_ADMIN_ADDRESS);
-        assert!(config.is_some_and(|a| a.ip().is_loopback()), "{config:?}");
-        let port = config.map(|a| a.port());
-        assert_ne!(port, probes.map(|a| a.port()), "the probe address");
-        assert_ne!(port, Some(DEFAULT_ADMIN_PORT), "the probe port in pods");
-        assert_ne!(port, controller.map(|a| a.port()), "the controller's admin");
     }
 }

@@ -1,5 +1,7 @@
 //! The Portcullis data plane: per-core monoio shards that terminate mTLS per port and forward
-//! HTTP/1.1. See `docs/architecture.md` for the flow objects -> translate -> compile ->
+//! HTTP/1.1, HTTP/2, gRPC and WebSocket. It takes a [`portcullis_core::desired::DesiredConfig`]
+//! from any [`serve::ConfigSource`] and never sees a Kubernetes type: Cargo keeps it that way
+//! (`scripts/check-deps`). See `docs/architecture.md` for the flow objects -> translate -> compile ->
 //! publish -> shard -> connection.
 
 pub mod admin;
@@ -13,10 +15,8 @@ pub mod grpc;
 pub mod h2;
 pub mod h2c;
 pub mod http;
-pub mod kube_source;
 pub mod limits;
 pub mod logging;
-pub mod manifest_source;
 pub mod metrics;
 pub mod pki;
 pub mod publish;

@@ -12,14 +12,14 @@ use portcullis_core::desired::DesiredConfig;
 use tracing::{error, info};
 
 use crate::admin::{self, AdminAddresses, AdminContext, ControlState};
-use crate::manifest_source::{ManifestSource, POLL_INTERVAL};
 use crate::publish::Publisher;
 use crate::shard::{self, ShardOptions, Shards};
 
 /// How long the control loop waits for a config change before it checks for shutdown and
-/// ticket-key rotation again: the manifest folder's poll interval (a kube source answers as
-/// soon as a change arrives).
-const CONTROL_LOOP_WAIT: Duration = POLL_INTERVAL;
+/// ticket-key rotation again. A source that polls (a folder of manifests) polls at this
+/// interval; four times a second keeps a reload well within the one second promised for new
+/// handshakes. A pushing source answers as soon as a change arrives.
+pub const CONTROL_LOOP_WAIT: Duration = Duration::from_millis(250);
 
 /// How long the control loop waits for every shard to apply the first configuration before it
 /// reports which ports are served; shards apply it as they start, in milliseconds.
@@ -77,33 +77,6 @@ pub trait ConfigSource {
 
     /// Waits at most `wait` for a change.
     fn next_update(&mut self, wait: Duration) -> SourceUpdate;
-}
-
-/// File mode: the folder is polled every `wait`.
-impl ConfigSource for ManifestSource {
-    fn initial(&mut self, _terminate: &AtomicBool) -> Initial {
-        match self.poll() {
-            Some(Ok(desired)) => Initial::Config(desired),
-            _ => {
-                error!("the manifests could not be loaded; nothing to serve");
-                Initial::Unavailable
-            }
-        }
-    }
-
-    fn next_update(&mut self, wait: Duration) -> SourceUpdate {
-        std::thread::sleep(wait);
-        match self.poll() {
-            Some(Ok(desired)) => SourceUpdate::Changed(desired),
-            Some(Err(_)) => SourceUpdate::Rejected,
-            None => SourceUpdate::Unchanged,
-        }
-    }
-}
-
-/// Serves a folder of manifests (see [`serve`]).
-pub fn serve_manifests(source: ManifestSource, options: ServeOptions) -> ExitCode {
-    serve(source, options)
 }
 
 /// Which ports of the first configuration the shards listen on, once they applied it.

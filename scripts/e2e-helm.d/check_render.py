@@ -43,7 +43,7 @@ CONTROLLER_RULES = {
     ("rbac.authorization.k8s.io", "clusterrolebindings"): READ | WRITE,
 }
 
-# data_plane_cluster_role() in controller-shim/src/kube/provision.rs.
+# data_plane_cluster_role() in controller/src/provision.rs.
 DATA_PLANE_RULES = {
     (GW, "gateways"): READ,
     (GW, "httproutes"): READ,

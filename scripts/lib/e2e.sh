@@ -78,7 +78,7 @@ run_curl() {
 
 # Builds the debug binary and sets `portcullis` to its path.
 build_portcullis() {
-    (cd "$root" && cargo build -p portcullis-runtime)
+    (cd "$root" && cargo build -p portcullis)
     portcullis="${CARGO_TARGET_DIR:-$root/target}/debug/portcullis"
     [ -x "$portcullis" ] || fail "no binary at $portcullis"
 }

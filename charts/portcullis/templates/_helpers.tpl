@@ -113,7 +113,7 @@ controller reads its configuration with the API's string type (Quantity).
 {{- end }}
 
 {{/*
-The controller's configuration file (controller-shim/src/kube/config.rs, which refuses
+The controller's configuration file (controller/src/config.rs, which refuses
 unknown keys): everything the data-plane pods need, from dataPlane.* values.
 */}}
 {{- define "portcullis.controller.config" -}}

@@ -268,15 +268,15 @@ impl Manifests {
 
 #[cfg(test)]
 mod tests {
-    use portcullis_controller_shim::manifests;
-    use portcullis_controller_shim::{TranslateOptions, translate};
     use portcullis_core::desired::{BackendTarget, ClientValidation, DesiredConfig, PathMatch};
+    use portcullis_translate::manifests;
+    use portcullis_translate::{TranslateOptions, translate};
 
     use super::*;
 
     fn translate_folder(dir: &Path) -> DesiredConfig {
         let loaded = manifests::load(dir).unwrap();
-        let mut options = TranslateOptions::new(portcullis_controller_shim::check::now());
+        let mut options = TranslateOptions::new(portcullis_translate::check::now());
         options.extra_gateway_class = Some(demo::GUIDE_GATEWAY_CLASS.to_owned());
         translate(&loaded.store, &options).desired
     }

@@ -19,8 +19,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use gateway_api::experimental::gateways::GatewayStatusAddresses;
-use portcullis_controller_shim::{ObjectStore, Translation, translate};
 use portcullis_core::desired::ObjectRef;
+use portcullis_translate::{ObjectStore, Translation, translate};
 use support::*;
 
 /// The class name the upstream manifests leave as a placeholder.

@@ -1,5 +1,9 @@
-//! The `portcullis` binary: wires the controller-shim (Kubernetes objects -> desired config) to
-//! the data plane. Only this file knows both sides.
+//! The `portcullis` binary: wires the config sources (a folder of manifests through
+//! `portcullis-translate`, or the API server through `portcullis-controller`) to the data plane
+//! (`portcullis-runtime`). Only this crate knows both sides.
+
+mod kube_source;
+mod manifest_source;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -10,14 +14,15 @@ use clap::{Args, Parser, Subcommand};
 use portcullis_core::desired::ObjectRef;
 use portcullis_runtime::admin::{self, AdminAddresses, DEFAULT_ADMIN_ADDRESS};
 use portcullis_runtime::demo::{DemoFolder, GUIDE_GATEWAY_CLASS};
-use portcullis_runtime::kube_source::KubeSource;
 use portcullis_runtime::limits::{Limits, parse_duration};
 use portcullis_runtime::logging::{self, LogFormat};
-use portcullis_runtime::manifest_source::ManifestSource;
 use portcullis_runtime::serve::ServeOptions;
 use portcullis_runtime::shard::{DriverChoice, ShardOptions};
 use portcullis_runtime::{echo, serve};
 use tracing::error;
+
+use crate::kube_source::KubeSource;
+use crate::manifest_source::ManifestSource;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -145,7 +150,7 @@ fn main() -> ExitCode {
         } => {
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
-            let code = portcullis_controller_shim::check::run(
+            let code = portcullis_translate::check::run(
                 &manifests,
                 gateway_class.as_deref(),
                 &mut stdout.lock(),
@@ -169,7 +174,7 @@ fn main() -> ExitCode {
                         ExitCode::FAILURE
                     }
                 },
-                (None, Some(manifests)) => serve::serve_manifests(
+                (None, Some(manifests)) => serve::serve(
                     ManifestSource::new(manifests, gateway_class),
                     data_plane.into_options(),
                 ),
@@ -179,9 +184,7 @@ fn main() -> ExitCode {
         }
         Command::Controller { config } => {
             logging::init(cli.log_format);
-            ExitCode::from(portcullis_controller_shim::kube::controller::main(
-                config.as_deref(),
-            ))
+            ExitCode::from(portcullis_controller::controller::main(config.as_deref()))
         }
         Command::Demo { dir, data_plane } => {
             logging::init(cli.log_format);
@@ -240,4 +243,29 @@ fn run_demo(dir: &std::path::Path, data_plane: DataPlaneArgs) -> ExitCode {
         report.log();
         println!("{}", folder.instructions(report));
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_controller::config::{DEFAULT_ADMIN_PORT, DEFAULT_CONTROLLER_ADMIN_ADDRESS};
+    use portcullis_runtime::admin::{DEFAULT_ADMIN_ADDRESS, DEFAULT_ADMIN_CONFIG_ADDRESS};
+    use std::net::SocketAddr;
+
+    fn address(text: &str) -> Option<SocketAddr> {
+        text.parse().ok()
+    }
+
+    /// The data plane's `/config` port is apart from its probe port (the one the controller
+    /// writes into pods) and from the controller's own admin port.
+    #[test]
+    fn config_defaults_to_loopback_on_a_port_of_its_own() {
+        let config = address(DEFAULT_ADMIN_CONFIG_ADDRESS);
+        let probes = address(DEFAULT_ADMIN_ADDRESS);
+        let controller = address(DEFAULT_CONTROLLER_ADMIN_ADDRESS);
+        assert!(config.is_some_and(|a| a.ip().is_loopback()), "{config:?}");
+        let port = config.map(|a| a.port());
+        assert_ne!(port, probes.map(|a| a.port()), "the probe address");
+        assert_ne!(port, Some(DEFAULT_ADMIN_PORT), "the probe port in pods");
+        assert_ne!(port, controller.map(|a| a.port()), "the controller's admin");
+    }
 }

@@ -3,15 +3,13 @@
 //! the last good configuration stays in force.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
-use portcullis_controller_shim::{TranslateOptions, manifests, translate};
 use portcullis_core::desired::DesiredConfig;
+use portcullis_runtime::serve::{ConfigSource, Initial, SourceUpdate};
+use portcullis_translate::{TranslateOptions, manifests, translate};
 use tracing::{error, info};
-
-/// How often the folder is checked. Four times a second keeps a reload well within the one
-/// second promised for new handshakes, at the cost of a few `stat` calls.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What identifies a file's version without reading it: an edit in place changes the length
 /// or modification time; a rename-over (as editors save) changes the inode.
@@ -58,7 +56,7 @@ impl ManifestSource {
     /// Reads and translates the folder now.
     pub fn load(&self) -> Result<DesiredConfig, String> {
         let loaded = manifests::load(&self.dir).map_err(|e| e.to_string())?;
-        let mut options = TranslateOptions::new(portcullis_controller_shim::check::now());
+        let mut options = TranslateOptions::new(portcullis_translate::check::now());
         options.extra_gateway_class = self.gateway_class.clone();
         let translation = translate(&loaded.store, &options);
         info!(
@@ -91,4 +89,26 @@ fn stamp_dir(dir: &Path) -> Vec<FileStamp> {
             })
         })
         .collect()
+}
+
+/// File mode: the folder is polled every `wait`.
+impl ConfigSource for ManifestSource {
+    fn initial(&mut self, _terminate: &AtomicBool) -> Initial {
+        match self.poll() {
+            Some(Ok(desired)) => Initial::Config(desired),
+            _ => {
+                error!("the manifests could not be loaded; nothing to serve");
+                Initial::Unavailable
+            }
+        }
+    }
+
+    fn next_update(&mut self, wait: Duration) -> SourceUpdate {
+        std::thread::sleep(wait);
+        match self.poll() {
+            Some(Ok(desired)) => SourceUpdate::Changed(desired),
+            Some(Err(_)) => SourceUpdate::Rejected,
+            None => SourceUpdate::Unchanged,
+        }
+    }
 }

@@ -8,11 +8,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use portcullis_controller_shim::check::render_statuses;
-use portcullis_controller_shim::{ObjectStore, Translation, translate};
 use portcullis_core::desired::{
     BackendTarget, ClientValidation, ObjectRef, PortProtocol, ValidationMode,
 };
+use portcullis_translate::check::render_statuses;
+use portcullis_translate::{ObjectStore, Translation, translate};
 use support::*;
 
 const GUIDE_NAMESPACE: &str = "agentgateway-system";

@@ -18,13 +18,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portcullis_controller_shim::manifests::{LoadedManifests, load_text};
-use portcullis_controller_shim::{TranslateOptions, translate};
 use portcullis_core::desired::DesiredConfig;
 use portcullis_runtime::limits::Limits;
 use portcullis_runtime::pki::CertKeyPem;
 use portcullis_runtime::publish::Publisher;
 use portcullis_runtime::shard::{DriverChoice, ShardOptions, Shards};
+use portcullis_translate::manifests::{LoadedManifests, load_text};
+use portcullis_translate::{TranslateOptions, translate};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -89,7 +89,7 @@ pub fn translate_yaml(docs: &[&str], gateway_class: &str) -> DesiredConfig {
     for (i, doc) in docs.iter().enumerate() {
         load_text(Path::new(&format!("doc-{i}.yaml")), doc, false, &mut loaded).unwrap();
     }
-    let mut options = TranslateOptions::new(portcullis_controller_shim::check::now());
+    let mut options = TranslateOptions::new(portcullis_translate::check::now());
     options.extra_gateway_class = Some(gateway_class.to_owned());
     translate(&loaded.store, &options).desired
 }

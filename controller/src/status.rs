@@ -1,5 +1,5 @@
 //! Status writing: the translated statuses, merged with the live objects, written with
-//! server-side apply (field manager [`super::FIELD_MANAGER`]) only when they differ.
+//! server-side apply (field manager [`crate::FIELD_MANAGER`]) only when they differ.
 //!
 //! Translation is pure and stamps every condition with the same `now`; here:
 //! - a condition whose `status` did not change keeps the live `lastTransitionTime`;
@@ -38,10 +38,10 @@ use portcullis_core::desired::ObjectRef;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::FIELD_MANAGER;
-use super::lease::{Leadership, is_leader};
-use crate::store::{ObjectKey, ObjectKind, ObjectStore};
-use crate::translate::{Translation, types};
+use crate::FIELD_MANAGER;
+use crate::lease::{Leadership, is_leader};
+use portcullis_translate::store::{ObjectKey, ObjectKind, ObjectStore};
+use portcullis_translate::translate::{Translation, types};
 
 /// Condition types this controller writes on each object, so may remove again.
 const GATEWAY_CLASS_CONDITIONS: [&str; 1] = [types::ACCEPTED];
@@ -622,11 +622,11 @@ async fn apply_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifests::{LoadedManifests, load_text};
-    use crate::translate::{TranslateOptions, translate};
     use gateway_api::experimental::httproutes::HttpRouteStatusParentsParentRef;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
     use k8s_openapi::jiff::Timestamp;
+    use portcullis_translate::manifests::{LoadedManifests, load_text};
+    use portcullis_translate::translate::{TranslateOptions, translate};
     use std::path::Path;
 
     const OURS: &str = "portcullis.dev/gateway-controller";

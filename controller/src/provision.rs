@@ -37,10 +37,10 @@ use portcullis_core::desired::ObjectRef;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::FIELD_MANAGER;
-use super::config::DataPlaneConfig;
-use super::watch::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, ProvisionedKind, WatchCache};
-use crate::store::ObjectStore;
+use crate::FIELD_MANAGER;
+use crate::config::DataPlaneConfig;
+use crate::watch::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, ProvisionedKind, WatchCache};
+use portcullis_translate::store::ObjectStore;
 
 /// Which Gateway an object belongs to, as `NS/NAME` (annotations have no length limit).
 pub const GATEWAY_ANNOTATION: &str = "portcullis.dev/gateway";
@@ -912,9 +912,9 @@ async fn delete(client: &Client, target: &ProvisionedRef) -> Result<(), ::kube::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::watch::{ProvisionedKey, ProvisionedObject};
-    use crate::manifests::{LoadedManifests, load_text};
+    use crate::watch::{ProvisionedKey, ProvisionedObject};
     use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+    use portcullis_translate::manifests::{LoadedManifests, load_text};
     use std::path::Path;
 
     const GATEWAY: &str = "\
@@ -1206,7 +1206,7 @@ spec:
             None,
             "none by default"
         );
-        config.pod_disruption_budget = Some(crate::kube::config::PodDisruptionBudgetConfig {
+        config.pod_disruption_budget = Some(crate::config::PodDisruptionBudgetConfig {
             min_available: None,
             max_unavailable: Some(IntOrString::Int(1)),
         });

@@ -1,17 +1,17 @@
 //! `serve --kube --gateway NS/NAME`: the control loop's config comes from the API server.
-//! The controller-shim's watcher thread sends a desired config per change; this is the
+//! The controller crate's watcher thread sends a desired config per change; this is the
 //! [`ConfigSource`] end of that channel.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
-use portcullis_controller_shim::kube::KubeError;
-use portcullis_controller_shim::kube::dataplane::{self, DesiredConfigs};
+use portcullis_controller::KubeError;
+use portcullis_controller::dataplane::{self, DesiredConfigs};
 use portcullis_core::desired::{DesiredConfig, ObjectRef};
 use tracing::{error, info};
 
-use crate::serve::{ConfigSource, Initial, SourceUpdate};
+use portcullis_runtime::serve::{ConfigSource, Initial, SourceUpdate};
 
 /// While waiting for the first config (the watches listing everything), how often shutdown
 /// is checked.
@@ -32,6 +32,7 @@ impl KubeSource {
     }
 
     /// From an existing channel (tests).
+    #[cfg(test)]
     pub fn from_receiver(gateway: ObjectRef, receiver: Receiver<DesiredConfig>) -> Self {
         Self { gateway, receiver }
     }

@@ -35,8 +35,10 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::backoff::CappedBackoff;
-use crate::store::{Object, ObjectKey, ObjectKind, ObjectStore, StoredReferenceGrant};
+use crate::backoff::CappedBackoff;
+use portcullis_translate::store::{
+    Object, ObjectKey, ObjectKind, ObjectStore, StoredReferenceGrant,
+};
 
 /// How long a burst of events may keep arriving before the translation runs: one `kubectl
 /// apply` of several objects, or a watch restart, lands as one translation, and a certificate
@@ -788,8 +790,8 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::{TranslateOptions, translate};
     use k8s_openapi::ByteString;
+    use portcullis_translate::translate::{TranslateOptions, translate};
 
     fn meta(namespace: &str, name: &str) -> ObjectMeta {
         ObjectMeta {
@@ -1020,7 +1022,7 @@ mod tests {
     /// rotation, a revoked ReferenceGrant, and the Gateway's deletion.
     #[test]
     fn events_drive_the_desired_config() {
-        use crate::translate::reasons;
+        use portcullis_translate::translate::reasons;
         let gateway_source = Source::Store(ObjectKind::Gateway);
         let mut cache = WatchCache::new();
         for source in WatchPlan::data_plane(ObjectRef::new("gw", "g")).sources() {
@@ -1081,7 +1083,7 @@ mod tests {
         cache.apply(gateway_source, Event::Apply(gateway.clone()));
 
         let desired = |cache: &WatchCache| {
-            let mut options = TranslateOptions::new(crate::check::now());
+            let mut options = TranslateOptions::new(portcullis_translate::check::now());
             options.extra_gateway_class = Some("any".to_owned());
             translate(&cache.store, &options)
         };

@@ -1,6 +1,7 @@
-//! Kubernetes mode: the only module that talks to an API server (kube-rs).
+//! Kubernetes mode: the only crate that talks to an API server (kube-rs). The translation it
+//! runs is `portcullis-translate`'s, the same as file mode's.
 //!
-//! - [`watch`]: watchers for every kind translation reads, feeding an [`crate::ObjectStore`];
+//! - [`watch`]: watchers for every kind translation reads, feeding an [`portcullis_translate::ObjectStore`];
 //!   bursts of events are batched before the (pure) translation runs again.
 //! - [`dataplane`]: `portcullis serve --kube --gateway NS/NAME`: one Gateway's desired config,
 //!   handed to the data plane's control loop over a channel. Writes nothing.
@@ -13,7 +14,7 @@
 //! - [`config`]: the controller's configuration file (`--config FILE`).
 //!
 //! Everything above the API calls is plain data and plain functions, tested without a server;
-//! the end-to-end tests against a real API server live in `runtime/tests/kube_e2e.rs`.
+//! the end-to-end tests against a real API server live in `cli/tests/kube_e2e.rs`.
 
 pub mod config;
 pub mod controller;

@@ -10,10 +10,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
-use portcullis_controller_shim::check::render_statuses;
-use portcullis_controller_shim::{Object, ObjectStore, StoredReferenceGrant, translate};
 use portcullis_core::desired::{ClientValidation, PortProtocol};
 use portcullis_core::hostname;
+use portcullis_translate::check::render_statuses;
+use portcullis_translate::{Object, ObjectStore, StoredReferenceGrant, translate};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};

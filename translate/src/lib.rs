@@ -1,4 +1,5 @@
-//! Gateway API objects -> Portcullis desired config and statuses.
+//! Gateway API objects -> Portcullis desired config and statuses, with no API client: the
+//! same code serves a folder of manifests and the controller (`portcullis-controller`).
 //!
 //! - [`store`]: one consistent view of the objects ([`store::ObjectStore`]), filled by the
 //!   manifest loader or by a kube watcher.
@@ -6,11 +7,8 @@
 //! - [`translate`]: the pure translation, objects in, [`portcullis_core::desired::DesiredConfig`]
 //!   and Gateway API statuses out.
 //! - [`check`]: the `portcullis check` command.
-//! - [`kube`]: Kubernetes mode (the only module using kube-rs): watchers, the controller
-//!   (`portcullis controller`), and the data plane's watcher (`portcullis serve --kube`).
 
 pub mod check;
-pub mod kube;
 pub mod manifests;
 pub mod store;
 pub mod translate;

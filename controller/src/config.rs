@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::translate::DEFAULT_CONTROLLER_NAME;
+use portcullis_translate::translate::DEFAULT_CONTROLLER_NAME;
 
 /// The data-plane image when the configuration names none: this build's version.
 pub const DEFAULT_IMAGE: &str = concat!(

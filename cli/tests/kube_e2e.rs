@@ -53,7 +53,7 @@ const V1_4_0: Release = Release {
 };
 const V1_6_1: Release = Release {
     version: "v1.6.1",
-    bundle: "runtime/tests/fixtures/gateway-api/v1.6.1/standard-install.yaml",
+    bundle: "cli/tests/fixtures/gateway-api/v1.6.1/standard-install.yaml",
 };
 
 impl Release {
@@ -73,7 +73,7 @@ impl Release {
     /// An upstream conformance manifest of this release, for our class.
     fn conformance(&self, file: &str) -> String {
         let path = repo_root()
-            .join("controller-shim/tests/fixtures/conformance")
+            .join("translate/tests/fixtures/conformance")
             .join(self.version)
             .join(file);
         std::fs::read_to_string(&path)

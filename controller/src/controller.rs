@@ -21,15 +21,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::KubeError;
-use super::admin::{self, ControllerMetrics};
-use super::config::ControllerConfig;
-use super::lease::{self, Leadership, LeaseLock, LeaseSettings, is_leader};
-use super::provision::{self, GatewayInfo};
-use super::status::StatusWriter;
-use super::watch::{GATEWAY_API_GROUP, GATEWAY_API_KINDS, WatchPlan, Watches};
-use crate::store::{ObjectKind, ObjectStore};
-use crate::translate::{TranslateOptions, translate};
+use crate::KubeError;
+use crate::admin::{self, ControllerMetrics};
+use crate::config::ControllerConfig;
+use crate::lease::{self, Leadership, LeaseLock, LeaseSettings, is_leader};
+use crate::provision::{self, GatewayInfo};
+use crate::status::StatusWriter;
+use crate::watch::{GATEWAY_API_GROUP, GATEWAY_API_KINDS, WatchPlan, Watches};
+use portcullis_translate::store::{ObjectKind, ObjectStore};
+use portcullis_translate::translate::{TranslateOptions, translate};
 
 /// After a failed write (a conflict, the API server briefly away), the next round runs this
 /// much later even if nothing else changes.
@@ -87,7 +87,7 @@ async fn run_async(config: ControllerConfig) -> Result<(), KubeError> {
 
     let metrics = Arc::new(ControllerMetrics::default());
     let admin_address = config.admin_socket_address().map_err(|message| {
-        KubeError::Config(super::config::ConfigError::Invalid {
+        KubeError::Config(crate::config::ConfigError::Invalid {
             path: "adminAddress".into(),
             message,
         })
@@ -286,7 +286,7 @@ impl Controller {
             .fetch_add(count(provisioned.deleted), Ordering::Relaxed);
         failures += provisioned.failed;
 
-        let mut options = TranslateOptions::new(crate::check::now());
+        let mut options = TranslateOptions::new(portcullis_translate::check::now());
         options.controller_name = self.config.controller_name.clone();
         options.gateway_addresses = provision::gateway_addresses(store, &infos);
         options.separate_data_planes = true;
@@ -357,8 +357,8 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifests::{LoadedManifests, load_text};
-    use crate::translate::reasons;
+    use portcullis_translate::manifests::{LoadedManifests, load_text};
+    use portcullis_translate::translate::reasons;
 
     /// Each Gateway gets its own Deployment and Service: two Gateways on one port are fine.
     #[test]
@@ -378,7 +378,7 @@ mod tests {
             gateway("b")
         );
         load_text(Path::new("t.yaml"), &text, false, &mut loaded).unwrap();
-        let mut options = TranslateOptions::new(crate::check::now());
+        let mut options = TranslateOptions::new(portcullis_translate::check::now());
         let unavailable = |options: &TranslateOptions| {
             translate(&loaded.store, options)
                 .gateway_statuses

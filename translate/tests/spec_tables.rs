@@ -15,16 +15,14 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use portcullis_controller_shim::store::{ObjectKey, ObjectKind};
-use portcullis_controller_shim::{
-    Object, ObjectStore, StoredReferenceGrant, Translation, translate,
-};
 use portcullis_core::desired::{
     BackendProtocol, BackendTarget, ClientValidation, DesiredListener, DesiredPort, HeaderMatch,
     ObjectRef, PathMatch, PortProtocol, PrivateKeyEncoding, QueryParamMatch, RouteMatch,
     ValidationMode,
 };
 use portcullis_core::routing::{HeaderPairs, RouteRequest, RouteTable};
+use portcullis_translate::store::{ObjectKey, ObjectKind};
+use portcullis_translate::{Object, ObjectStore, StoredReferenceGrant, Translation, translate};
 use serde_json::{Value, json};
 use support::*;
 

@@ -12,10 +12,10 @@ use ::kube::Client;
 use portcullis_core::desired::{DesiredConfig, ObjectRef};
 use tracing::{error, info};
 
-use super::KubeError;
-use super::watch::{WatchPlan, Watches};
-use crate::store::ObjectStore;
-use crate::translate::{TranslateOptions, translate};
+use crate::KubeError;
+use crate::watch::{WatchPlan, Watches};
+use portcullis_translate::store::ObjectStore;
+use portcullis_translate::translate::{TranslateOptions, translate};
 
 /// The receiving end: one message per changed desired config, the first once every watch
 /// listed everything. Disconnected only if the watcher thread ends, which it does not while
@@ -89,7 +89,7 @@ pub fn desired_config(store: &ObjectStore, gateway: &ObjectRef) -> DesiredConfig
     let Some(object) = store.gateways.get(gateway) else {
         return DesiredConfig::default();
     };
-    let mut options = TranslateOptions::new(crate::check::now());
+    let mut options = TranslateOptions::new(portcullis_translate::check::now());
     options.extra_gateway_class = Some(object.spec.gateway_class_name.clone());
     if store.gateways.len() == 1 {
         return translate(store, &options).desired;
@@ -104,7 +104,7 @@ pub fn desired_config(store: &ObjectStore, gateway: &ObjectRef) -> DesiredConfig
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifests::{LoadedManifests, load_text};
+    use portcullis_translate::manifests::{LoadedManifests, load_text};
     use std::path::Path;
 
     fn store(yaml: &str) -> ObjectStore {

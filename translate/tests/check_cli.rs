@@ -7,7 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use portcullis_controller_shim::check::{EXIT_BAD_MANIFESTS, EXIT_OK, run, run_at};
+use portcullis_translate::check::{EXIT_BAD_MANIFESTS, EXIT_OK, run, run_at};
 use serde::Deserialize;
 use support::*;
 

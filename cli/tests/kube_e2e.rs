@@ -673,6 +673,8 @@ fn run_user_guide(release: Release) {
     assert_eq!(controller.stop().and_then(|s| s.code()), Some(0));
     let curl = guide_curl(&certs, ports.0, client);
     assert!(curl.ok(), "without the controller: {curl:?}");
+    // The data plane is replaced (as a rolled pod would be) while the controller is down.
+    assert_eq!(data_plane.stop().and_then(|s| s.code()), Some(0));
     let data_plane_args = |admin: &str, gateway: &str| {
         [
             "serve",
@@ -688,12 +690,8 @@ fn run_user_guide(release: Release) {
         ]
         .map(str::to_owned)
     };
-    let second_admin = free_port();
-    let args = data_plane_args(
-        &format!("127.0.0.1:{second_admin}"),
-        "agentgateway-system/mtls",
-    );
-    let mut second = Process::portcullis(
+    let args = data_plane_args(&format!("127.0.0.1:{dp_admin}"), "agentgateway-system/mtls");
+    data_plane = Process::portcullis(
         "data-plane-2",
         &dir,
         &as_data_plane,
@@ -703,14 +701,15 @@ fn run_user_guide(release: Release) {
         "a new data plane to be ready without the controller",
         PATIENCE,
         || {
-            second.assert_running();
-            match http_get(second_admin, "/readyz") {
+            data_plane.assert_running();
+            match http_get(dp_admin, "/readyz") {
                 Some((200, _)) => Ok(()),
                 other => Err(format!("readyz {other:?}")),
             }
         },
     );
-    assert_eq!(second.stop().and_then(|s| s.code()), Some(0));
+    let curl = guide_curl(&certs, ports.1, client);
+    assert!(curl.ok(), "the new data plane: {curl:?}");
     let orphan_admin = free_port();
     let args = data_plane_args(
         &format!("127.0.0.1:{orphan_admin}"),
@@ -1354,19 +1353,27 @@ spec:
             .then_some(())
             .ok_or(format!("listener {listener}"))
     });
-    let role = kube
-        .get("clusterrole", None, "portcullis-dataplane")
-        .expect("the data plane's ClusterRole");
-    assert!(
-        role["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["resources"]
-                .as_array()
-                .is_some_and(|res| res.iter().any(|x| x == "grpcroutes"))),
-        "{role}"
-    );
+    // The route reaches the data plane in the Gateway's config Secret.
+    wait_for("the GRPCRoute in the delivered config", PATIENCE, || {
+        use base64::Engine;
+        let secret = kube
+            .get("secret", Some(LEASE_NS), "grpc-portcullis-config")
+            .ok_or("no config Secret")?;
+        let encoded = secret["data"]["config.json"]
+            .as_str()
+            .ok_or("no config.json")?;
+        let config: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let route = &config["ports"][0]["listeners"][0]["routes"][0];
+        (route["route"]["name"] == "echo"
+            && route["rules"][0]["matches"][0]["path"]["Grpc"]["method"] == "UnaryEcho")
+            .then_some(())
+            .ok_or(format!("{config}"))
+    });
     assert_eq!(controller.stop().and_then(|s| s.code()), Some(0));
     kube.clean_slate();
 }

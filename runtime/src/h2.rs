@@ -47,7 +47,7 @@ use crate::grpc;
 use crate::h2c::{self, BackendRequest};
 use crate::http::{self as h1, BackendAttempts, ConnInfo, ForwardError, Route};
 use crate::metrics::{H2GoAway, H2StreamReset, RequestProtocol};
-use crate::shard::{ShardContext, ShardPort};
+use crate::shard_state::{ShardContext, ShardPort};
 use crate::tls::read_append;
 use crate::tls_poll::SharedPollStream;
 use crate::websocket;

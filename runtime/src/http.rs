@@ -6,14 +6,12 @@
 //! module only moves the bytes it says belong to a message. Requests are served one at a time
 //! per connection: a pipelined request is read only after the previous response was sent.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
-use portcullis_core::compile::CompiledPort;
 use portcullis_core::desired::{BackendProtocol, BackendTarget};
 use portcullis_core::http1::{
     ChunkedDecoder, ClientBody, ClientConn, ContentLengthBody, ForwardExtras, ForwardedProto,
@@ -21,14 +19,15 @@ use portcullis_core::http1::{
     parse_response_head, websocket_upgrade, write_forwarded_request_head,
     write_forwarded_response_head,
 };
-use portcullis_core::routing::{RouteRequest, RouteTarget, WrrState};
+use portcullis_core::routing::{RouteRequest, RouteTarget};
 use tracing::{debug, info};
 
 use crate::backend::{BackendConnection, ConnectError, ConnectFailure, Ejections, pick_endpoint};
 use crate::bufpool;
-use crate::h2c::{self, BackendRequest, H2cConnectError, H2cStream};
-use crate::metrics::{BackendFailure, RequestProtocol, RouteMetrics, ShardMetrics};
-use crate::shard::{ShardContext, ShardPort};
+use crate::h2c::{self, BackendRequest};
+use crate::h2c_pool::{H2cConnectError, H2cStream};
+use crate::metrics::{BackendFailure, RequestProtocol};
+use crate::shard_state::{ShardContext, ShardPort, TargetState};
 use crate::tls::{ClientIo, read_append};
 use crate::websocket::{self, Upgraded};
 
@@ -54,43 +53,6 @@ pub struct ConnInfo<'a> {
     pub sni_listener: Option<usize>,
     /// Pre-encoded identity header lines of a verified client certificate.
     pub identity_headers: &'a [u8],
-}
-
-/// Per-shard routing state of one port: the weighted and round-robin cursors of every route
-/// target of every listener. Built with the shard's copy of the port, never shared.
-#[derive(Debug)]
-pub struct PortRouting {
-    /// `[listener][target]`
-    targets: Vec<Vec<TargetState>>,
-}
-
-#[derive(Debug)]
-pub(crate) struct TargetState {
-    wrr: RefCell<WrrState>,
-    /// Round-robin cursor over each backend's endpoints.
-    endpoint_cursor: Vec<Cell<usize>>,
-    pub(crate) metrics: Rc<RouteMetrics>,
-}
-
-impl PortRouting {
-    pub fn new(port: &CompiledPort, metrics: &ShardMetrics) -> Self {
-        let targets = port
-            .listeners
-            .iter()
-            .map(|l| {
-                l.routes
-                    .targets()
-                    .iter()
-                    .map(|t| TargetState {
-                        wrr: RefCell::new(WrrState::default()),
-                        endpoint_cursor: t.backends.iter().map(|_| Cell::new(0)).collect(),
-                        metrics: metrics.route(port.port, &t.route.to_string()),
-                    })
-                    .collect()
-            })
-            .collect();
-        PortRouting { targets }
-    }
 }
 
 /// A routing decision for one request.
@@ -131,12 +93,7 @@ pub(crate) fn route<'p>(
     let Some((index, target)) = listener.routes.find_indexed(&request) else {
         return Route::Reject(404);
     };
-    match port
-        .routing
-        .targets
-        .get(listener_index)
-        .and_then(|t| t.get(index))
-    {
+    match port.routing.target(listener_index, index) {
         Some(state) => Route::Forward { target, state },
         None => Route::Reject(500),
     }

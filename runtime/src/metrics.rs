@@ -23,8 +23,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::backend::ConnectFailure;
-use crate::h2c::H2cConnectionError;
+use crate::backend::{ConnectFailure, H2cConnectionError};
 
 /// Upper bounds (seconds) of the duration histograms' buckets: from a resumed handshake on
 /// loopback (~100 µs) to a stalled client or backend (10 s).

@@ -53,10 +53,10 @@ use crate::backend::BackendConnection;
 use crate::bufpool;
 use crate::h2::{self as h2s, H2Conn};
 use crate::http::{
-    self as h1, BackendAttempts, CLIENT_CLOSED_REQUEST, ConnInfo, ForwardError, Route, TargetState,
+    self as h1, BackendAttempts, CLIENT_CLOSED_REQUEST, ConnInfo, ForwardError, Route,
 };
 use crate::metrics::{RequestProtocol, RouteMetrics};
-use crate::shard::ShardContext;
+use crate::shard_state::{ShardContext, TargetState};
 use crate::tls::{ClientIo, read_append};
 
 /// `101 Switching Protocols`.

@@ -33,8 +33,8 @@ use portcullis_core::http1::{
 use tracing::debug;
 
 use crate::bufpool;
+use crate::forward::{self, BackendAttempts, Delivered, ForwardError};
 use crate::h2c_pool::H2cStream;
-use crate::http::{self as h1, BackendAttempts, Delivered, ForwardError};
 use crate::shard_state::ShardContext;
 use crate::tls::ClientIo;
 
@@ -60,7 +60,7 @@ impl BackendRequest {
     ) -> Result<Self, u16> {
         let limits = HeadLimits {
             max_head_bytes: forwarded_head.len(),
-            max_headers: h1::MAX_HEADERS + FORWARD_ADDED_FIELDS,
+            max_headers: forward::MAX_HEADERS + FORWARD_ADDED_FIELDS,
         };
         let head = match parse_request_head(forwarded_head, &limits) {
             Ok(Some(head)) => head,
@@ -323,7 +323,7 @@ async fn upload_h1_body<C: ClientIo>(
                 }
             }
         };
-        h1::drop_prefix(inbuf, consumed);
+        forward::drop_prefix(inbuf, consumed);
         if !data.is_empty() || done {
             send_all(to, Bytes::from(data), done)
                 .await

@@ -1,6 +1,6 @@
 //! h2c backend connections: HTTP/2 over cleartext TCP (prior knowledge) to Service ports whose
 //! `appProtocol` is `kubernetes.io/h2c`, and to GRPCRoute backends. What goes over a stream
-//! is [`crate::h2c`]'s.
+//! is the `h2c` module's.
 //!
 //! - **One pool per shard.** Each shard keeps its own multiplexed connections per endpoint,
 //!   driven by a task on that shard (the `h2` crate's client over a monoio socket in poll
@@ -12,7 +12,7 @@
 //!   of that endpoint wait for it, so that a burst shares the new connection instead of
 //!   opening one each.
 //! - **Connecting** is [`crate::backend::BackendPool::connect`]'s (timeout, failure kinds,
-//!   ejection, the next endpoint after a failure: [`crate::forward::BackendAttempts`]); the h2
+//!   ejection, the next endpoint after a failure: `forward::BackendAttempts`); the h2
 //!   preface must complete within the connect timeout too.
 //! - **Ending.** A connection the backend sent GOAWAY on, or that failed, takes no new
 //!   streams and leaves the pool; a stream whose request could not be sent on a pooled
@@ -23,7 +23,7 @@
 //!   [`MAX_STREAMS_PER_CONNECTION`]; h2 queues the excess until streams end (unary calls end
 //!   at once; long-lived streams would hold them).
 //!
-//! The pool is shard state ([`crate::shard_state::ShardContext`] holds it), so it knows nothing
+//! The pool is shard state (`shard_state::ShardContext` holds it), so it knows nothing
 //! of requests: it imports no connection or forwarding module.
 
 use std::cell::{Cell, RefCell};

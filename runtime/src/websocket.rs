@@ -6,7 +6,7 @@
 //!   says which requests ask for one (malformed ones get 400); the handshake goes to a new or
 //!   pooled backend connection with the upgrade asked for again, and the backend's `101` must
 //!   switch to `websocket` with the `Sec-WebSocket-Accept` of the client's key (else 502). The
-//!   101 is relayed and [`crate::http::serve`] hands the connection back to its owner, which
+//!   101 is relayed and `http::serve` hands the connection back to its owner, which
 //!   turns it into a tunnel ([`tunnel_h1`]). Any other answer is relayed as a normal response.
 //! - **HTTP/2 extended CONNECT** (RFC 8441): the server advertises
 //!   `SETTINGS_ENABLE_CONNECT_PROTOCOL`; a CONNECT stream with `:protocol websocket` is written
@@ -51,12 +51,10 @@ use tracing::debug;
 
 use crate::backend::BackendConnection;
 use crate::bufpool;
-use crate::h2::{self as h2s, H2Conn};
-use crate::http::{
-    self as h1, BackendAttempts, CLIENT_CLOSED_REQUEST, ConnInfo, ForwardError, Route,
-};
+use crate::forward::{self, BackendAttempts, CLIENT_CLOSED_REQUEST, ForwardError};
 use crate::metrics::{RequestProtocol, RouteMetrics};
-use crate::shard_state::{ShardContext, TargetState};
+use crate::route::{self, ConnInfo, Route};
+use crate::shard_state::{ShardContext, ShardPort, TargetState};
 use crate::tls::{ClientIo, read_append};
 
 /// `101 Switching Protocols`.
@@ -112,7 +110,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
         },
         &mut request_head,
     );
-    h1::drop_prefix(inbuf, head.head_len);
+    forward::drop_prefix(inbuf, head.head_len);
     let answer = handshake(target, state, ctx, &request_head, &key).await;
     bufpool::give(request_head);
     let closed = |status| H1Outcome {
@@ -162,7 +160,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
             );
             // The backend connection is dropped after it, never pooled (see the module doc).
             let relayed =
-                h1::relay_response_body(client, &mut backend, rbuf, &response, plan, out, ctx)
+                forward::relay_response_body(client, &mut backend, rbuf, &response, plan, out, ctx)
                     .await;
             H1Outcome {
                 upgraded: None,
@@ -171,7 +169,10 @@ pub(crate) async fn forward_h1<C: ClientIo>(
             }
         }
         Err(ForwardError::Status(status)) => {
-            if client.queue(&h1::error_response(status, false)).is_ok() {
+            if client
+                .queue(&forward::error_response(status, false))
+                .is_ok()
+            {
                 let _ = client.flush().await;
             }
             closed(status)
@@ -394,14 +395,14 @@ async fn exchange(
         return Err(ForwardError::StaleConnection);
     }
     let limits = HeadLimits {
-        max_head_bytes: h1::MAX_RESPONSE_HEAD_BYTES,
-        max_headers: h1::MAX_HEADERS,
+        max_head_bytes: forward::MAX_RESPONSE_HEAD_BYTES,
+        max_headers: forward::MAX_HEADERS,
     };
     let mut rbuf = bufpool::take();
     loop {
         match parse_upgrade_response_head(&rbuf, &limits) {
             Ok(Some(response)) if response.is_informational => {
-                h1::drop_prefix(&mut rbuf, response.head_len);
+                forward::drop_prefix(&mut rbuf, response.head_len);
                 continue;
             }
             Ok(Some(response)) => {
@@ -448,17 +449,20 @@ const WEBSOCKET_PROTOCOL: &str = "websocket";
 pub(crate) async fn serve_extended_connect(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    conn: &H2Conn,
+    port: &ShardPort,
+    ctx: &ShardContext,
+    info: &ConnInfo<'_>,
 ) {
     let started = Instant::now();
-    let (status, metrics, opened) = open_extended_connect(request, &mut respond, conn).await;
+    let (status, metrics, opened) =
+        open_extended_connect(request, &mut respond, port, ctx, info).await;
     match metrics {
         Some(metrics) => metrics.request(RequestProtocol::WebSocket, status, started.elapsed()),
-        None => conn.port.metrics.unrouted.request(
-            RequestProtocol::WebSocket,
-            status,
-            started.elapsed(),
-        ),
+        None => {
+            port.metrics
+                .unrouted
+                .request(RequestProtocol::WebSocket, status, started.elapsed())
+        }
     }
     let Some(Opened {
         mut stream,
@@ -468,9 +472,8 @@ pub(crate) async fn serve_extended_connect(
     else {
         return;
     };
-    let ctx = &conn.ctx;
     let end = tunnel(&mut stream, backend, &[], &to_client, ctx).await;
-    debug!(shard = ctx.index, peer = %conn.peer, end = end.label(), "WebSocket tunnel over HTTP/2 ended");
+    debug!(shard = ctx.index, peer = %info.peer, end = end.label(), "WebSocket tunnel over HTTP/2 ended");
     if end != TunnelEnd::Closed {
         stream.send.send_reset(Reason::CANCEL);
     }
@@ -489,11 +492,12 @@ struct Opened {
 async fn open_extended_connect(
     request: Request<RecvStream>,
     respond: &mut SendResponse<Bytes>,
-    conn: &H2Conn,
+    port: &ShardPort,
+    ctx: &ShardContext,
+    info: &ConnInfo<'_>,
 ) -> (u16, Option<Rc<RouteMetrics>>, Option<Opened>) {
-    let ctx = &conn.ctx;
     let refuse = |respond: &mut SendResponse<Bytes>, status: u16| {
-        h2s::send_error(respond, h2s::status_code(status), false);
+        forward::send_error(respond, forward::status_code(status), false);
         (status, None, None)
     };
     let (mut parts, body) = request.into_parts();
@@ -529,13 +533,13 @@ async fn open_extended_connect(
     );
     let mut head_buf = bufpool::take();
     // The stream's DATA is the tunnel, never a body: the head says none.
-    if let Err(status) = h2s::h1_head(&parts, true, &mut head_buf) {
+    if let Err(status) = forward::h1_head(&parts, true, &mut head_buf) {
         bufpool::give(head_buf);
         return refuse(respond, status.as_u16());
     }
     let limits = HeadLimits {
         max_head_bytes: ctx.limits.max_request_head_bytes,
-        max_headers: h1::MAX_HEADERS,
+        max_headers: forward::MAX_HEADERS,
     };
     let head = match parse_request_head(&head_buf, &limits) {
         Ok(Some(head)) => head,
@@ -546,21 +550,11 @@ async fn open_extended_connect(
         Ok(true) => {}
         Ok(false) => return refuse(respond, 400),
         Err(e) => {
-            debug!(shard = ctx.index, peer = %conn.peer, error = %e, "malformed extended CONNECT");
+            debug!(shard = ctx.index, peer = %info.peer, error = %e, "malformed extended CONNECT");
             return refuse(respond, e.status());
         }
     }
-    let identity: &[u8] = conn
-        .client
-        .as_ref()
-        .map_or(&[], |c| c.identity_headers.as_slice());
-    let info = ConnInfo {
-        peer: conn.peer,
-        proto: conn.proto,
-        sni_listener: conn.sni_listener,
-        identity_headers: identity,
-    };
-    let (target, state) = match h1::route(&conn.port, &head, &head_buf, &info) {
+    let (target, state) = match route::route(port, &head, &head_buf, info) {
         Route::Reject(status) => return refuse(respond, status),
         Route::Forward { target, state } => (target, state),
     };
@@ -570,9 +564,9 @@ async fn open_extended_connect(
         &head,
         &head_buf,
         &ForwardExtras {
-            client_ip: conn.peer.ip(),
-            proto: conn.proto,
-            identity_headers: identity,
+            client_ip: info.peer.ip(),
+            proto: info.proto,
+            identity_headers: info.identity_headers,
         },
         &mut request_head,
     );
@@ -591,7 +585,7 @@ async fn open_extended_connect(
             rbuf,
         }) => (false, backend, response, rbuf),
         Err(ForwardError::Status(status)) => {
-            h2s::send_error(respond, h2s::status_code(status), false);
+            forward::send_error(respond, forward::status_code(status), false);
             return (status, metrics, None);
         }
         Err(ForwardError::Broken(status)) => return (status, metrics, None),
@@ -608,7 +602,7 @@ async fn open_extended_connect(
     };
     let mut builder = Response::builder().status(status);
     for (name, value) in response.headers(&rbuf).iter() {
-        if h2s::is_hop_by_hop(name)
+        if forward::is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(SEC_WEBSOCKET_ACCEPT.as_bytes())
             || (switched && name.eq_ignore_ascii_case(b"content-length"))
         {
@@ -621,7 +615,7 @@ async fn open_extended_connect(
         }
     }
     let Ok(h2_response) = builder.body(()) else {
-        h2s::send_error(respond, StatusCode::BAD_GATEWAY, false);
+        forward::send_error(respond, StatusCode::BAD_GATEWAY, false);
         return (502, metrics, None);
     };
     let end_of_stream = !switched
@@ -654,7 +648,7 @@ async fn open_extended_connect(
     if !end_of_stream {
         let mut backend = backend;
         // The backend connection is dropped after it, never pooled.
-        let _ = h2s::relay_body(&response, rbuf, &mut backend, send, ctx).await;
+        let _ = forward::relay_body(&response, rbuf, &mut backend, send, ctx).await;
     } else {
         bufpool::give(rbuf);
     }

@@ -15,10 +15,9 @@ use std::future::poll_fn;
 use std::io;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use ::http::{Response, StatusCode};
 use bytes::Bytes;
-use h2::server::SendResponse;
 use h2::{Reason, SendStream};
 use portcullis_core::desired::BackendProtocol;
 use portcullis_core::http1::{
@@ -30,9 +29,9 @@ use tracing::{debug, info};
 
 use crate::backend::{BackendConnection, ConnectError, ConnectFailure};
 use crate::bufpool;
-use crate::grpc;
 use crate::h2c_pool::{H2cConnectError, H2cStream};
-use crate::metrics::BackendFailure;
+use crate::metrics::{BackendFailure, RequestProtocol, RouteMetrics};
+use crate::rejection::{Rejection, Reply};
 use crate::route::{choose_backend, next_endpoint};
 use crate::shard_state::{ShardContext, TargetState};
 use crate::tls::{ClientIo, read_append};
@@ -69,9 +68,10 @@ impl<'p> BackendAttempts<'p> {
         target: &'p RouteTarget,
         state: &'p TargetState,
         ctx: &ShardContext,
-    ) -> Result<Self, u16> {
+    ) -> Result<Self, Rejection> {
         let (endpoints, cursor, protocol) = choose_backend(target, state)?;
-        let endpoint = next_endpoint(endpoints, cursor, &[], &ctx.ejections).ok_or(503u16)?;
+        let endpoint =
+            next_endpoint(endpoints, cursor, &[], &ctx.ejections).ok_or(Rejection::NoEndpoints)?;
         Ok(Self {
             endpoints,
             cursor,
@@ -171,13 +171,15 @@ impl<'p> BackendAttempts<'p> {
                     return Ok(stream);
                 }
                 Err(H2cConnectError::Connect(e)) => self.move_on_after(&e, ctx)?,
-                Err(H2cConnectError::Handshake(_)) => return Err(ForwardError::Status(502)),
+                Err(H2cConnectError::Handshake(_)) => {
+                    return Err(ForwardError::Rejected(Rejection::H2cHandshakeFailed));
+                }
             }
         }
     }
 
     /// Counts a failed connect (ejecting the endpoint if it was its fault) and moves on to an
-    /// endpoint not tried yet; `Err` (502) when none is left or enough were tried.
+    /// endpoint not tried yet; `Err` when none is left or enough were tried.
     fn move_on_after(&mut self, e: &ConnectError, ctx: &ShardContext) -> Result<(), ForwardError> {
         let failure = e.failure();
         connect_failed(ctx, self.endpoint, failure);
@@ -193,7 +195,7 @@ impl<'p> BackendAttempts<'p> {
                 self.endpoint = next;
                 Ok(())
             }
-            _ => Err(ForwardError::Status(502)),
+            _ => Err(ForwardError::Rejected(Rejection::ConnectFailed)),
         }
     }
 
@@ -203,7 +205,10 @@ impl<'p> BackendAttempts<'p> {
         outcome: &Result<T, ForwardError>,
         ctx: &ShardContext,
     ) {
-        if matches!(outcome, Err(ForwardError::Status(504))) {
+        if matches!(
+            outcome,
+            Err(ForwardError::Rejected(Rejection::BackendTimeout))
+        ) {
             ctx.metrics
                 .backend_failure(self.endpoint, BackendFailure::ResponseTimeout);
         }
@@ -238,7 +243,7 @@ pub(crate) async fn read_response_head(
             Ok(None) => {}
             Err(e) => {
                 debug!(shard = ctx.index, error = %e, "bad response head from backend");
-                return Err(ForwardError::Status(502));
+                return Err(ForwardError::Rejected(Rejection::BadResponse));
             }
         }
         let read = monoio::time::timeout(
@@ -247,7 +252,7 @@ pub(crate) async fn read_response_head(
         )
         .await;
         let Ok((res, buf)) = read else {
-            return Err(ForwardError::Status(504));
+            return Err(ForwardError::Rejected(Rejection::BackendTimeout));
         };
         *rbuf = buf;
         match res {
@@ -256,7 +261,7 @@ pub(crate) async fn read_response_head(
             _ if rbuf.is_empty() && replayable => {
                 return Err(ForwardError::StaleConnection);
             }
-            _ => return Err(ForwardError::Status(502)),
+            _ => return Err(ForwardError::Rejected(Rejection::BackendClosed)),
         }
     }
 }
@@ -264,14 +269,14 @@ pub(crate) async fn read_response_head(
 /// Why an exchange with a backend failed, and what the client gets.
 #[derive(Debug)]
 pub(crate) enum ForwardError {
-    /// Nothing was sent to the client yet: answer with this status.
-    Status(u16),
+    /// Nothing was sent to the client yet: the gateway answers.
+    Rejected(Rejection),
     /// The connection closed before a byte of response, and the request (it has no body) can
     /// be sent again: see [`BackendAttempts::retry_unanswered`].
     StaleConnection,
     /// The client went away or sent a bad body: close without an answer.
     ClientGone,
-    /// The response (with this status) was partly sent: all we can do is close.
+    /// The backend's response (with this status) was partly sent: all we can do is close.
     Broken(u16),
 }
 
@@ -292,14 +297,30 @@ fn connect_failed(ctx: &ShardContext, endpoint: SocketAddr, failure: ConnectFail
     }
 }
 
-/// The status counted for a request whose client left before its response (nginx's 499).
-pub(crate) const CLIENT_CLOSED_REQUEST: u16 = 499;
-
-/// A response that reached the client.
+/// A backend's response that reached the client.
 #[derive(Debug)]
 pub(crate) struct Delivered {
     pub(crate) keep_alive: bool,
+    /// The backend's status.
     pub(crate) status: u16,
+}
+
+/// Counts a request that ended with `answer` on `metrics` (its route's, or the port's
+/// unrouted requests), by the status the client got; a gateway answer is also counted by
+/// reason and logged, here only.
+pub(crate) fn count_request(
+    metrics: &RouteMetrics,
+    protocol: RequestProtocol,
+    answer: Reply,
+    took: Duration,
+    ctx: &ShardContext,
+    peer: SocketAddr,
+) {
+    metrics.request(protocol, answer.status(), took);
+    if let Reply::Gateway(rejection) = answer {
+        ctx.metrics.rejected(rejection);
+        rejection.log(ctx.index, peer);
+    }
 }
 
 /// Streams the response body after its head (`out` holds the rewritten head). Returns whether
@@ -440,39 +461,6 @@ pub(crate) fn drop_prefix(buf: &mut Vec<u8>, n: usize) {
     }
 }
 
-/// A complete error response with a short plain-text body. `keep_alive`: whether the
-/// connection stays open after it.
-pub fn error_response(status: u16, keep_alive: bool) -> Vec<u8> {
-    let reason = reason_phrase(status);
-    let body = format!("{status} {reason}\n");
-    let connection = if keep_alive {
-        ""
-    } else {
-        "connection: close\r\n"
-    };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{connection}\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        421 => "Misdirected Request",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
-    }
-}
-
 /// Writes the stream's request as an HTTP/1.1 head: request line, `Host` from `:authority`
 /// (or the client's `host` field), the fields, and the body's framing (`transfer-encoding:
 /// chunked` when the client gave no length). HTTP/2 forbids connection-specific fields; a
@@ -481,7 +469,7 @@ pub(crate) fn h1_head(
     parts: &::http::request::Parts,
     end_of_stream: bool,
     out: &mut Vec<u8>,
-) -> Result<(), StatusCode> {
+) -> Result<(), Rejection> {
     let path = parts
         .uri
         .path_and_query()
@@ -489,7 +477,7 @@ pub(crate) fn h1_head(
     // Plain CONNECT is not proxied (the gateway is no forward proxy); extended CONNECT comes
     // here as the GET it stands for (see `websocket`).
     if parts.method == ::http::Method::CONNECT {
-        return Err(StatusCode::NOT_IMPLEMENTED);
+        return Err(Rejection::NotImplemented);
     }
     let _ = write!(out, "{} {path} HTTP/1.1\r\n", parts.method);
     let authority = parts.uri.authority().map(::http::uri::Authority::as_str);
@@ -650,33 +638,4 @@ async fn send_data(
             .map_err(|_| RelayError::ClientGone)?;
     }
     Ok(())
-}
-
-pub(crate) fn status_code(status: u16) -> StatusCode {
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-/// A complete error response: to a gRPC call a gRPC status (see [`crate::grpc`]), else a short
-/// plain-text body, as HTTP/1.1's.
-pub(crate) fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, grpc: bool) {
-    if grpc && grpc::answers_as_grpc_status(status.as_u16()) {
-        let _ = respond.send_response(grpc::trailers_only_response(status.as_u16()), true);
-        return;
-    }
-    let body = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
-    let response = Response::builder()
-        .status(status)
-        .header(::http::header::CONTENT_TYPE, "text/plain")
-        .header(::http::header::CONTENT_LENGTH, body.len())
-        .body(());
-    let Ok(response) = response else {
-        return;
-    };
-    if let Ok(mut send) = respond.send_response(response, false) {
-        let _ = send.send_data(Bytes::from(body), true);
-    }
 }

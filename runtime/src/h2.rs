@@ -43,12 +43,13 @@ use tracing::debug;
 use crate::backend::BackendConnection;
 use crate::bufpool;
 use crate::forward::{
-    self, BackendAttempts, ForwardError, RelayError, h1_head, is_hop_by_hop, relay_body,
-    send_error, status_code,
+    self, BackendAttempts, ForwardError, RelayError, count_request, h1_head, is_hop_by_hop,
+    relay_body,
 };
 use crate::grpc;
 use crate::h2c::{self, BackendRequest};
 use crate::metrics::{H2GoAway, H2StreamReset, RequestProtocol};
+use crate::rejection::{Rejection, Reply};
 use crate::route::{self, ConnInfo, Route};
 use crate::shard_state::{ShardContext, ShardPort};
 use crate::tls_poll::SharedPollStream;
@@ -82,7 +83,7 @@ const MAX_LOCAL_ERROR_RESETS: usize = 256;
 const RAPID_RESET_MIN_STREAMS: u64 = 100;
 
 /// A backend's `101 Switching Protocols`, which no h2 stream can carry.
-const SWITCHING_PROTOCOLS: u16 = 101;
+const SWITCHING_PROTOCOLS: u16 = StatusCode::SWITCHING_PROTOCOLS.as_u16();
 
 /// What a connection's streams share: the connection's facts, never another connection's.
 #[derive(Debug)]
@@ -240,21 +241,23 @@ async fn serve_stream(
     } else {
         RequestProtocol::H2
     };
-    let (status, route_metrics) = handle(request, &mut respond, &conn, grpc).await;
-    if status == forward::CLIENT_CLOSED_REQUEST {
+    let (reply, route_metrics) = handle(request, &mut respond, &conn, grpc).await;
+    if reply == Reply::Gateway(Rejection::ClientClosed) {
         conn.cancelled.set(conn.cancelled.get() + 1);
         conn.ctx
             .metrics
             .h2_stream_reset(H2StreamReset::ClientCancelled);
     }
-    match route_metrics {
-        Some(metrics) => metrics.request(protocol, status, started.elapsed()),
-        None => conn
-            .port
-            .metrics
-            .unrouted
-            .request(protocol, status, started.elapsed()),
-    }
+    count_request(
+        route_metrics
+            .as_deref()
+            .unwrap_or(&conn.port.metrics.unrouted),
+        protocol,
+        reply,
+        started.elapsed(),
+        &conn.ctx,
+        conn.peer,
+    );
     conn.open.set(conn.open.get().saturating_sub(1));
 }
 
@@ -266,14 +269,14 @@ fn is_grpc(headers: &::http::HeaderMap) -> bool {
         .is_some_and(|value| grpc::is_grpc_content_type(value.as_bytes()))
 }
 
-/// Routes and forwards one request; returns the status the client got and the route's metrics
+/// Routes and forwards one request; returns what the client got and the route's metrics
 /// (`None`: not routed). `grpc`: the gateway's own answers go out as gRPC statuses.
 async fn handle(
     request: Request<RecvStream>,
     respond: &mut SendResponse<Bytes>,
     conn: &H2Conn,
     grpc: bool,
-) -> (u16, Option<Rc<crate::metrics::RouteMetrics>>) {
+) -> (Reply, Option<Rc<crate::metrics::RouteMetrics>>) {
     let ctx = &conn.ctx;
     let (parts, mut body) = request.into_parts();
     let wants_trailers = parts
@@ -288,24 +291,24 @@ async fn handle(
         };
         match parse_request_head(&head_buf, &limits) {
             Ok(Some(head)) => Ok(head),
-            Ok(None) => Err(StatusCode::BAD_REQUEST),
-            Err(e) => Err(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)),
+            Ok(None) => Err(Rejection::BadRequest),
+            Err(e) => Err(Rejection::of_request_head(&e)),
         }
     });
     let head = match parsed {
         Ok(head) => head,
-        Err(status) => {
+        Err(rejection) => {
             bufpool::give(head_buf);
-            send_error(respond, status, grpc);
-            return (status.as_u16(), None);
+            rejection.send_h2(respond, grpc);
+            return (Reply::Gateway(rejection), None);
         }
     };
     let info = conn.info();
     let (target, state) = match route::route(&conn.port, &head, &head_buf, &info) {
-        Route::Reject(status) => {
+        Route::Reject(rejection) => {
             bufpool::give(head_buf);
-            send_error(respond, status_code(status), grpc);
-            return (status, None);
+            rejection.send_h2(respond, grpc);
+            return (Reply::Gateway(rejection), None);
         }
         Route::Forward { target, state } => (target, state),
     };
@@ -325,13 +328,13 @@ async fn handle(
     bufpool::give(head_buf);
     let has_body = head.body != RequestBody::None;
     let result = match BackendAttempts::choose(target, state, ctx) {
-        Err(status) => Err(ForwardError::Status(status)),
+        Err(rejection) => Err(ForwardError::Rejected(rejection)),
         Ok(attempts) if attempts.protocol() == BackendProtocol::H2c => {
             match BackendRequest::from_forwarded_head(&forwarded_head, wants_trailers) {
                 Ok(request) => {
                     h2c::forward_from_h2(attempts, &request, &mut body, respond, ctx).await
                 }
-                Err(status) => Err(ForwardError::Status(status)),
+                Err(rejection) => Err(ForwardError::Rejected(rejection)),
             }
         }
         Ok(mut attempts) => loop {
@@ -350,24 +353,25 @@ async fn handle(
         },
     };
     bufpool::give(forwarded_head);
-    let status = match result {
-        Ok(status) => status,
-        Err(ForwardError::Status(status)) => {
-            send_error(respond, status_code(status), grpc);
-            status
+    let reply = match result {
+        Ok(status) => Reply::Backend(status),
+        Err(ForwardError::Rejected(rejection)) => {
+            rejection.send_h2(respond, grpc);
+            Reply::Gateway(rejection)
         }
         Err(ForwardError::Broken(status)) => {
             respond.send_reset(Reason::INTERNAL_ERROR);
             ctx.metrics.h2_stream_reset(H2StreamReset::BackendBroke);
-            status
+            Reply::Backend(status)
         }
         Err(ForwardError::StaleConnection) => {
-            send_error(respond, StatusCode::BAD_GATEWAY, grpc);
-            502
+            let rejection = Rejection::BackendClosed;
+            rejection.send_h2(respond, grpc);
+            Reply::Gateway(rejection)
         }
-        Err(ForwardError::ClientGone) => forward::CLIENT_CLOSED_REQUEST,
+        Err(ForwardError::ClientGone) => Reply::Gateway(Rejection::ClientClosed),
     };
-    (status, Some(metrics))
+    (reply, Some(metrics))
 }
 
 /// Sends the request on `backend` (head, then the body as the client sends it) and relays the
@@ -388,7 +392,7 @@ async fn exchange(
         return Err(if head.body == RequestBody::None {
             ForwardError::StaleConnection
         } else {
-            ForwardError::Status(502)
+            ForwardError::Rejected(Rejection::BackendClosed)
         });
     }
     if head.body != RequestBody::None {
@@ -415,7 +419,7 @@ async fn exchange(
     if status == SWITCHING_PROTOCOLS {
         // No upgrades over h2 (RFC 9113 §8.6).
         bufpool::give(rbuf);
-        return Err(ForwardError::Status(502));
+        return Err(ForwardError::Rejected(Rejection::BadResponse));
     }
     let mut builder = Response::builder().status(status);
     for (name, value) in response.headers(&rbuf).iter() {
@@ -430,7 +434,7 @@ async fn exchange(
     }
     let Ok(h2_response) = builder.body(()) else {
         bufpool::give(rbuf);
-        return Err(ForwardError::Status(502));
+        return Err(ForwardError::Rejected(Rejection::BadResponse));
     };
     let end_of_stream = matches!(
         response.body,
@@ -492,11 +496,11 @@ async fn send_request_body(
         }
         let (res, buf) = backend.tcp.write_all(out).await;
         bufpool::give(buf);
-        res.map_err(|_| ForwardError::Status(502))?;
+        res.map_err(|_| ForwardError::Rejected(Rejection::BackendClosed))?;
     }
     if chunked {
         let (res, _) = backend.tcp.write_all(&b"0\r\n\r\n"[..]).await;
-        res.map_err(|_| ForwardError::Status(502))?;
+        res.map_err(|_| ForwardError::Rejected(Rejection::BackendClosed))?;
     }
     Ok(())
 }

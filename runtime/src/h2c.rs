@@ -35,6 +35,7 @@ use tracing::debug;
 use crate::bufpool;
 use crate::forward::{self, BackendAttempts, Delivered, ForwardError};
 use crate::h2c_pool::H2cStream;
+use crate::rejection::Rejection;
 use crate::shard_state::ShardContext;
 use crate::tls::ClientIo;
 
@@ -53,11 +54,11 @@ pub(crate) struct BackendRequest {
 
 impl BackendRequest {
     /// `forwarded_head`: what [`portcullis_core::http1::write_forwarded_request_head`] wrote;
-    /// `wants_trailers`: the client sent `te: trailers`. `Err`: the status to answer.
+    /// `wants_trailers`: the client sent `te: trailers`. `Err`: why the gateway answers.
     pub(crate) fn from_forwarded_head(
         forwarded_head: &[u8],
         wants_trailers: bool,
-    ) -> Result<Self, u16> {
+    ) -> Result<Self, Rejection> {
         let limits = HeadLimits {
             max_head_bytes: forwarded_head.len(),
             max_headers: forward::MAX_HEADERS + FORWARD_ADDED_FIELDS,
@@ -65,10 +66,10 @@ impl BackendRequest {
         let head = match parse_request_head(forwarded_head, &limits) {
             Ok(Some(head)) => head,
             // Our own writer's output: anything else is a bug of ours.
-            Ok(None) | Err(_) => return Err(500),
+            Ok(None) | Err(_) => return Err(Rejection::Internal),
         };
-        let method =
-            Method::from_bytes(head.method(forwarded_head).as_bytes()).map_err(|_| 400u16)?;
+        let method = Method::from_bytes(head.method(forwarded_head).as_bytes())
+            .map_err(|_| Rejection::BadRequest)?;
         let authority = head.forward_host(forwarded_head);
         let uri = Uri::builder()
             .scheme("http")
@@ -79,7 +80,7 @@ impl BackendRequest {
             })
             .path_and_query(head.target(forwarded_head))
             .build()
-            .map_err(|_| 400u16)?;
+            .map_err(|_| Rejection::BadRequest)?;
         let mut headers = HeaderMap::with_capacity(head.header_spans().len() + 1);
         for (name, value) in head.headers(forwarded_head).iter() {
             // Host became `:authority`; HTTP/2 frames the body itself (RFC 9113 §8.2.2).
@@ -90,7 +91,7 @@ impl BackendRequest {
             let (Ok(name), Ok(value)) =
                 (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
             else {
-                return Err(400);
+                return Err(Rejection::BadRequest);
             };
             headers.append(name, value);
         }
@@ -146,7 +147,7 @@ async fn send_head(
                     fresh = true;
                     continue;
                 }
-                return Err(ForwardError::Status(502));
+                return Err(ForwardError::Rejected(Rejection::BackendClosed));
             }
         }
     }
@@ -161,9 +162,9 @@ async fn response_head(
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
             debug!(shard = ctx.index, error = %e, "h2c backend stream failed before its response");
-            Err(ForwardError::Status(502))
+            Err(ForwardError::Rejected(Rejection::BackendClosed))
         }
-        Err(_) => Err(ForwardError::Status(504)),
+        Err(_) => Err(ForwardError::Rejected(Rejection::BackendTimeout)),
     }
 }
 
@@ -319,7 +320,7 @@ async fn upload_h1_body<C: ClientIo>(
             Decoder::Chunked(chunked) => {
                 match chunked.advance_with(inbuf, |piece| data.extend_from_slice(piece)) {
                     Ok(p) => (p.consumed, p.done),
-                    Err(_) => return Err(ForwardError::Status(400)),
+                    Err(_) => return Err(ForwardError::Rejected(Rejection::BadRequestBody)),
                 }
             }
         };
@@ -327,7 +328,7 @@ async fn upload_h1_body<C: ClientIo>(
         if !data.is_empty() || done {
             send_all(to, Bytes::from(data), done)
                 .await
-                .map_err(|_| ForwardError::Status(502))?;
+                .map_err(|_| ForwardError::Rejected(Rejection::BackendClosed))?;
         }
         if done {
             return Ok(());

@@ -21,11 +21,12 @@ use tracing::debug;
 use crate::backend::BackendConnection;
 use crate::bufpool;
 use crate::forward::{
-    BackendAttempts, CLIENT_CLOSED_REQUEST, Delivered, ForwardError, MAX_HEADERS, drop_prefix,
-    error_response, is_idempotent, read_response_head, relay_response_body,
+    BackendAttempts, Delivered, ForwardError, MAX_HEADERS, count_request, drop_prefix,
+    is_idempotent, read_response_head, relay_response_body,
 };
 use crate::h2c::{self, BackendRequest};
 use crate::metrics::RequestProtocol;
+use crate::rejection::{Rejection, Reply};
 use crate::route::{ConnInfo, Route, route};
 use crate::shard_state::{ShardContext, ShardPort, TargetState};
 use crate::tls::ClientIo;
@@ -45,11 +46,16 @@ pub async fn serve<C: ClientIo>(
         let head = match read_request_head(client, &mut inbuf, ctx).await {
             Ok(Some(head)) => head,
             Ok(None) => break,
-            Err(status) => {
-                send_error(client, status, false).await;
-                port.metrics
-                    .unrouted
-                    .request(RequestProtocol::H1, status, Duration::ZERO);
+            Err(rejection) => {
+                send_error(client, rejection, false).await;
+                count_request(
+                    &port.metrics.unrouted,
+                    RequestProtocol::H1,
+                    Reply::Gateway(rejection),
+                    Duration::ZERO,
+                    ctx,
+                    info.peer,
+                );
                 break;
             }
         };
@@ -60,39 +66,41 @@ pub async fn serve<C: ClientIo>(
             Ok(true) | Err(_) => RequestProtocol::WebSocket,
         };
         let mut upgraded = None;
-        let (keep_going, status, protocol, metrics) = match route(port, &head, &inbuf, info) {
-            Route::Reject(status) => {
+        let (keep_going, answer, protocol, metrics) = match route(port, &head, &inbuf, info) {
+            Route::Reject(rejection) => {
                 // Without a body the connection stays usable; with one, close rather than
                 // read a body nobody wants.
                 let keep =
                     head.keep_alive && head.body == RequestBody::None && !ctx.draining.is_fired();
-                send_error(client, status, keep).await;
+                send_error(client, rejection, keep).await;
                 if keep {
                     drop_prefix(&mut inbuf, head.head_len);
                 }
-                (keep, status, asked, &port.metrics.unrouted)
+                let answer = Reply::Gateway(rejection);
+                (keep, answer, asked, &port.metrics.unrouted)
             }
             Route::Forward { target, state } => match upgrade {
                 Ok(false) => {
-                    let (keep, status, protocol) =
+                    let (keep, answer, protocol) =
                         forward(client, &mut inbuf, &head, target, state, ctx, info).await;
-                    (keep, status, protocol, &*state.metrics)
+                    (keep, answer, protocol, &*state.metrics)
                 }
                 Ok(true) => {
                     let outcome =
                         websocket::forward_h1(client, &mut inbuf, &head, target, state, ctx, info)
                             .await;
                     upgraded = outcome.upgraded;
-                    (outcome.keep_alive, outcome.status, asked, &*state.metrics)
+                    (outcome.keep_alive, outcome.answer, asked, &*state.metrics)
                 }
                 Err(e) => {
                     debug!(shard = ctx.index, error = %e, "malformed WebSocket upgrade");
-                    send_error(client, e.status(), false).await;
-                    (false, e.status(), asked, &*state.metrics)
+                    let rejection = Rejection::BadWebSocketUpgrade;
+                    send_error(client, rejection, false).await;
+                    (false, Reply::Gateway(rejection), asked, &*state.metrics)
                 }
             },
         };
-        metrics.request(protocol, status, started.elapsed());
+        count_request(metrics, protocol, answer, started.elapsed(), ctx, info.peer);
         if upgraded.is_some() {
             bufpool::give(inbuf);
             return upgraded;
@@ -110,12 +118,12 @@ pub async fn serve<C: ClientIo>(
 }
 
 /// Reads until `inbuf` starts with a complete request head. `Ok(None)`: the client closed or
-/// stayed idle past the keep-alive timeout between requests. `Err(status)`: answer and close.
+/// stayed idle past the keep-alive timeout between requests. `Err`: answer and close.
 async fn read_request_head<C: ClientIo>(
     client: &mut C,
     inbuf: &mut Vec<u8>,
     ctx: &ShardContext,
-) -> Result<Option<RequestHead>, u16> {
+) -> Result<Option<RequestHead>, Rejection> {
     let limits = HeadLimits {
         max_head_bytes: ctx.limits.max_request_head_bytes,
         max_headers: MAX_HEADERS,
@@ -128,7 +136,7 @@ async fn read_request_head<C: ClientIo>(
                 Ok(None) => {}
                 Err(e) => {
                     debug!(shard = ctx.index, error = %e, "bad request head");
-                    return Err(e.status());
+                    return Err(Rejection::of_request_head(&e));
                 }
             }
         }
@@ -166,7 +174,11 @@ async fn read_request_head<C: ClientIo>(
             Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
             Ok(Ok(_)) => {}
             Err(_) => {
-                return if inbuf.is_empty() { Ok(None) } else { Err(408) };
+                return if inbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Rejection::HeadTimeout)
+                };
             }
         }
     }
@@ -205,7 +217,7 @@ impl BodyFraming {
 }
 
 /// Forwards one request and its response. Returns whether the client connection may carry
-/// another request, the status the client got (499: it left before a response) and the
+/// another request, what the client got and the
 /// protocol the request counts as (gRPC is told apart only on the way to h2c backends: gRPC
 /// needs HTTP/2 to the server, and HTTP/1.1 backends pay no header lookup for it).
 async fn forward<C: ClientIo>(
@@ -216,25 +228,29 @@ async fn forward<C: ClientIo>(
     state: &TargetState,
     ctx: &ShardContext,
     info: &ConnInfo<'_>,
-) -> (bool, u16, RequestProtocol) {
+) -> (bool, Reply, RequestProtocol) {
     let mut attempts = match BackendAttempts::choose(target, state, ctx) {
         Ok(attempts) => attempts,
-        Err(status) => {
+        Err(rejection) => {
             let keep =
                 head.keep_alive && head.body == RequestBody::None && !ctx.draining.is_fired();
-            send_error(client, status, keep).await;
+            send_error(client, rejection, keep).await;
             if keep {
                 drop_prefix(inbuf, head.head_len);
             }
-            return (keep, status, RequestProtocol::H1);
+            return (keep, Reply::Gateway(rejection), RequestProtocol::H1);
         }
     };
     if head.expect_continue {
-        // Answer the client's Expect ourselves (as nginx does): the body then streams without
+        // Reply the client's Expect ourselves (as nginx does): the body then streams without
         // a round trip to the backend; a 100 from the backend is forwarded too (harmless).
         if client.queue(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() || client.flush().await.is_err()
         {
-            return (false, CLIENT_CLOSED_REQUEST, RequestProtocol::H1);
+            return (
+                false,
+                Reply::Gateway(Rejection::ClientClosed),
+                RequestProtocol::H1,
+            );
         }
     }
     let mut request_head = bufpool::take();
@@ -262,11 +278,11 @@ async fn forward<C: ClientIo>(
         drop_prefix(inbuf, head.head_len);
         let result = match BackendRequest::from_forwarded_head(&request_head, wants_trailers) {
             Ok(request) => h2c::forward_from_h1(client, inbuf, head, &request, attempts, ctx).await,
-            Err(status) => Err(ForwardError::Status(status)),
+            Err(rejection) => Err(ForwardError::Rejected(rejection)),
         };
         bufpool::give(request_head);
-        let (keep, status) = delivered_or_error(client, result).await;
-        return (keep, status, protocol);
+        let (keep, answer) = delivered_or_error(client, result).await;
+        return (keep, answer, protocol);
     }
     let idempotent = is_idempotent(head.method(inbuf));
     drop_prefix(inbuf, head.head_len);
@@ -281,30 +297,32 @@ async fn forward<C: ClientIo>(
         match outcome {
             Err(ForwardError::StaleConnection)
                 if attempts.retry_unanswered(reused, idempotent, ctx) => {}
-            Err(ForwardError::StaleConnection) => break Err(ForwardError::Status(502)),
+            Err(ForwardError::StaleConnection) => {
+                break Err(ForwardError::Rejected(Rejection::BackendClosed));
+            }
             other => break other,
         }
     };
     bufpool::give(request_head);
-    let (keep, status) = delivered_or_error(client, result).await;
-    (keep, status, RequestProtocol::H1)
+    let (keep, answer) = delivered_or_error(client, result).await;
+    (keep, answer, RequestProtocol::H1)
 }
 
 /// The outcome of a forwarded request for the client connection: whether it may carry another
-/// request, and the status the client got (answering it here when nothing was sent yet).
+/// request, and what the client got (the gateway answering here when nothing was sent yet).
 async fn delivered_or_error<C: ClientIo>(
     client: &mut C,
     result: Result<Delivered, ForwardError>,
-) -> (bool, u16) {
+) -> (bool, Reply) {
     match result {
-        Ok(delivered) => (delivered.keep_alive, delivered.status),
-        Err(ForwardError::Status(status)) => {
-            send_error(client, status, false).await;
-            (false, status)
+        Ok(delivered) => (delivered.keep_alive, Reply::Backend(delivered.status)),
+        Err(ForwardError::Rejected(rejection)) => {
+            send_error(client, rejection, false).await;
+            (false, Reply::Gateway(rejection))
         }
-        Err(ForwardError::Broken(status)) => (false, status),
+        Err(ForwardError::Broken(status)) => (false, Reply::Backend(status)),
         Err(ForwardError::StaleConnection | ForwardError::ClientGone) => {
-            (false, CLIENT_CLOSED_REQUEST)
+            (false, Reply::Gateway(Rejection::ClientClosed))
         }
     }
 }
@@ -322,7 +340,7 @@ async fn exchange<C: ClientIo>(
     let mut framing = BodyFraming::for_request(head.body);
     let (body_now, mut body_done) = framing
         .advance(inbuf)
-        .map_err(|()| ForwardError::Status(400))?;
+        .map_err(|()| ForwardError::Rejected(Rejection::BadRequestBody))?;
     let mut out = bufpool::take();
     out.extend_from_slice(request_head);
     out.extend_from_slice(inbuf.get(..body_now).unwrap_or_default());
@@ -331,7 +349,7 @@ async fn exchange<C: ClientIo>(
     bufpool::give(buf);
     if res.is_err() {
         return Err(if sent_body_bytes {
-            ForwardError::Status(502)
+            ForwardError::Rejected(Rejection::BackendClosed)
         } else {
             ForwardError::StaleConnection
         });
@@ -351,7 +369,7 @@ async fn exchange<C: ClientIo>(
         }
         let (n, done) = framing
             .advance(inbuf)
-            .map_err(|()| ForwardError::Status(400))?;
+            .map_err(|()| ForwardError::Rejected(Rejection::BadRequestBody))?;
         body_done = done;
         let mut chunk = bufpool::take();
         chunk.extend_from_slice(inbuf.get(..n).unwrap_or_default());
@@ -359,7 +377,7 @@ async fn exchange<C: ClientIo>(
         let (res, buf) = conn.tcp.write_all(chunk).await;
         bufpool::give(buf);
         if res.is_err() {
-            return Err(ForwardError::Status(502));
+            return Err(ForwardError::Rejected(Rejection::BackendClosed));
         }
     }
 
@@ -420,8 +438,8 @@ async fn exchange<C: ClientIo>(
     }
 }
 
-async fn send_error<C: ClientIo>(client: &mut C, status: u16, keep_alive: bool) {
-    if client.queue(&error_response(status, keep_alive)).is_ok() {
+async fn send_error<C: ClientIo>(client: &mut C, rejection: Rejection, keep_alive: bool) {
+    if client.queue(&rejection.h1_response(keep_alive)).is_ok() {
         let _ = client.flush().await;
     }
 }

@@ -22,6 +22,7 @@ pub mod manifest_source;
 pub mod metrics;
 pub mod pki;
 pub mod publish;
+pub mod rejection;
 pub mod route;
 pub mod serve;
 pub mod shard;

@@ -15,6 +15,7 @@ use portcullis_core::http1::{ForwardedProto, RequestHead};
 use portcullis_core::routing::{RouteRequest, RouteTarget};
 
 use crate::backend::{Ejections, pick_endpoint};
+use crate::rejection::Rejection;
 use crate::shard_state::{ShardPort, TargetState};
 
 /// What the HTTP layer knows about the connection.
@@ -34,7 +35,7 @@ pub(crate) enum Route<'p> {
         target: &'p RouteTarget,
         state: &'p TargetState,
     },
-    Reject(u16),
+    Reject(Rejection),
 }
 
 /// Picks the listener by Host (the 421 rule of spec §6) and the rule by the route table.
@@ -50,45 +51,50 @@ pub(crate) fn route<'p>(
         (None, Some(sni)) => sni,
         (None, None) => match compiled.hosts.resolve(None) {
             Some(i) => i,
-            None => return Route::Reject(404),
+            None => return Route::Reject(Rejection::NoRoute),
         },
         (Some(host), sni) => match (compiled.hosts.resolve(Some(host)), sni) {
-            (None, _) => return Route::Reject(404),
-            (Some(by_host), Some(sni)) if by_host != sni => return Route::Reject(421),
+            (None, _) => return Route::Reject(Rejection::NoRoute),
+            (Some(by_host), Some(sni)) if by_host != sni => {
+                return Route::Reject(Rejection::Misdirected);
+            }
             (Some(by_host), _) => by_host,
         },
     };
     let Some(listener) = compiled.listeners.get(listener_index) else {
-        return Route::Reject(404);
+        return Route::Reject(Rejection::NoRoute);
     };
     let headers = head.headers(buf);
     let request = RouteRequest::from_head(head, buf, &headers);
     let Some((index, target)) = listener.routes.find_indexed(&request) else {
-        return Route::Reject(404);
+        return Route::Reject(Rejection::NoRoute);
     };
     match port.routing.target(listener_index, index) {
         Some(state) => Route::Forward { target, state },
-        None => Route::Reject(500),
+        None => Route::Reject(Rejection::RouteStateMissing),
     }
 }
 
 /// The backend a request goes to (by the rule's weights): its endpoints and its round-robin
-/// cursor, or the status that says why none.
+/// cursor, or why none.
 pub(crate) fn choose_backend<'p>(
     target: &'p RouteTarget,
     state: &'p TargetState,
-) -> Result<(&'p [SocketAddr], &'p Cell<usize>, BackendProtocol), u16> {
+) -> Result<(&'p [SocketAddr], &'p Cell<usize>, BackendProtocol), Rejection> {
     let Some(backend_index) = target.weights.pick(&mut state.wrr.borrow_mut()) else {
-        return Err(500); // no backend configured, or all weights zero
+        return Err(Rejection::NoBackend);
     };
     let Some(backend) = target.backends.get(backend_index) else {
-        return Err(500);
+        return Err(Rejection::BackendIndexMissing);
     };
     match &backend.target {
-        BackendTarget::Invalid { .. } => Err(500),
-        BackendTarget::Endpoints(endpoints) if endpoints.is_empty() => Err(503),
+        BackendTarget::Invalid { .. } => Err(Rejection::InvalidBackend),
+        BackendTarget::Endpoints(endpoints) if endpoints.is_empty() => Err(Rejection::NoEndpoints),
         BackendTarget::Endpoints(endpoints) => {
-            let cursor = state.endpoint_cursor.get(backend_index).ok_or(500u16)?;
+            let cursor = state
+                .endpoint_cursor
+                .get(backend_index)
+                .ok_or(Rejection::EndpointCursorMissing)?;
             Ok((endpoints, cursor, backend.protocol))
         }
     }

@@ -51,14 +51,15 @@ use tracing::debug;
 
 use crate::backend::BackendConnection;
 use crate::bufpool;
-use crate::forward::{self, BackendAttempts, CLIENT_CLOSED_REQUEST, ForwardError};
+use crate::forward::{self, BackendAttempts, ForwardError, count_request};
 use crate::metrics::{RequestProtocol, RouteMetrics};
+use crate::rejection::{Rejection, Reply};
 use crate::route::{self, ConnInfo, Route};
 use crate::shard_state::{ShardContext, ShardPort, TargetState};
 use crate::tls::{ClientIo, read_append};
 
 /// `101 Switching Protocols`.
-const SWITCHING_PROTOCOLS: u16 = 101;
+const SWITCHING_PROTOCOLS: u16 = StatusCode::SWITCHING_PROTOCOLS.as_u16();
 
 /// How long closing an idle tunnel may wait for the client to take our close (TLS
 /// close_notify and FIN): a client that stopped reading does not hold the shard's slot.
@@ -79,8 +80,8 @@ pub(crate) struct H1Outcome {
     pub upgraded: Option<Upgraded>,
     /// Whether the client connection may carry another request (a refused upgrade).
     pub keep_alive: bool,
-    /// The status the client got.
-    pub status: u16,
+    /// What the client got.
+    pub answer: Reply,
 }
 
 /// Forwards an HTTP/1.1 WebSocket handshake (one that
@@ -113,10 +114,10 @@ pub(crate) async fn forward_h1<C: ClientIo>(
     forward::drop_prefix(inbuf, head.head_len);
     let answer = handshake(target, state, ctx, &request_head, &key).await;
     bufpool::give(request_head);
-    let closed = |status| H1Outcome {
+    let closed = |answer| H1Outcome {
         upgraded: None,
         keep_alive: false,
-        status,
+        answer,
     };
     match answer {
         Ok(Answer::Switched {
@@ -132,7 +133,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
             let sent = client.queue(&out).is_ok() && client.flush().await.is_ok();
             bufpool::give(out);
             if !sent {
-                return closed(CLIENT_CLOSED_REQUEST);
+                return closed(Reply::Gateway(Rejection::ClientClosed));
             }
             H1Outcome {
                 upgraded: Some(Upgraded {
@@ -140,7 +141,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
                     from_client: std::mem::take(inbuf),
                 }),
                 keep_alive: false,
-                status: SWITCHING_PROTOCOLS,
+                answer: Reply::Backend(SWITCHING_PROTOCOLS),
             }
         }
         Ok(Answer::Refused {
@@ -165,21 +166,18 @@ pub(crate) async fn forward_h1<C: ClientIo>(
             H1Outcome {
                 upgraded: None,
                 keep_alive: relayed.is_ok() && plan.keep_alive,
-                status: response.status,
+                answer: Reply::Backend(response.status),
             }
         }
-        Err(ForwardError::Status(status)) => {
-            if client
-                .queue(&forward::error_response(status, false))
-                .is_ok()
-            {
+        Err(ForwardError::Rejected(rejection)) => {
+            if client.queue(&rejection.h1_response(false)).is_ok() {
                 let _ = client.flush().await;
             }
-            closed(status)
+            closed(Reply::Gateway(rejection))
         }
-        Err(ForwardError::Broken(status)) => closed(status),
+        Err(ForwardError::Broken(status)) => closed(Reply::Backend(status)),
         Err(ForwardError::StaleConnection | ForwardError::ClientGone) => {
-            closed(CLIENT_CLOSED_REQUEST)
+            closed(Reply::Gateway(Rejection::ClientClosed))
         }
     }
 }
@@ -351,7 +349,8 @@ async fn handshake(
     request_head: &[u8],
     key: &[u8],
 ) -> Result<Answer, ForwardError> {
-    let mut attempts = BackendAttempts::choose(target, state, ctx).map_err(ForwardError::Status)?;
+    let mut attempts =
+        BackendAttempts::choose(target, state, ctx).map_err(ForwardError::Rejected)?;
     loop {
         let mut backend = attempts.connect(ctx, false).await?;
         let reused = backend.reused;
@@ -373,7 +372,9 @@ async fn handshake(
                 });
             }
             Err(ForwardError::StaleConnection) if attempts.retry_unanswered(reused, true, ctx) => {}
-            Err(ForwardError::StaleConnection) => return Err(ForwardError::Status(502)),
+            Err(ForwardError::StaleConnection) => {
+                return Err(ForwardError::Rejected(Rejection::BackendClosed));
+            }
             Err(e) => return Err(e),
         }
     }
@@ -411,7 +412,7 @@ async fn exchange(
                 {
                     debug!(shard = ctx.index, endpoint = %backend.endpoint, error = %e, "backend's 101 does not open a WebSocket");
                     bufpool::give(rbuf);
-                    return Err(ForwardError::Status(502));
+                    return Err(ForwardError::Rejected(Rejection::BadResponse));
                 }
                 return Ok((response, rbuf));
             }
@@ -419,7 +420,7 @@ async fn exchange(
             Err(e) => {
                 debug!(shard = ctx.index, endpoint = %backend.endpoint, error = %e, "bad response head from backend");
                 bufpool::give(rbuf);
-                return Err(ForwardError::Status(502));
+                return Err(ForwardError::Rejected(Rejection::BadResponse));
             }
         }
         let read = monoio::time::timeout(
@@ -428,14 +429,14 @@ async fn exchange(
         )
         .await;
         let Ok((res, buf)) = read else {
-            return Err(ForwardError::Status(504));
+            return Err(ForwardError::Rejected(Rejection::BackendTimeout));
         };
         rbuf = buf;
         match res {
             Ok(n) if n > 0 => {}
             // Closed before any response byte: a stale pooled connection, if it was one.
             _ if rbuf.is_empty() => return Err(ForwardError::StaleConnection),
-            _ => return Err(ForwardError::Status(502)),
+            _ => return Err(ForwardError::Rejected(Rejection::BackendClosed)),
         }
     }
 }
@@ -454,16 +455,16 @@ pub(crate) async fn serve_extended_connect(
     info: &ConnInfo<'_>,
 ) {
     let started = Instant::now();
-    let (status, metrics, opened) =
+    let (answer, metrics, opened) =
         open_extended_connect(request, &mut respond, port, ctx, info).await;
-    match metrics {
-        Some(metrics) => metrics.request(RequestProtocol::WebSocket, status, started.elapsed()),
-        None => {
-            port.metrics
-                .unrouted
-                .request(RequestProtocol::WebSocket, status, started.elapsed())
-        }
-    }
+    count_request(
+        metrics.as_deref().unwrap_or(&port.metrics.unrouted),
+        RequestProtocol::WebSocket,
+        answer,
+        started.elapsed(),
+        ctx,
+        info.peer,
+    );
     let Some(Opened {
         mut stream,
         backend,
@@ -495,10 +496,10 @@ async fn open_extended_connect(
     port: &ShardPort,
     ctx: &ShardContext,
     info: &ConnInfo<'_>,
-) -> (u16, Option<Rc<RouteMetrics>>, Option<Opened>) {
-    let refuse = |respond: &mut SendResponse<Bytes>, status: u16| {
-        forward::send_error(respond, forward::status_code(status), false);
-        (status, None, None)
+) -> (Reply, Option<Rc<RouteMetrics>>, Option<Opened>) {
+    let refuse = |respond: &mut SendResponse<Bytes>, rejection: Rejection| {
+        rejection.send_h2(respond, false);
+        (Reply::Gateway(rejection), None, None)
     };
     let (mut parts, body) = request.into_parts();
     let is_websocket = parts
@@ -507,10 +508,10 @@ async fn open_extended_connect(
         .is_some_and(|p| p.as_str().eq_ignore_ascii_case(WEBSOCKET_PROTOCOL));
     if !is_websocket {
         // The gateway tunnels WebSocket only (no CONNECT-UDP, no other protocol).
-        return refuse(respond, 501);
+        return refuse(respond, Rejection::NotImplemented);
     }
     let Some(key) = generate_key() else {
-        return refuse(respond, 500);
+        return refuse(respond, Rejection::Internal);
     };
     // The HTTP/1.1 handshake a browser would send (RFC 8441 §5): a GET asking for the upgrade,
     // with our key (a client's own key or accept fields mean nothing over h2).
@@ -521,7 +522,7 @@ async fn open_extended_connect(
         HeaderValue::from_str(&key),
         HeaderValue::from_static(WEBSOCKET_PROTOCOL),
     ) else {
-        return refuse(respond, 500);
+        return refuse(respond, Rejection::Internal);
     };
     parts
         .headers
@@ -533,9 +534,9 @@ async fn open_extended_connect(
     );
     let mut head_buf = bufpool::take();
     // The stream's DATA is the tunnel, never a body: the head says none.
-    if let Err(status) = forward::h1_head(&parts, true, &mut head_buf) {
+    if let Err(rejection) = forward::h1_head(&parts, true, &mut head_buf) {
         bufpool::give(head_buf);
-        return refuse(respond, status.as_u16());
+        return refuse(respond, rejection);
     }
     let limits = HeadLimits {
         max_head_bytes: ctx.limits.max_request_head_bytes,
@@ -543,19 +544,19 @@ async fn open_extended_connect(
     };
     let head = match parse_request_head(&head_buf, &limits) {
         Ok(Some(head)) => head,
-        Ok(None) => return refuse(respond, 400),
-        Err(e) => return refuse(respond, e.status()),
+        Ok(None) => return refuse(respond, Rejection::BadRequest),
+        Err(e) => return refuse(respond, Rejection::of_request_head(&e)),
     };
     match websocket_upgrade(&head, &head_buf) {
         Ok(true) => {}
-        Ok(false) => return refuse(respond, 400),
+        Ok(false) => return refuse(respond, Rejection::BadWebSocketUpgrade),
         Err(e) => {
             debug!(shard = ctx.index, peer = %info.peer, error = %e, "malformed extended CONNECT");
-            return refuse(respond, e.status());
+            return refuse(respond, Rejection::BadWebSocketUpgrade);
         }
     }
     let (target, state) = match route::route(port, &head, &head_buf, info) {
-        Route::Reject(status) => return refuse(respond, status),
+        Route::Reject(rejection) => return refuse(respond, rejection),
         Route::Forward { target, state } => (target, state),
     };
     let metrics = Some(Rc::clone(&state.metrics));
@@ -584,13 +585,13 @@ async fn open_extended_connect(
             response,
             rbuf,
         }) => (false, backend, response, rbuf),
-        Err(ForwardError::Status(status)) => {
-            forward::send_error(respond, forward::status_code(status), false);
-            return (status, metrics, None);
+        Err(ForwardError::Rejected(rejection)) => {
+            rejection.send_h2(respond, false);
+            return (Reply::Gateway(rejection), metrics, None);
         }
-        Err(ForwardError::Broken(status)) => return (status, metrics, None),
+        Err(ForwardError::Broken(status)) => return (Reply::Backend(status), metrics, None),
         Err(ForwardError::StaleConnection | ForwardError::ClientGone) => {
-            return (CLIENT_CLOSED_REQUEST, metrics, None);
+            return (Reply::Gateway(Rejection::ClientClosed), metrics, None);
         }
     };
     // A 101 is the stream's 200 (RFC 8441 §5), with the backend's fields but its accept proof,
@@ -615,8 +616,9 @@ async fn open_extended_connect(
         }
     }
     let Ok(h2_response) = builder.body(()) else {
-        forward::send_error(respond, StatusCode::BAD_GATEWAY, false);
-        return (502, metrics, None);
+        let rejection = Rejection::BadResponse;
+        rejection.send_h2(respond, false);
+        return (Reply::Gateway(rejection), metrics, None);
     };
     let end_of_stream = !switched
         && matches!(
@@ -624,7 +626,7 @@ async fn open_extended_connect(
             ResponseBody::None | ResponseBody::ContentLength(0)
         );
     let Ok(send) = respond.send_response(h2_response, end_of_stream) else {
-        return (CLIENT_CLOSED_REQUEST, metrics, None);
+        return (Reply::Gateway(Rejection::ClientClosed), metrics, None);
     };
     if switched {
         let to_client = rbuf.get(response.head_len..).unwrap_or_default().to_vec();
@@ -636,7 +638,7 @@ async fn open_extended_connect(
             ended: false,
         };
         return (
-            status,
+            Reply::Backend(status),
             metrics,
             Some(Opened {
                 stream,
@@ -652,7 +654,7 @@ async fn open_extended_connect(
     } else {
         bufpool::give(rbuf);
     }
-    (status, metrics, None)
+    (Reply::Backend(status), metrics, None)
 }
 
 /// An HTTP/2 stream as a byte stream: reads are the client's DATA (end of stream: the

@@ -305,19 +305,19 @@ pub(crate) struct Delivered {
     pub(crate) status: u16,
 }
 
-/// Counts a request that ended with `answer` on `metrics` (its route's, or the port's
+/// Counts a request that ended with `reply` on `metrics` (its route's, or the port's
 /// unrouted requests), by the status the client got; a gateway answer is also counted by
 /// reason and logged, here only.
 pub(crate) fn count_request(
     metrics: &RouteMetrics,
     protocol: RequestProtocol,
-    answer: Reply,
+    reply: Reply,
     took: Duration,
     ctx: &ShardContext,
     peer: SocketAddr,
 ) {
-    metrics.request(protocol, answer.status(), took);
-    if let Reply::Gateway(rejection) = answer {
+    metrics.request(protocol, reply.status(), took);
+    if let Reply::Gateway(rejection) = reply {
         ctx.metrics.rejected(rejection);
         rejection.log(ctx.index, peer);
     }

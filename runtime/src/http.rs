@@ -66,7 +66,7 @@ pub async fn serve<C: ClientIo>(
             Ok(true) | Err(_) => RequestProtocol::WebSocket,
         };
         let mut upgraded = None;
-        let (keep_going, answer, protocol, metrics) = match route(port, &head, &inbuf, info) {
+        let (keep_going, reply, protocol, metrics) = match route(port, &head, &inbuf, info) {
             Route::Reject(rejection) => {
                 // Without a body the connection stays usable; with one, close rather than
                 // read a body nobody wants.
@@ -76,21 +76,21 @@ pub async fn serve<C: ClientIo>(
                 if keep {
                     drop_prefix(&mut inbuf, head.head_len);
                 }
-                let answer = Reply::Gateway(rejection);
-                (keep, answer, asked, &port.metrics.unrouted)
+                let reply = Reply::Gateway(rejection);
+                (keep, reply, asked, &port.metrics.unrouted)
             }
             Route::Forward { target, state } => match upgrade {
                 Ok(false) => {
-                    let (keep, answer, protocol) =
+                    let (keep, reply, protocol) =
                         forward(client, &mut inbuf, &head, target, state, ctx, info).await;
-                    (keep, answer, protocol, &*state.metrics)
+                    (keep, reply, protocol, &*state.metrics)
                 }
                 Ok(true) => {
                     let outcome =
                         websocket::forward_h1(client, &mut inbuf, &head, target, state, ctx, info)
                             .await;
                     upgraded = outcome.upgraded;
-                    (outcome.keep_alive, outcome.answer, asked, &*state.metrics)
+                    (outcome.keep_alive, outcome.reply, asked, &*state.metrics)
                 }
                 Err(e) => {
                     debug!(shard = ctx.index, error = %e, "malformed WebSocket upgrade");
@@ -100,7 +100,7 @@ pub async fn serve<C: ClientIo>(
                 }
             },
         };
-        count_request(metrics, protocol, answer, started.elapsed(), ctx, info.peer);
+        count_request(metrics, protocol, reply, started.elapsed(), ctx, info.peer);
         if upgraded.is_some() {
             bufpool::give(inbuf);
             return upgraded;
@@ -281,8 +281,8 @@ async fn forward<C: ClientIo>(
             Err(rejection) => Err(ForwardError::Rejected(rejection)),
         };
         bufpool::give(request_head);
-        let (keep, answer) = delivered_or_error(client, result).await;
-        return (keep, answer, protocol);
+        let (keep, reply) = delivered_or_error(client, result).await;
+        return (keep, reply, protocol);
     }
     let idempotent = is_idempotent(head.method(inbuf));
     drop_prefix(inbuf, head.head_len);
@@ -304,8 +304,8 @@ async fn forward<C: ClientIo>(
         }
     };
     bufpool::give(request_head);
-    let (keep, answer) = delivered_or_error(client, result).await;
-    (keep, answer, RequestProtocol::H1)
+    let (keep, reply) = delivered_or_error(client, result).await;
+    (keep, reply, RequestProtocol::H1)
 }
 
 /// The outcome of a forwarded request for the client connection: whether it may carry another

@@ -81,7 +81,7 @@ pub(crate) struct H1Outcome {
     /// Whether the client connection may carry another request (a refused upgrade).
     pub keep_alive: bool,
     /// What the client got.
-    pub answer: Reply,
+    pub reply: Reply,
 }
 
 /// Forwards an HTTP/1.1 WebSocket handshake (one that
@@ -114,10 +114,10 @@ pub(crate) async fn forward_h1<C: ClientIo>(
     forward::drop_prefix(inbuf, head.head_len);
     let answer = handshake(target, state, ctx, &request_head, &key).await;
     bufpool::give(request_head);
-    let closed = |answer| H1Outcome {
+    let closed = |reply| H1Outcome {
         upgraded: None,
         keep_alive: false,
-        answer,
+        reply,
     };
     match answer {
         Ok(Answer::Switched {
@@ -141,7 +141,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
                     from_client: std::mem::take(inbuf),
                 }),
                 keep_alive: false,
-                answer: Reply::Backend(SWITCHING_PROTOCOLS),
+                reply: Reply::Backend(SWITCHING_PROTOCOLS),
             }
         }
         Ok(Answer::Refused {
@@ -166,7 +166,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
             H1Outcome {
                 upgraded: None,
                 keep_alive: relayed.is_ok() && plan.keep_alive,
-                answer: Reply::Backend(response.status),
+                reply: Reply::Backend(response.status),
             }
         }
         Err(ForwardError::Rejected(rejection)) => {
@@ -455,12 +455,12 @@ pub(crate) async fn serve_extended_connect(
     info: &ConnInfo<'_>,
 ) {
     let started = Instant::now();
-    let (answer, metrics, opened) =
+    let (reply, metrics, opened) =
         open_extended_connect(request, &mut respond, port, ctx, info).await;
     count_request(
         metrics.as_deref().unwrap_or(&port.metrics.unrouted),
         RequestProtocol::WebSocket,
-        answer,
+        reply,
         started.elapsed(),
         ctx,
         info.peer,

@@ -99,6 +99,35 @@ fn a_backend_ref_to_a_missing_service_gets_500() {
 }
 
 #[test]
+fn a_rule_without_a_weighted_backend_and_an_invalid_backend_are_500s_told_apart() {
+    let rules = [
+        rule_with_matches(
+            "    - path: {type: Exact, value: /zero}\n",
+            &[("drained", 0)],
+        ),
+        rule_with_matches(
+            "    - path: {type: Exact, value: /missing}\n",
+            &[("no-such-service", 1)],
+        ),
+    ]
+    .concat();
+    let (gw, port) = gateway_with(
+        &rules,
+        vec![service("drained", named_backend("drained"))],
+        Limits::default(),
+    );
+    let mut http = client(port);
+    assert_eq!(http.get("example.com", "/zero").unwrap().status, 500);
+    assert_eq!(http.get("example.com", "/missing").unwrap().status, 500);
+    for reason in ["no_backend", "invalid_backend"] {
+        let series = format!(
+            "portcullis_gateway_answers_total{{reason=\"{reason}\",fault=\"config\",code=\"500\"}}"
+        );
+        wait_until(&series, || series_value(&gw.scrape(), &series) == Some(1.0));
+    }
+}
+
+#[test]
 fn a_backend_that_never_answers_gets_504() {
     let limits = Limits {
         backend_response_timeout: SHORT_RESPONSE_TIMEOUT,

@@ -332,6 +332,52 @@ fn drop_stale(list: &mut Vec<IdleConnection>, now: Instant) {
     list.drain(..stale);
 }
 
+/// Why a backend h2 connection failed (the `reason` label of
+/// `portcullis_backend_h2_connection_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2cConnectionError {
+    /// The backend did not complete the HTTP/2 preface (it speaks HTTP/1.1, say).
+    Handshake,
+    /// The backend sent GOAWAY with an error code.
+    GoAway,
+    /// The backend broke the protocol (we sent GOAWAY).
+    Protocol,
+    /// The connection broke (reset, closed in the middle).
+    Io,
+}
+
+impl H2cConnectionError {
+    pub const ALL: [H2cConnectionError; 4] = [
+        H2cConnectionError::Handshake,
+        H2cConnectionError::GoAway,
+        H2cConnectionError::Protocol,
+        H2cConnectionError::Io,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            H2cConnectionError::Handshake => "handshake",
+            H2cConnectionError::GoAway => "goaway",
+            H2cConnectionError::Protocol => "protocol",
+            H2cConnectionError::Io => "io",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn of(error: &h2::Error) -> Self {
+        if error.is_io() {
+            H2cConnectionError::Io
+        } else if error.is_go_away() && error.is_remote() {
+            H2cConnectionError::GoAway
+        } else {
+            H2cConnectionError::Protocol
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,9 +17,10 @@ use tracing::{debug, info};
 
 use crate::bufpool;
 use crate::h2;
-use crate::http::{self, ConnInfo};
+use crate::http;
 use crate::metrics::{HandshakeOutcome, ListenerMetrics};
-use crate::shard::{HandshakeInProgress, ShardContext, ShardPort};
+use crate::route::ConnInfo;
+use crate::shard_state::{HandshakeInProgress, ShardContext, ShardPort};
 use crate::tls::{self, ClientIo, HandshakeError, HandshakeFailure, PlainStream};
 use crate::tls_poll::ReplayStream;
 use crate::websocket;

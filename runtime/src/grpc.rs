@@ -1,12 +1,13 @@
 //! gRPC statuses for the answers the gateway gives itself.
 //!
-//! A gRPC client reads the call's outcome from the `grpc-status` trailer, not from the HTTP
-//! status: a plain `503` reaches its application as a transport error with a synthesized
-//! status, whose code each gRPC library guesses on its own. So when the gateway answers a
-//! gRPC call itself (no route, no backend, no endpoint, a failed connect, a timeout), it
-//! answers as a gRPC server would: HTTP 200, `content-type: application/grpc`, and a
-//! trailers-only response carrying the status (gRPC's "HTTP/2 protocol" document). The code
-//! comes from gRPC's own table of HTTP statuses to gRPC codes
+//! The gateway's answers are the `rejection` module's; this module turns their HTTP status into
+//! a gRPC one, and knows nothing else of them. A gRPC client reads the call's outcome from the
+//! `grpc-status` trailer, not from the HTTP status: a plain `503` reaches its application as a
+//! transport error with a synthesized status, whose code each gRPC library guesses on its own.
+//! So when the gateway answers a gRPC call itself (no route, no backend, no endpoint, a failed
+//! connect, a timeout), it answers as a gRPC server would: HTTP 200, `content-type:
+//! application/grpc`, and a trailers-only response carrying the status (gRPC's "HTTP/2
+//! protocol" document). The code comes from gRPC's own table of HTTP statuses to gRPC codes
 //! (`doc/http-grpc-status-mapping.md`), so that clients see what they would see from a
 //! gRPC-aware proxy. `421 Misdirected Request` stays an HTTP 421: it tells the client to
 //! retry on another connection, which gRPC libraries do on the HTTP status.
@@ -26,13 +27,16 @@ pub enum GrpcCode {
 
 impl GrpcCode {
     /// gRPC's mapping of an HTTP status a client got instead of a gRPC response.
-    pub fn from_http(status: u16) -> Self {
+    pub fn from_http(status: StatusCode) -> Self {
         match status {
-            400 => GrpcCode::Internal,
-            401 => GrpcCode::Unauthenticated,
-            403 => GrpcCode::PermissionDenied,
-            404 => GrpcCode::Unimplemented,
-            429 | 502 | 503 | 504 => GrpcCode::Unavailable,
+            StatusCode::BAD_REQUEST => GrpcCode::Internal,
+            StatusCode::UNAUTHORIZED => GrpcCode::Unauthenticated,
+            StatusCode::FORBIDDEN => GrpcCode::PermissionDenied,
+            StatusCode::NOT_FOUND => GrpcCode::Unimplemented,
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => GrpcCode::Unavailable,
             _ => GrpcCode::Unknown,
         }
     }
@@ -45,19 +49,16 @@ impl GrpcCode {
 
 /// Whether the gateway's answer `status` to a gRPC call goes out as a gRPC status (every
 /// status but 421, see the module docs).
-pub fn answers_as_grpc_status(status: u16) -> bool {
-    status != StatusCode::MISDIRECTED_REQUEST.as_u16()
+pub fn answers_as_grpc_status(status: StatusCode) -> bool {
+    status != StatusCode::MISDIRECTED_REQUEST
 }
 
 /// The trailers-only response that carries the gateway's answer `status` as a gRPC status.
 /// The message is the HTTP status and its reason (ASCII, so it needs no percent-encoding).
-pub fn trailers_only_response(status: u16) -> Response<()> {
+pub fn trailers_only_response(status: StatusCode) -> Response<()> {
     let code = GrpcCode::from_http(status);
-    let reason = StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let message = format!("gateway answered {status} {reason}");
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let message = format!("gateway answered {} {reason}", status.as_u16());
     let mut response = Response::new(());
     let headers = response.headers_mut();
     headers.insert(
@@ -104,15 +105,16 @@ mod tests {
             (500, 2),
             (408, 2),
         ] {
-            assert_eq!(GrpcCode::from_http(http) as u16, grpc, "HTTP {http}");
+            let status = StatusCode::from_u16(http).unwrap();
+            assert_eq!(GrpcCode::from_http(status) as u16, grpc, "HTTP {http}");
         }
-        assert!(!answers_as_grpc_status(421));
-        assert!(answers_as_grpc_status(503));
+        assert!(!answers_as_grpc_status(StatusCode::MISDIRECTED_REQUEST));
+        assert!(answers_as_grpc_status(StatusCode::SERVICE_UNAVAILABLE));
     }
 
     #[test]
     fn the_answer_is_a_trailers_only_grpc_response() {
-        let response = trailers_only_response(503);
+        let response = trailers_only_response(StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.status(), StatusCode::OK);
         let headers = response.headers();
         assert_eq!(headers[::http::header::CONTENT_TYPE], CONTENT_TYPE);

@@ -21,7 +21,6 @@
 //! - A gRPC call the gateway answers itself gets a gRPC status ([`crate::grpc`]).
 
 use std::cell::Cell;
-use std::future::poll_fn;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -31,24 +30,28 @@ use std::time::{Duration, Instant};
 use ::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Reason, RecvStream};
 use monoio::io::AsyncWriteRentExt;
 use portcullis_core::client_identity::VerifiedClient;
 use portcullis_core::desired::BackendProtocol;
 use portcullis_core::http1::{
-    ChunkedDecoder, ContentLengthBody, ForwardExtras, ForwardedProto, HeadLimits, RequestBody,
-    RequestHead, ResponseBody, ResponseHead, parse_request_head, write_forwarded_request_head,
+    ForwardExtras, ForwardedProto, HeadLimits, RequestBody, RequestHead, ResponseBody,
+    parse_request_head, write_forwarded_request_head,
 };
 use tracing::debug;
 
 use crate::backend::BackendConnection;
 use crate::bufpool;
+use crate::forward::{
+    self, BackendAttempts, ForwardError, RelayError, count_request, h1_head, is_hop_by_hop,
+    relay_body,
+};
 use crate::grpc;
 use crate::h2c::{self, BackendRequest};
-use crate::http::{self as h1, BackendAttempts, ConnInfo, ForwardError, Route};
 use crate::metrics::{H2GoAway, H2StreamReset, RequestProtocol};
-use crate::shard::{ShardContext, ShardPort};
-use crate::tls::read_append;
+use crate::rejection::{Rejection, Reply};
+use crate::route::{self, ConnInfo, Route};
+use crate::shard_state::{ShardContext, ShardPort};
 use crate::tls_poll::SharedPollStream;
 use crate::websocket;
 
@@ -80,7 +83,7 @@ const MAX_LOCAL_ERROR_RESETS: usize = 256;
 const RAPID_RESET_MIN_STREAMS: u64 = 100;
 
 /// A backend's `101 Switching Protocols`, which no h2 stream can carry.
-const SWITCHING_PROTOCOLS: u16 = 101;
+const SWITCHING_PROTOCOLS: u16 = StatusCode::SWITCHING_PROTOCOLS.as_u16();
 
 /// What a connection's streams share: the connection's facts, never another connection's.
 #[derive(Debug)]
@@ -118,6 +121,19 @@ impl H2Conn {
             streams: Cell::new(0),
             cancelled: Cell::new(0),
             open: Cell::new(0),
+        }
+    }
+
+    /// What routing and forwarding need to know of the connection.
+    fn info(&self) -> ConnInfo<'_> {
+        ConnInfo {
+            peer: self.peer,
+            proto: self.proto,
+            sni_listener: self.sni_listener,
+            identity_headers: self
+                .client
+                .as_ref()
+                .map_or(&[], |c| c.identity_headers.as_slice()),
         }
     }
 
@@ -213,7 +229,8 @@ async fn serve_stream(
     conn: Rc<H2Conn>,
 ) {
     if request.extensions().get::<h2::ext::Protocol>().is_some() {
-        websocket::serve_extended_connect(request, respond, &conn).await;
+        websocket::serve_extended_connect(request, respond, &conn.port, &conn.ctx, &conn.info())
+            .await;
         conn.open.set(conn.open.get().saturating_sub(1));
         return;
     }
@@ -224,21 +241,23 @@ async fn serve_stream(
     } else {
         RequestProtocol::H2
     };
-    let (status, route_metrics) = handle(request, &mut respond, &conn, grpc).await;
-    if status == h1::CLIENT_CLOSED_REQUEST {
+    let (reply, route_metrics) = handle(request, &mut respond, &conn, grpc).await;
+    if reply == Reply::Gateway(Rejection::ClientClosed) {
         conn.cancelled.set(conn.cancelled.get() + 1);
         conn.ctx
             .metrics
             .h2_stream_reset(H2StreamReset::ClientCancelled);
     }
-    match route_metrics {
-        Some(metrics) => metrics.request(protocol, status, started.elapsed()),
-        None => conn
-            .port
-            .metrics
-            .unrouted
-            .request(protocol, status, started.elapsed()),
-    }
+    count_request(
+        route_metrics
+            .as_deref()
+            .unwrap_or(&conn.port.metrics.unrouted),
+        protocol,
+        reply,
+        started.elapsed(),
+        &conn.ctx,
+        conn.peer,
+    );
     conn.open.set(conn.open.get().saturating_sub(1));
 }
 
@@ -250,14 +269,14 @@ fn is_grpc(headers: &::http::HeaderMap) -> bool {
         .is_some_and(|value| grpc::is_grpc_content_type(value.as_bytes()))
 }
 
-/// Routes and forwards one request; returns the status the client got and the route's metrics
+/// Routes and forwards one request; returns what the client got and the route's metrics
 /// (`None`: not routed). `grpc`: the gateway's own answers go out as gRPC statuses.
 async fn handle(
     request: Request<RecvStream>,
     respond: &mut SendResponse<Bytes>,
     conn: &H2Conn,
     grpc: bool,
-) -> (u16, Option<Rc<crate::metrics::RouteMetrics>>) {
+) -> (Reply, Option<Rc<crate::metrics::RouteMetrics>>) {
     let ctx = &conn.ctx;
     let (parts, mut body) = request.into_parts();
     let wants_trailers = parts
@@ -268,37 +287,28 @@ async fn handle(
     let parsed = h1_head(&parts, body.is_end_stream(), &mut head_buf).and_then(|()| {
         let limits = HeadLimits {
             max_head_bytes: ctx.limits.max_request_head_bytes,
-            max_headers: h1::MAX_HEADERS,
+            max_headers: forward::MAX_HEADERS,
         };
         match parse_request_head(&head_buf, &limits) {
             Ok(Some(head)) => Ok(head),
-            Ok(None) => Err(StatusCode::BAD_REQUEST),
-            Err(e) => Err(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)),
+            Ok(None) => Err(Rejection::BadRequest),
+            Err(e) => Err(Rejection::of_request_head(&e)),
         }
     });
     let head = match parsed {
         Ok(head) => head,
-        Err(status) => {
+        Err(rejection) => {
             bufpool::give(head_buf);
-            send_error(respond, status, grpc);
-            return (status.as_u16(), None);
+            rejection.send_h2(respond, grpc);
+            return (Reply::Gateway(rejection), None);
         }
     };
-    let identity: &[u8] = conn
-        .client
-        .as_ref()
-        .map_or(&[], |c| c.identity_headers.as_slice());
-    let info = ConnInfo {
-        peer: conn.peer,
-        proto: conn.proto,
-        sni_listener: conn.sni_listener,
-        identity_headers: identity,
-    };
-    let (target, state) = match h1::route(&conn.port, &head, &head_buf, &info) {
-        Route::Reject(status) => {
+    let info = conn.info();
+    let (target, state) = match route::route(&conn.port, &head, &head_buf, &info) {
+        Route::Reject(rejection) => {
             bufpool::give(head_buf);
-            send_error(respond, status_code(status), grpc);
-            return (status, None);
+            rejection.send_h2(respond, grpc);
+            return (Reply::Gateway(rejection), None);
         }
         Route::Forward { target, state } => (target, state),
     };
@@ -310,21 +320,21 @@ async fn handle(
         &ForwardExtras {
             client_ip: conn.peer.ip(),
             proto: conn.proto,
-            identity_headers: identity,
+            identity_headers: info.identity_headers,
         },
         &mut forwarded_head,
     );
-    let idempotent = h1::is_idempotent(head.method(&head_buf));
+    let idempotent = forward::is_idempotent(head.method(&head_buf));
     bufpool::give(head_buf);
     let has_body = head.body != RequestBody::None;
     let result = match BackendAttempts::choose(target, state, ctx) {
-        Err(status) => Err(ForwardError::Status(status)),
+        Err(rejection) => Err(ForwardError::Rejected(rejection)),
         Ok(attempts) if attempts.protocol() == BackendProtocol::H2c => {
             match BackendRequest::from_forwarded_head(&forwarded_head, wants_trailers) {
                 Ok(request) => {
                     h2c::forward_from_h2(attempts, &request, &mut body, respond, ctx).await
                 }
-                Err(status) => Err(ForwardError::Status(status)),
+                Err(rejection) => Err(ForwardError::Rejected(rejection)),
             }
         }
         Ok(mut attempts) => loop {
@@ -343,79 +353,25 @@ async fn handle(
         },
     };
     bufpool::give(forwarded_head);
-    let status = match result {
-        Ok(status) => status,
-        Err(ForwardError::Status(status)) => {
-            send_error(respond, status_code(status), grpc);
-            status
+    let reply = match result {
+        Ok(status) => Reply::Backend(status),
+        Err(ForwardError::Rejected(rejection)) => {
+            rejection.send_h2(respond, grpc);
+            Reply::Gateway(rejection)
         }
         Err(ForwardError::Broken(status)) => {
             respond.send_reset(Reason::INTERNAL_ERROR);
             ctx.metrics.h2_stream_reset(H2StreamReset::BackendBroke);
-            status
+            Reply::Backend(status)
         }
         Err(ForwardError::StaleConnection) => {
-            send_error(respond, StatusCode::BAD_GATEWAY, grpc);
-            502
+            let rejection = Rejection::BackendClosed;
+            rejection.send_h2(respond, grpc);
+            Reply::Gateway(rejection)
         }
-        Err(ForwardError::ClientGone) => h1::CLIENT_CLOSED_REQUEST,
+        Err(ForwardError::ClientGone) => Reply::Gateway(Rejection::ClientClosed),
     };
-    (status, Some(metrics))
-}
-
-/// Writes the stream's request as an HTTP/1.1 head: request line, `Host` from `:authority`
-/// (or the client's `host` field), the fields, and the body's framing (`transfer-encoding:
-/// chunked` when the client gave no length). HTTP/2 forbids connection-specific fields; a
-/// client that sends them anyway has them refused by the HTTP/1.1 parser's rules as usual.
-pub(crate) fn h1_head(
-    parts: &::http::request::Parts,
-    end_of_stream: bool,
-    out: &mut Vec<u8>,
-) -> Result<(), StatusCode> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", ::http::uri::PathAndQuery::as_str);
-    // Plain CONNECT is not proxied (the gateway is no forward proxy); extended CONNECT comes
-    // here as the GET it stands for (see `websocket`).
-    if parts.method == ::http::Method::CONNECT {
-        return Err(StatusCode::NOT_IMPLEMENTED);
-    }
-    let _ = write!(out, "{} {path} HTTP/1.1\r\n", parts.method);
-    let authority = parts.uri.authority().map(::http::uri::Authority::as_str);
-    if let Some(authority) = authority {
-        let _ = write!(out, "host: {authority}\r\n");
-    }
-    let mut has_length = false;
-    for (name, value) in &parts.headers {
-        if *name == ::http::header::HOST && authority.is_some() {
-            continue; // `:authority` wins (RFC 9113 §8.3.1)
-        }
-        if *name == ::http::header::COOKIE {
-            continue; // joined below
-        }
-        has_length |= *name == ::http::header::CONTENT_LENGTH;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    // h2 clients may split cookies over several fields; HTTP/1.1 has one (RFC 9113 §8.2.3).
-    let mut cookies = parts.headers.get_all(::http::header::COOKIE).iter();
-    if let Some(first) = cookies.next() {
-        out.extend_from_slice(b"cookie: ");
-        out.extend_from_slice(first.as_bytes());
-        for more in cookies {
-            out.extend_from_slice(b"; ");
-            out.extend_from_slice(more.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    if !end_of_stream && !has_length {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(())
+    (reply, Some(metrics))
 }
 
 /// Sends the request on `backend` (head, then the body as the client sends it) and relays the
@@ -436,7 +392,7 @@ async fn exchange(
         return Err(if head.body == RequestBody::None {
             ForwardError::StaleConnection
         } else {
-            ForwardError::Status(502)
+            ForwardError::Rejected(Rejection::BackendClosed)
         });
     }
     if head.body != RequestBody::None {
@@ -446,10 +402,11 @@ async fn exchange(
     let replayable = head.body == RequestBody::None;
     let mut rbuf = bufpool::take();
     let response = loop {
-        match h1::read_response_head(&mut backend, &mut rbuf, head.is_head(), replayable, ctx).await
+        match forward::read_response_head(&mut backend, &mut rbuf, head.is_head(), replayable, ctx)
+            .await
         {
             Ok(response) if response.is_informational => {
-                h1::drop_prefix(&mut rbuf, response.head_len);
+                forward::drop_prefix(&mut rbuf, response.head_len);
             }
             Ok(response) => break response,
             Err(e) => {
@@ -462,7 +419,7 @@ async fn exchange(
     if status == SWITCHING_PROTOCOLS {
         // No upgrades over h2 (RFC 9113 §8.6).
         bufpool::give(rbuf);
-        return Err(ForwardError::Status(502));
+        return Err(ForwardError::Rejected(Rejection::BadResponse));
     }
     let mut builder = Response::builder().status(status);
     for (name, value) in response.headers(&rbuf).iter() {
@@ -477,7 +434,7 @@ async fn exchange(
     }
     let Ok(h2_response) = builder.body(()) else {
         bufpool::give(rbuf);
-        return Err(ForwardError::Status(502));
+        return Err(ForwardError::Rejected(Rejection::BadResponse));
     };
     let end_of_stream = matches!(
         response.body,
@@ -510,21 +467,6 @@ async fn exchange(
     }
 }
 
-/// Fields that describe one HTTP/1.1 connection and are meaningless (and forbidden) in h2.
-pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP_BY_HOP: [&str; 6] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-    ];
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
-}
-
 /// Copies the client's DATA frames to the backend, chunk-encoded when the head said chunked,
 /// returning the flow-control credit as bytes leave.
 async fn send_request_body(
@@ -554,149 +496,11 @@ async fn send_request_body(
         }
         let (res, buf) = backend.tcp.write_all(out).await;
         bufpool::give(buf);
-        res.map_err(|_| ForwardError::Status(502))?;
+        res.map_err(|_| ForwardError::Rejected(Rejection::BackendClosed))?;
     }
     if chunked {
         let (res, _) = backend.tcp.write_all(&b"0\r\n\r\n"[..]).await;
-        res.map_err(|_| ForwardError::Status(502))?;
+        res.map_err(|_| ForwardError::Rejected(Rejection::BackendClosed))?;
     }
     Ok(())
-}
-
-pub(crate) enum RelayError {
-    ClientGone,
-    Backend,
-}
-
-/// Relays the response body as DATA frames, waiting for the client's flow-control credit so
-/// that a slow client holds at most [`MAX_SEND_BUFFER_BYTES`]. Returns whether the backend
-/// connection ended exactly at the end of the body (and so can be reused).
-pub(crate) async fn relay_body(
-    response: &ResponseHead,
-    mut rbuf: Vec<u8>,
-    backend: &mut BackendConnection,
-    mut send: SendStream<Bytes>,
-    ctx: &ShardContext,
-) -> Result<bool, RelayError> {
-    enum Framing {
-        Length(ContentLengthBody),
-        Chunked(ChunkedDecoder),
-        UntilClose,
-    }
-    let mut framing = match response.body {
-        ResponseBody::ContentLength(n) => Framing::Length(ContentLengthBody::new(n)),
-        ResponseBody::Chunked => Framing::Chunked(ChunkedDecoder::new()),
-        ResponseBody::CloseDelimited | ResponseBody::None => Framing::UntilClose,
-    };
-    h1::drop_prefix(&mut rbuf, response.head_len);
-    let result = loop {
-        let mut data = Vec::new();
-        let (consumed, done) = match &mut framing {
-            Framing::Length(length) => {
-                let p = length.advance(&rbuf);
-                data.extend_from_slice(rbuf.get(..p.consumed).unwrap_or_default());
-                (p.consumed, p.done)
-            }
-            Framing::Chunked(decoder) => {
-                match decoder.advance_with(&rbuf, |piece| data.extend_from_slice(piece)) {
-                    Ok(p) => (p.consumed, p.done),
-                    Err(_) => break Err(RelayError::Backend),
-                }
-            }
-            Framing::UntilClose => {
-                data.extend_from_slice(&rbuf);
-                (rbuf.len(), false)
-            }
-        };
-        h1::drop_prefix(&mut rbuf, consumed);
-        if let Err(e) = send_data(&mut send, data, done).await {
-            break Err(e);
-        }
-        if done {
-            break Ok(rbuf.is_empty());
-        }
-        rbuf.clear();
-        let read = monoio::time::timeout(
-            ctx.limits.backend_response_timeout,
-            read_append(&mut backend.tcp, std::mem::take(&mut rbuf)),
-        )
-        .await;
-        let Ok((res, buf)) = read else {
-            break Err(RelayError::Backend);
-        };
-        rbuf = buf;
-        match res {
-            Ok(0) if matches!(framing, Framing::UntilClose) => {
-                break send_data(&mut send, Vec::new(), true).await.map(|()| false);
-            }
-            Ok(0) | Err(_) => break Err(RelayError::Backend),
-            Ok(_) => {}
-        }
-    };
-    bufpool::give(rbuf);
-    if matches!(result, Err(RelayError::Backend)) {
-        send.send_reset(Reason::INTERNAL_ERROR);
-    }
-    result
-}
-
-/// Sends `data` (possibly empty) on the stream, as the client's window allows; `end` closes
-/// the stream after it.
-async fn send_data(
-    send: &mut SendStream<Bytes>,
-    data: Vec<u8>,
-    end: bool,
-) -> Result<(), RelayError> {
-    let mut data = Bytes::from(data);
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(granted)) => granted,
-            Some(Err(_)) | None => return Err(RelayError::ClientGone),
-        };
-        if granted == 0 {
-            continue;
-        }
-        let piece = data.split_to(granted.min(data.len()));
-        let last = data.is_empty() && end;
-        send.send_data(piece, last)
-            .map_err(|_| RelayError::ClientGone)?;
-        if last {
-            return Ok(());
-        }
-    }
-    if end {
-        send.send_data(Bytes::new(), true)
-            .map_err(|_| RelayError::ClientGone)?;
-    }
-    Ok(())
-}
-
-pub(crate) fn status_code(status: u16) -> StatusCode {
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-/// A complete error response: to a gRPC call a gRPC status (see [`crate::grpc`]), else a short
-/// plain-text body, as HTTP/1.1's.
-pub(crate) fn send_error(respond: &mut SendResponse<Bytes>, status: StatusCode, grpc: bool) {
-    if grpc && grpc::answers_as_grpc_status(status.as_u16()) {
-        let _ = respond.send_response(grpc::trailers_only_response(status.as_u16()), true);
-        return;
-    }
-    let body = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
-    let response = Response::builder()
-        .status(status)
-        .header(::http::header::CONTENT_TYPE, "text/plain")
-        .header(::http::header::CONTENT_LENGTH, body.len())
-        .body(());
-    let Ok(response) = response else {
-        return;
-    };
-    if let Ok(mut send) = respond.send_response(response, false) {
-        let _ = send.send_data(Bytes::from(body), true);
-    }
 }

@@ -1,371 +1,47 @@
-//! h2c backends: HTTP/2 over cleartext TCP (prior knowledge) to Service ports whose
-//! `appProtocol` is `kubernetes.io/h2c`, and to GRPCRoute backends.
+//! Requests to h2c backends (the connections are [`crate::h2c_pool`]'s): from an h2 client
+//! stream for stream, from an HTTP/1.1 client as one stream per request.
 //!
-//! - **One pool per shard.** Each shard keeps its own multiplexed connections per endpoint,
-//!   driven by a task on that shard (the `h2` crate's client over a monoio socket in poll
-//!   mode): no lock, no hand-off between cores, as for HTTP/1.1 backends. A busy endpoint
-//!   costs one connection per shard instead of one per request.
-//! - **Streams per connection.** A stream goes to the first connection with room: fewer open
-//!   streams than the peer's `SETTINGS_MAX_CONCURRENT_STREAMS` and than
-//!   [`MAX_STREAMS_PER_CONNECTION`]. When none has room one request connects while the others
-//!   of that endpoint wait for it, so that a burst shares the new connection instead of
-//!   opening one each.
-//! - **Connecting** is [`crate::backend::BackendPool::connect`]'s (timeout, failure kinds,
-//!   ejection, the next endpoint after a failure: [`crate::http::BackendAttempts`]); the h2
-//!   preface must complete within the connect timeout too.
-//! - **Ending.** A connection the backend sent GOAWAY on, or that failed, takes no new
-//!   streams and leaves the pool; a stream whose request could not be sent on a pooled
-//!   connection is sent once more on a new one. Connections without streams close after
-//!   [`crate::backend::MAX_IDLE_REUSE_AGE`], as idle HTTP/1.1 connections do.
 //! - **Requests** are the forwarded HTTP/1.1 head ([`portcullis_core::http1`]'s writer, the one
 //!   source of the identity, `X-Forwarded-*` and hop-by-hop rules) turned into h2 fields,
 //!   with `te: trailers` kept when the client asked for trailers (gRPC requires it). Bodies
 //!   and trailers are relayed frame by frame in both directions, with flow control: the
 //!   credit a backend gets back is what the client took, and the other way round.
-//!
 //! - **Timeouts.** The response head must come within the backend response timeout (504);
 //!   after it, a stream ends when neither direction moved for the idle timeout ([`Activity`]):
 //!   a streaming call lives as long as either side keeps talking (a client streaming its
 //!   upload to a backend that answers only at the end, a watch a client only listens to).
-//! - **Known limit.** A connection's first streams are sent before the backend's SETTINGS
-//!   arrive, so a burst in that first round trip may exceed a backend limit below
-//!   [`MAX_STREAMS_PER_CONNECTION`]; h2 queues the excess until streams end (unary calls end
-//!   at once; long-lived streams would hold them).
 //!
 //! HTTP/1.1 backends never touch this module: the choice is made once per request on the
 //! backend's protocol.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::pin::pin;
-use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use bytes::Bytes;
-use h2::client::{ResponseFuture, SendRequest};
+use h2::client::ResponseFuture;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use portcullis_core::http1::{
     ChunkedDecoder, ContentLengthBody, HeadLimits, RequestBody, RequestHead, Version,
     parse_request_head,
 };
-use tokio::sync::Notify;
 use tracing::debug;
 
-use crate::backend::{BackendPool, ConnectError, MAX_IDLE_REUSE_AGE};
 use crate::bufpool;
-use crate::http::{self as h1, BackendAttempts, Delivered, ForwardError};
-use crate::metrics::ShardMetrics;
-use crate::shard::ShardContext;
+use crate::forward::{self, BackendAttempts, Delivered, ForwardError};
+use crate::h2c_pool::H2cStream;
+use crate::rejection::Rejection;
+use crate::shard_state::ShardContext;
 use crate::tls::ClientIo;
-
-/// Streams we open on one backend connection at most, even when the backend allows more: a
-/// connection's streams share one TCP window and one shard's turn at its socket.
-pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
-
-/// Flow-control window of each backend stream: how much response body a backend may send
-/// ahead of the client taking it.
-const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
-
-/// Flow-control window of a backend connection: a few streams' worth, bounding what one
-/// connection may have buffered in the shard.
-const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
-
-/// Largest response header list accepted from a backend (as an HTTP/1.1 backend's head).
-const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
-
-/// Request bytes buffered per stream before we wait for the backend's window.
-const MAX_SEND_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Fields the forwarded head may hold beyond the client's: `Host`, framing,
 /// `X-Forwarded-For`, `X-Forwarded-Proto` and the identity fields.
 const FORWARD_ADDED_FIELDS: usize = 8;
-
-/// Why a backend h2 connection failed (the `reason` label of
-/// `portcullis_backend_h2_connection_errors_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum H2cConnectionError {
-    /// The backend did not complete the HTTP/2 preface (it speaks HTTP/1.1, say).
-    Handshake,
-    /// The backend sent GOAWAY with an error code.
-    GoAway,
-    /// The backend broke the protocol (we sent GOAWAY).
-    Protocol,
-    /// The connection broke (reset, closed in the middle).
-    Io,
-}
-
-impl H2cConnectionError {
-    pub const ALL: [H2cConnectionError; 4] = [
-        H2cConnectionError::Handshake,
-        H2cConnectionError::GoAway,
-        H2cConnectionError::Protocol,
-        H2cConnectionError::Io,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            H2cConnectionError::Handshake => "handshake",
-            H2cConnectionError::GoAway => "goaway",
-            H2cConnectionError::Protocol => "protocol",
-            H2cConnectionError::Io => "io",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    fn of(error: &h2::Error) -> Self {
-        if error.is_io() {
-            H2cConnectionError::Io
-        } else if error.is_go_away() && error.is_remote() {
-            H2cConnectionError::GoAway
-        } else {
-            H2cConnectionError::Protocol
-        }
-    }
-}
-
-/// What a connection's driving task reports to the pool.
-#[derive(Debug, Default)]
-struct ConnectionState {
-    /// The connection takes no new streams (it ended, or a request could not be sent on it).
-    ended: Cell<bool>,
-    /// How it failed, if it did; counted once, by the pool, when it drops the connection.
-    failure: Cell<Option<H2cConnectionError>>,
-}
-
-#[derive(Debug)]
-struct Connection {
-    send: SendRequest<Bytes>,
-    state: Rc<ConnectionState>,
-    open_streams: Cell<usize>,
-    idle_since: Cell<Instant>,
-}
-
-impl Connection {
-    fn has_room(&self) -> bool {
-        !self.state.ended.get()
-            && self.open_streams.get()
-                < MAX_STREAMS_PER_CONNECTION.min(self.send.current_max_send_streams())
-    }
-}
-
-#[derive(Debug, Default)]
-struct EndpointConnections {
-    connections: Vec<Rc<Connection>>,
-    /// Set while a request connects; the others wait for it instead of connecting too.
-    connecting: Option<Rc<Notify>>,
-}
-
-/// This shard's h2c backend connections, by endpoint.
-#[derive(Debug, Default)]
-pub struct H2cPool {
-    endpoints: RefCell<HashMap<SocketAddr, EndpointConnections>>,
-}
-
-/// A stream's place on a connection, held while the exchange lasts.
-#[derive(Debug)]
-pub struct H2cStream {
-    connection: Rc<Connection>,
-    pub endpoint: SocketAddr,
-    /// The connection carried streams before (a failure to send on it makes a retry safe).
-    pub reused: bool,
-}
-
-impl Drop for H2cStream {
-    fn drop(&mut self) {
-        let open = self.connection.open_streams.get().saturating_sub(1);
-        self.connection.open_streams.set(open);
-        if open == 0 {
-            self.connection.idle_since.set(Instant::now());
-        }
-    }
-}
-
-/// Why no stream could be had.
-#[derive(Debug, thiserror::Error)]
-pub enum H2cConnectError {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("HTTP/2 preface with {0} failed")]
-    Handshake(SocketAddr),
-}
-
-/// Clears an endpoint's `connecting` mark and wakes its waiters, also when the connecting
-/// request is dropped half-way (its client left).
-struct ConnectingGuard<'a> {
-    pool: &'a H2cPool,
-    endpoint: SocketAddr,
-    notify: Rc<Notify>,
-}
-
-impl Drop for ConnectingGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(e) = self.pool.endpoints.borrow_mut().get_mut(&self.endpoint) {
-            e.connecting = None;
-        }
-        self.notify.notify_waiters();
-    }
-}
-
-impl H2cPool {
-    /// A stream on a connection to `endpoint` with room, or on a new one (`fresh`: always a
-    /// new one).
-    pub async fn stream(
-        &self,
-        endpoint: SocketAddr,
-        connect_timeout: Duration,
-        fresh: bool,
-        tcp_pool: &BackendPool,
-        metrics: &ShardMetrics,
-    ) -> Result<H2cStream, H2cConnectError> {
-        loop {
-            let wait = {
-                let mut endpoints = self.endpoints.borrow_mut();
-                let entry = endpoints.entry(endpoint).or_default();
-                forget_ended(entry, endpoint, metrics);
-                if !fresh && let Some(c) = entry.connections.iter().find(|c| c.has_room()) {
-                    return Ok(open_stream(c, endpoint, true));
-                }
-                match &entry.connecting {
-                    Some(notify) if !fresh => Some(Rc::clone(notify)),
-                    _ => None,
-                }
-            };
-            match wait {
-                Some(notify) => {
-                    // Registered before the await: a wake-up cannot be missed (one thread).
-                    // The connect and the preface each take at most `connect_timeout`.
-                    let _ = monoio::time::timeout(connect_timeout * 2, notify.notified()).await;
-                }
-                None => {
-                    return self
-                        .connect(endpoint, connect_timeout, tcp_pool, metrics)
-                        .await;
-                }
-            }
-        }
-    }
-
-    async fn connect(
-        &self,
-        endpoint: SocketAddr,
-        connect_timeout: Duration,
-        tcp_pool: &BackendPool,
-        metrics: &ShardMetrics,
-    ) -> Result<H2cStream, H2cConnectError> {
-        let notify = Rc::new(Notify::new());
-        self.endpoints
-            .borrow_mut()
-            .entry(endpoint)
-            .or_default()
-            .connecting = Some(Rc::clone(&notify));
-        let _guard = ConnectingGuard {
-            pool: self,
-            endpoint,
-            notify,
-        };
-        let tcp = tcp_pool.connect(endpoint, connect_timeout).await?.tcp;
-        let handshake_failed = || {
-            metrics.backend_h2_connection_error(endpoint, H2cConnectionError::Handshake);
-            H2cConnectError::Handshake(endpoint)
-        };
-        let tcp = tcp.try_into_poll_io().map_err(|_| handshake_failed())?;
-        let handshake = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .max_send_buffer_size(MAX_SEND_BUFFER_BYTES)
-            .enable_push(false)
-            .handshake::<_, Bytes>(tcp);
-        let (send, driver) = match monoio::time::timeout(connect_timeout, handshake).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                debug!(%endpoint, error = %e, "h2c preface failed");
-                return Err(handshake_failed());
-            }
-            Err(_) => return Err(handshake_failed()),
-        };
-        let state = Rc::new(ConnectionState::default());
-        let task_state = Rc::clone(&state);
-        monoio::spawn(async move {
-            if let Err(e) = driver.await {
-                debug!(%endpoint, error = %e, "h2c backend connection failed");
-                task_state.failure.set(Some(H2cConnectionError::of(&e)));
-            }
-            task_state.ended.set(true);
-        });
-        let connection = Rc::new(Connection {
-            send,
-            state,
-            open_streams: Cell::new(0),
-            idle_since: Cell::new(Instant::now()),
-        });
-        let stream = open_stream(&connection, endpoint, false);
-        self.endpoints
-            .borrow_mut()
-            .entry(endpoint)
-            .or_default()
-            .connections
-            .push(connection);
-        Ok(stream)
-    }
-
-    /// Closes connections idle for [`MAX_IDLE_REUSE_AGE`] (dropping our handle ends the
-    /// connection: the h2 client closes once no handle and no stream is left) and forgets
-    /// ended ones (the shard calls this every [`crate::backend::STALE_SWEEP_INTERVAL`]).
-    pub fn close_stale(&self, metrics: &ShardMetrics) {
-        let now = Instant::now();
-        self.endpoints.borrow_mut().retain(|endpoint, entry| {
-            forget_ended(entry, *endpoint, metrics);
-            entry.connections.retain(|c| {
-                c.open_streams.get() > 0
-                    || now.saturating_duration_since(c.idle_since.get()) < MAX_IDLE_REUSE_AGE
-            });
-            !entry.connections.is_empty() || entry.connecting.is_some()
-        });
-    }
-
-    /// Connections held now, over all endpoints.
-    pub fn connection_count(&self) -> usize {
-        self.endpoints
-            .borrow()
-            .values()
-            .map(|e| e.connections.len())
-            .sum()
-    }
-}
-
-fn open_stream(connection: &Rc<Connection>, endpoint: SocketAddr, reused: bool) -> H2cStream {
-    connection
-        .open_streams
-        .set(connection.open_streams.get() + 1);
-    H2cStream {
-        connection: Rc::clone(connection),
-        endpoint,
-        reused,
-    }
-}
-
-/// Drops the endpoint's ended connections, counting those that failed.
-fn forget_ended(entry: &mut EndpointConnections, endpoint: SocketAddr, metrics: &ShardMetrics) {
-    entry.connections.retain(|c| {
-        if !c.state.ended.get() {
-            return true;
-        }
-        if let Some(failure) = c.state.failure.take() {
-            metrics.backend_h2_connection_error(endpoint, failure);
-        }
-        false
-    });
-}
 
 /// The request for an h2c backend, from the forwarded HTTP/1.1 head.
 pub(crate) struct BackendRequest {
@@ -378,22 +54,22 @@ pub(crate) struct BackendRequest {
 
 impl BackendRequest {
     /// `forwarded_head`: what [`portcullis_core::http1::write_forwarded_request_head`] wrote;
-    /// `wants_trailers`: the client sent `te: trailers`. `Err`: the status to answer.
+    /// `wants_trailers`: the client sent `te: trailers`. `Err`: why the gateway answers.
     pub(crate) fn from_forwarded_head(
         forwarded_head: &[u8],
         wants_trailers: bool,
-    ) -> Result<Self, u16> {
+    ) -> Result<Self, Rejection> {
         let limits = HeadLimits {
             max_head_bytes: forwarded_head.len(),
-            max_headers: h1::MAX_HEADERS + FORWARD_ADDED_FIELDS,
+            max_headers: forward::MAX_HEADERS + FORWARD_ADDED_FIELDS,
         };
         let head = match parse_request_head(forwarded_head, &limits) {
             Ok(Some(head)) => head,
             // Our own writer's output: anything else is a bug of ours.
-            Ok(None) | Err(_) => return Err(500),
+            Ok(None) | Err(_) => return Err(Rejection::Internal),
         };
-        let method =
-            Method::from_bytes(head.method(forwarded_head).as_bytes()).map_err(|_| 400u16)?;
+        let method = Method::from_bytes(head.method(forwarded_head).as_bytes())
+            .map_err(|_| Rejection::BadRequest)?;
         let authority = head.forward_host(forwarded_head);
         let uri = Uri::builder()
             .scheme("http")
@@ -404,7 +80,7 @@ impl BackendRequest {
             })
             .path_and_query(head.target(forwarded_head))
             .build()
-            .map_err(|_| 400u16)?;
+            .map_err(|_| Rejection::BadRequest)?;
         let mut headers = HeaderMap::with_capacity(head.header_spans().len() + 1);
         for (name, value) in head.headers(forwarded_head).iter() {
             // Host became `:authority`; HTTP/2 frames the body itself (RFC 9113 §8.2.2).
@@ -415,7 +91,7 @@ impl BackendRequest {
             let (Ok(name), Ok(value)) =
                 (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
             else {
-                return Err(400);
+                return Err(Rejection::BadRequest);
             };
             headers.append(name, value);
         }
@@ -457,7 +133,7 @@ async fn send_head(
     let mut fresh = false;
     loop {
         let stream = attempts.h2c_stream(ctx, fresh).await?;
-        let mut send = stream.connection.send.clone();
+        let mut send = stream.sender();
         let sent = match poll_fn(|cx| send.poll_ready(cx)).await {
             Ok(()) => send.send_request(request.request(), request.end_of_stream),
             Err(e) => Err(e),
@@ -466,12 +142,12 @@ async fn send_head(
             Ok((response, body)) => return Ok((response, body, stream)),
             Err(e) => {
                 debug!(shard = ctx.index, endpoint = %stream.endpoint, error = %e, "h2c backend connection took no new stream");
-                stream.connection.state.ended.set(true);
+                stream.end_connection();
                 if stream.reused && !fresh {
                     fresh = true;
                     continue;
                 }
-                return Err(ForwardError::Status(502));
+                return Err(ForwardError::Rejected(Rejection::BackendClosed));
             }
         }
     }
@@ -486,9 +162,9 @@ async fn response_head(
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => {
             debug!(shard = ctx.index, error = %e, "h2c backend stream failed before its response");
-            Err(ForwardError::Status(502))
+            Err(ForwardError::Rejected(Rejection::BackendClosed))
         }
-        Err(_) => Err(ForwardError::Status(504)),
+        Err(_) => Err(ForwardError::Rejected(Rejection::BackendTimeout)),
     }
 }
 
@@ -644,15 +320,15 @@ async fn upload_h1_body<C: ClientIo>(
             Decoder::Chunked(chunked) => {
                 match chunked.advance_with(inbuf, |piece| data.extend_from_slice(piece)) {
                     Ok(p) => (p.consumed, p.done),
-                    Err(_) => return Err(ForwardError::Status(400)),
+                    Err(_) => return Err(ForwardError::Rejected(Rejection::BadRequestBody)),
                 }
             }
         };
-        h1::drop_prefix(inbuf, consumed);
+        forward::drop_prefix(inbuf, consumed);
         if !data.is_empty() || done {
             send_all(to, Bytes::from(data), done)
                 .await
-                .map_err(|_| ForwardError::Status(502))?;
+                .map_err(|_| ForwardError::Rejected(Rejection::BackendClosed))?;
         }
         if done {
             return Ok(());

@@ -23,8 +23,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::backend::ConnectFailure;
-use crate::h2c::H2cConnectionError;
+use crate::backend::{ConnectFailure, H2cConnectionError};
+use crate::rejection::Rejection;
 
 /// Upper bounds (seconds) of the duration histograms' buckets: from a resumed handshake on
 /// loopback (~100 µs) to a stalled client or backend (10 s).
@@ -263,6 +263,8 @@ pub struct ShardMetrics {
     /// `(direction, reason)` -> count; HTTP/2 connection ends are rare events.
     h2_goaways: RefCell<BTreeMap<(&'static str, &'static str), u64>>,
     h2_stream_resets: RefCell<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Gateway answers by [`Rejection::index`].
+    rejections: [Cell<u64>; Rejection::ALL.len()],
 }
 
 /// How an HTTP/2 connection ended early or was told to: a GOAWAY we sent (a limit the client
@@ -418,6 +420,13 @@ impl ShardMetrics {
             .or_default() += 1;
     }
 
+    /// The gateway answered a request itself (see [`Rejection`]).
+    pub fn rejected(&self, rejection: Rejection) {
+        if let Some(n) = self.rejections.get(rejection.index()) {
+            n.set(n.get() + 1);
+        }
+    }
+
     /// The shard ejected `endpoint` because of `reason`.
     pub fn endpoint_ejected(&self, endpoint: SocketAddr, reason: ConnectFailure) {
         let mut endpoints = self.endpoints.borrow_mut();
@@ -480,6 +489,7 @@ impl ShardMetrics {
         }
         sample.h2_goaways = self.h2_goaways.borrow().clone();
         sample.h2_stream_resets = self.h2_stream_resets.borrow().clone();
+        sample.rejections = self.rejections.each_ref().map(Cell::get);
         for (endpoint, c) in self.endpoints.borrow().iter() {
             let mut c = *c;
             c.ejected_shards = u64::from(ejected.contains(endpoint));
@@ -542,6 +552,8 @@ pub struct MetricsSample {
     pub h2_goaways: BTreeMap<(&'static str, &'static str), u64>,
     /// `(direction, reason)` -> HTTP/2 stream resets.
     pub h2_stream_resets: BTreeMap<(&'static str, &'static str), u64>,
+    /// Gateway answers by [`Rejection::index`].
+    pub rejections: [u64; Rejection::ALL.len()],
 }
 
 impl MetricsSample {
@@ -552,6 +564,9 @@ impl MetricsSample {
         }
         for (key, n) in &other.h2_stream_resets {
             *self.h2_stream_resets.entry(*key).or_default() += n;
+        }
+        for (a, b) in self.rejections.iter_mut().zip(other.rejections) {
+            *a += b;
         }
         for (key, (counts, hist)) in &other.handshakes {
             let entry = self.handshakes.entry(key.clone()).or_default();
@@ -672,6 +687,21 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
                 protocol.label()
             );
         }
+    }
+    family(
+        &mut out,
+        "portcullis_gateway_answers_total",
+        "counter",
+        "Requests the gateway answered itself instead of a backend (client_closed: the client left first), by reason, whose fault it was (client, config, backend, gateway) and the status code portcullis_http_requests_total counts them with.",
+    );
+    for (rejection, n) in Rejection::ALL.iter().zip(sample.rejections) {
+        let _ = writeln!(
+            out,
+            "portcullis_gateway_answers_total{{reason=\"{}\",fault=\"{}\",code=\"{}\"}} {n}",
+            rejection.label(),
+            rejection.fault().label(),
+            rejection.status().as_u16()
+        );
     }
     family(
         &mut out,
@@ -951,6 +981,29 @@ mod tests {
         assert!(text.contains("portcullis_shard_handshakes_in_progress{shard=\"0\"} 3\n"));
         assert!(text.contains("portcullis_shard_idle_backend_connections{shard=\"0\"} 7\n"));
         assert!(text.contains("portcullis_shard_idle_backend_connections{shard=\"1\"} 0\n"));
+    }
+
+    #[test]
+    fn gateway_answers_are_counted_by_reason_and_summed_over_shards() {
+        let (a, b) = (ShardMetrics::default(), ShardMetrics::default());
+        a.rejected(Rejection::NoBackend);
+        b.rejected(Rejection::NoBackend);
+        b.rejected(Rejection::InvalidBackend);
+        let mut total = a.sample(0, ShardGauges::default(), &[]);
+        total.add(&b.sample(1, ShardGauges::default(), &[]));
+        let text = render(&total, &ProcessMetrics::default());
+        // Two causes of a 500, apart.
+        for (series, n) in [
+            (r#"reason="no_backend",fault="config",code="500""#, 2),
+            (r#"reason="invalid_backend",fault="config",code="500""#, 1),
+            (
+                r#"reason="route_state_missing",fault="gateway",code="500""#,
+                0,
+            ),
+        ] {
+            let line = format!("portcullis_gateway_answers_total{{{series}}} {n}");
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[test]

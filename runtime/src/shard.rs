@@ -3,13 +3,15 @@
 //!
 //! A shard learns about configuration changes from a latest-value-wins channel (one message
 //! per published snapshot) and swaps its per-port config between connections: a connection
-//! keeps the `Rc<ShardPort>` it was accepted with until it ends.
+//! keeps the `Rc<ShardPort>` it was accepted with until it ends. The state connections read
+//! ([`ShardContext`], [`ShardPort`]) is [`crate::shard_state`]'s, below the connection code;
+//! this module starts that code and is never imported by it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -17,20 +19,20 @@ use std::time::{Duration, Instant};
 
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
-use portcullis_core::compile::{CompiledPort, ShardServerConfigs, Snapshot};
-use portcullis_core::desired::{BackendTarget, PortProtocol};
-use rustls::ServerConfig;
-use rustls::server::ClientHello;
+use portcullis_core::compile::Snapshot;
+use portcullis_core::desired::PortProtocol;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::backend::{BackendPool, Ejections, STALE_SWEEP_INTERVAL};
+use crate::conn;
 use crate::drain::DrainSignal;
+use crate::h2c_pool::H2cPool;
 use crate::limits::Limits;
 use crate::logging::RateLimiter;
-use crate::metrics::{ListenerMetrics, MetricsSample, PortMetrics, ShardGauges, ShardMetrics};
+use crate::metrics::{MetricsSample, PortMetrics, ShardGauges, ShardMetrics};
+use crate::shard_state::{HandshakeInProgress, ShardContext, ShardPort};
 use crate::sockets::{ListenError, PortClaims, accept_waiting};
-use crate::{conn, http};
 
 /// io_uring submission queue entries per shard: room for one in-flight operation per busy
 /// connection in a burst without the queue filling.
@@ -363,105 +365,6 @@ fn shard_ring_setup() -> io_uring::Builder {
     setup
 }
 
-/// Everything a shard's connections share: per-core state only.
-#[derive(Debug)]
-pub struct ShardContext {
-    pub index: usize,
-    pub limits: Limits,
-    pub backends: BackendPool,
-    /// Multiplexed connections to h2c backends (see `h2c`).
-    pub h2c_backends: crate::h2c::H2cPool,
-    /// Endpoints this shard skips for now (passive health checking, see `backend`).
-    pub ejections: Ejections,
-    pub open_connections: Cell<usize>,
-    /// Accepted TLS connections whose handshake has not finished (see [`HandshakeInProgress`]).
-    pub handshakes_in_progress: Cell<usize>,
-    pub metrics: ShardMetrics,
-    /// Fired when the shard starts draining.
-    pub draining: DrainSignal,
-    /// Rate limit of failed-handshake log lines.
-    pub handshake_log: RateLimiter,
-    /// Why ports could not be listened on, as logged, so that retries do not repeat the line.
-    listen_failures_logged: RefCell<std::collections::BTreeSet<String>>,
-    /// Every copy of a port this shard built that may still be in use (the current ones, and
-    /// older ones open connections hold), for [`ShardContext::forget_unused_metrics`].
-    ports_built: RefCell<Vec<Weak<ShardPort>>>,
-}
-
-impl ShardContext {
-    /// Drops the metrics of ports, listeners, routes and endpoints that neither the current
-    /// config nor an open connection's older copy of a port refers to any more.
-    fn forget_unused_metrics(&self) {
-        let mut ports = self.ports_built.borrow_mut();
-        ports.retain(|p| p.strong_count() > 0);
-        let mut endpoints_in_use = HashSet::new();
-        if self.metrics.has_endpoints() {
-            for port in ports.iter().filter_map(Weak::upgrade) {
-                endpoints_in_use.extend(port.endpoints());
-            }
-        }
-        self.metrics.forget_unused(&endpoints_in_use);
-    }
-}
-
-/// One port as this shard serves it: the compiled port plus shard-local TLS configs.
-#[derive(Debug)]
-pub struct ShardPort {
-    pub compiled: Arc<CompiledPort>,
-    /// `server_configs[i]` belongs to `compiled.listeners[i]` (`None` on HTTP ports).
-    pub server_configs: Vec<Option<ShardServerConfigs>>,
-    pub routing: http::PortRouting,
-    pub generation: u64,
-    pub metrics: Rc<PortMetrics>,
-    /// `listener_metrics[i]` belongs to `compiled.listeners[i]`.
-    pub listener_metrics: Vec<Rc<ListenerMetrics>>,
-}
-
-impl ShardPort {
-    fn new(compiled: Arc<CompiledPort>, generation: u64, metrics: &ShardMetrics) -> Self {
-        let server_configs = compiled
-            .listeners
-            .iter()
-            .map(|l| l.tls.as_ref().map(|t| t.shard_local_server_configs()))
-            .collect();
-        let routing = http::PortRouting::new(&compiled, metrics);
-        let listener_metrics = compiled
-            .listeners
-            .iter()
-            .map(|l| metrics.listener(compiled.port, &l.name))
-            .collect();
-        ShardPort {
-            metrics: metrics.port(compiled.port),
-            listener_metrics,
-            compiled,
-            server_configs,
-            routing,
-            generation,
-        }
-    }
-
-    /// Every backend endpoint this port's routes can send a request to.
-    fn endpoints(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.compiled
-            .listeners
-            .iter()
-            .flat_map(|l| l.routes.targets())
-            .flat_map(|t| &t.backends)
-            .flat_map(|b| match &b.target {
-                BackendTarget::Endpoints(endpoints) => endpoints.as_slice(),
-                BackendTarget::Invalid { .. } => &[],
-            })
-            .copied()
-    }
-
-    /// The listener (by SNI) and its shard-local config for a ClientHello.
-    pub fn choose(&self, hello: &ClientHello<'_>) -> Option<(usize, Arc<ServerConfig>)> {
-        let index = self.compiled.hosts.resolve(hello.server_name())?;
-        let configs = self.server_configs.get(index)?.as_ref()?;
-        Some((index, Arc::clone(configs.for_client(hello.cipher_suites()))))
-    }
-}
-
 /// A port this shard listens on: its current config and the handle that stops its accept loop.
 struct PortSlot {
     current: RefCell<Rc<ShardPort>>,
@@ -483,7 +386,7 @@ async fn shard_main(shard: Shard) {
         index,
         limits: options.limits.clone(),
         backends: BackendPool::default(),
-        h2c_backends: crate::h2c::H2cPool::default(),
+        h2c_backends: H2cPool::default(),
         ejections: Ejections::new(options.limits.backend_ejection_time),
         open_connections: Cell::new(0),
         handshakes_in_progress: Cell::new(0),
@@ -786,26 +689,6 @@ fn admit(tcp: TcpStream, peer: SocketAddr, slot: &Rc<PortSlot>, ctx: &Rc<ShardCo
     };
     monoio::spawn(serve(tcp, peer, port, Rc::clone(ctx), handshake));
     true
-}
-
-/// Counts a TLS connection in [`ShardContext::handshakes_in_progress`] from its accept until
-/// its handshake ends (or the connection is dropped before that).
-#[derive(Debug)]
-pub struct HandshakeInProgress(Rc<ShardContext>);
-
-impl HandshakeInProgress {
-    fn new(ctx: &Rc<ShardContext>) -> Self {
-        ctx.handshakes_in_progress
-            .set(ctx.handshakes_in_progress.get() + 1);
-        HandshakeInProgress(Rc::clone(ctx))
-    }
-}
-
-impl Drop for HandshakeInProgress {
-    fn drop(&mut self) {
-        let count = &self.0.handshakes_in_progress;
-        count.set(count.get().saturating_sub(1));
-    }
 }
 
 async fn serve(

@@ -6,7 +6,7 @@
 //!   says which requests ask for one (malformed ones get 400); the handshake goes to a new or
 //!   pooled backend connection with the upgrade asked for again, and the backend's `101` must
 //!   switch to `websocket` with the `Sec-WebSocket-Accept` of the client's key (else 502). The
-//!   101 is relayed and [`crate::http::serve`] hands the connection back to its owner, which
+//!   101 is relayed and `http::serve` hands the connection back to its owner, which
 //!   turns it into a tunnel ([`tunnel_h1`]). Any other answer is relayed as a normal response.
 //! - **HTTP/2 extended CONNECT** (RFC 8441): the server advertises
 //!   `SETTINGS_ENABLE_CONNECT_PROTOCOL`; a CONNECT stream with `:protocol websocket` is written
@@ -51,16 +51,15 @@ use tracing::debug;
 
 use crate::backend::BackendConnection;
 use crate::bufpool;
-use crate::h2::{self as h2s, H2Conn};
-use crate::http::{
-    self as h1, BackendAttempts, CLIENT_CLOSED_REQUEST, ConnInfo, ForwardError, Route, TargetState,
-};
+use crate::forward::{self, BackendAttempts, ForwardError, count_request};
 use crate::metrics::{RequestProtocol, RouteMetrics};
-use crate::shard::ShardContext;
+use crate::rejection::{Rejection, Reply};
+use crate::route::{self, ConnInfo, Route};
+use crate::shard_state::{ShardContext, ShardPort, TargetState};
 use crate::tls::{ClientIo, read_append};
 
 /// `101 Switching Protocols`.
-const SWITCHING_PROTOCOLS: u16 = 101;
+const SWITCHING_PROTOCOLS: u16 = StatusCode::SWITCHING_PROTOCOLS.as_u16();
 
 /// How long closing an idle tunnel may wait for the client to take our close (TLS
 /// close_notify and FIN): a client that stopped reading does not hold the shard's slot.
@@ -81,8 +80,8 @@ pub(crate) struct H1Outcome {
     pub upgraded: Option<Upgraded>,
     /// Whether the client connection may carry another request (a refused upgrade).
     pub keep_alive: bool,
-    /// The status the client got.
-    pub status: u16,
+    /// What the client got.
+    pub reply: Reply,
 }
 
 /// Forwards an HTTP/1.1 WebSocket handshake (one that
@@ -112,13 +111,13 @@ pub(crate) async fn forward_h1<C: ClientIo>(
         },
         &mut request_head,
     );
-    h1::drop_prefix(inbuf, head.head_len);
+    forward::drop_prefix(inbuf, head.head_len);
     let answer = handshake(target, state, ctx, &request_head, &key).await;
     bufpool::give(request_head);
-    let closed = |status| H1Outcome {
+    let closed = |reply| H1Outcome {
         upgraded: None,
         keep_alive: false,
-        status,
+        reply,
     };
     match answer {
         Ok(Answer::Switched {
@@ -134,7 +133,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
             let sent = client.queue(&out).is_ok() && client.flush().await.is_ok();
             bufpool::give(out);
             if !sent {
-                return closed(CLIENT_CLOSED_REQUEST);
+                return closed(Reply::Gateway(Rejection::ClientClosed));
             }
             H1Outcome {
                 upgraded: Some(Upgraded {
@@ -142,7 +141,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
                     from_client: std::mem::take(inbuf),
                 }),
                 keep_alive: false,
-                status: SWITCHING_PROTOCOLS,
+                reply: Reply::Backend(SWITCHING_PROTOCOLS),
             }
         }
         Ok(Answer::Refused {
@@ -162,23 +161,23 @@ pub(crate) async fn forward_h1<C: ClientIo>(
             );
             // The backend connection is dropped after it, never pooled (see the module doc).
             let relayed =
-                h1::relay_response_body(client, &mut backend, rbuf, &response, plan, out, ctx)
+                forward::relay_response_body(client, &mut backend, rbuf, &response, plan, out, ctx)
                     .await;
             H1Outcome {
                 upgraded: None,
                 keep_alive: relayed.is_ok() && plan.keep_alive,
-                status: response.status,
+                reply: Reply::Backend(response.status),
             }
         }
-        Err(ForwardError::Status(status)) => {
-            if client.queue(&h1::error_response(status, false)).is_ok() {
+        Err(ForwardError::Rejected(rejection)) => {
+            if client.queue(&rejection.h1_response(false)).is_ok() {
                 let _ = client.flush().await;
             }
-            closed(status)
+            closed(Reply::Gateway(rejection))
         }
-        Err(ForwardError::Broken(status)) => closed(status),
+        Err(ForwardError::Broken(status)) => closed(Reply::Backend(status)),
         Err(ForwardError::StaleConnection | ForwardError::ClientGone) => {
-            closed(CLIENT_CLOSED_REQUEST)
+            closed(Reply::Gateway(Rejection::ClientClosed))
         }
     }
 }
@@ -350,7 +349,8 @@ async fn handshake(
     request_head: &[u8],
     key: &[u8],
 ) -> Result<Answer, ForwardError> {
-    let mut attempts = BackendAttempts::choose(target, state, ctx).map_err(ForwardError::Status)?;
+    let mut attempts =
+        BackendAttempts::choose(target, state, ctx).map_err(ForwardError::Rejected)?;
     loop {
         let mut backend = attempts.connect(ctx, false).await?;
         let reused = backend.reused;
@@ -372,7 +372,9 @@ async fn handshake(
                 });
             }
             Err(ForwardError::StaleConnection) if attempts.retry_unanswered(reused, true, ctx) => {}
-            Err(ForwardError::StaleConnection) => return Err(ForwardError::Status(502)),
+            Err(ForwardError::StaleConnection) => {
+                return Err(ForwardError::Rejected(Rejection::BackendClosed));
+            }
             Err(e) => return Err(e),
         }
     }
@@ -394,14 +396,14 @@ async fn exchange(
         return Err(ForwardError::StaleConnection);
     }
     let limits = HeadLimits {
-        max_head_bytes: h1::MAX_RESPONSE_HEAD_BYTES,
-        max_headers: h1::MAX_HEADERS,
+        max_head_bytes: forward::MAX_RESPONSE_HEAD_BYTES,
+        max_headers: forward::MAX_HEADERS,
     };
     let mut rbuf = bufpool::take();
     loop {
         match parse_upgrade_response_head(&rbuf, &limits) {
             Ok(Some(response)) if response.is_informational => {
-                h1::drop_prefix(&mut rbuf, response.head_len);
+                forward::drop_prefix(&mut rbuf, response.head_len);
                 continue;
             }
             Ok(Some(response)) => {
@@ -410,7 +412,7 @@ async fn exchange(
                 {
                     debug!(shard = ctx.index, endpoint = %backend.endpoint, error = %e, "backend's 101 does not open a WebSocket");
                     bufpool::give(rbuf);
-                    return Err(ForwardError::Status(502));
+                    return Err(ForwardError::Rejected(Rejection::BadResponse));
                 }
                 return Ok((response, rbuf));
             }
@@ -418,7 +420,7 @@ async fn exchange(
             Err(e) => {
                 debug!(shard = ctx.index, endpoint = %backend.endpoint, error = %e, "bad response head from backend");
                 bufpool::give(rbuf);
-                return Err(ForwardError::Status(502));
+                return Err(ForwardError::Rejected(Rejection::BadResponse));
             }
         }
         let read = monoio::time::timeout(
@@ -427,14 +429,14 @@ async fn exchange(
         )
         .await;
         let Ok((res, buf)) = read else {
-            return Err(ForwardError::Status(504));
+            return Err(ForwardError::Rejected(Rejection::BackendTimeout));
         };
         rbuf = buf;
         match res {
             Ok(n) if n > 0 => {}
             // Closed before any response byte: a stale pooled connection, if it was one.
             _ if rbuf.is_empty() => return Err(ForwardError::StaleConnection),
-            _ => return Err(ForwardError::Status(502)),
+            _ => return Err(ForwardError::Rejected(Rejection::BackendClosed)),
         }
     }
 }
@@ -448,18 +450,21 @@ const WEBSOCKET_PROTOCOL: &str = "websocket";
 pub(crate) async fn serve_extended_connect(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    conn: &H2Conn,
+    port: &ShardPort,
+    ctx: &ShardContext,
+    info: &ConnInfo<'_>,
 ) {
     let started = Instant::now();
-    let (status, metrics, opened) = open_extended_connect(request, &mut respond, conn).await;
-    match metrics {
-        Some(metrics) => metrics.request(RequestProtocol::WebSocket, status, started.elapsed()),
-        None => conn.port.metrics.unrouted.request(
-            RequestProtocol::WebSocket,
-            status,
-            started.elapsed(),
-        ),
-    }
+    let (reply, metrics, opened) =
+        open_extended_connect(request, &mut respond, port, ctx, info).await;
+    count_request(
+        metrics.as_deref().unwrap_or(&port.metrics.unrouted),
+        RequestProtocol::WebSocket,
+        reply,
+        started.elapsed(),
+        ctx,
+        info.peer,
+    );
     let Some(Opened {
         mut stream,
         backend,
@@ -468,9 +473,8 @@ pub(crate) async fn serve_extended_connect(
     else {
         return;
     };
-    let ctx = &conn.ctx;
     let end = tunnel(&mut stream, backend, &[], &to_client, ctx).await;
-    debug!(shard = ctx.index, peer = %conn.peer, end = end.label(), "WebSocket tunnel over HTTP/2 ended");
+    debug!(shard = ctx.index, peer = %info.peer, end = end.label(), "WebSocket tunnel over HTTP/2 ended");
     if end != TunnelEnd::Closed {
         stream.send.send_reset(Reason::CANCEL);
     }
@@ -489,12 +493,13 @@ struct Opened {
 async fn open_extended_connect(
     request: Request<RecvStream>,
     respond: &mut SendResponse<Bytes>,
-    conn: &H2Conn,
-) -> (u16, Option<Rc<RouteMetrics>>, Option<Opened>) {
-    let ctx = &conn.ctx;
-    let refuse = |respond: &mut SendResponse<Bytes>, status: u16| {
-        h2s::send_error(respond, h2s::status_code(status), false);
-        (status, None, None)
+    port: &ShardPort,
+    ctx: &ShardContext,
+    info: &ConnInfo<'_>,
+) -> (Reply, Option<Rc<RouteMetrics>>, Option<Opened>) {
+    let refuse = |respond: &mut SendResponse<Bytes>, rejection: Rejection| {
+        rejection.send_h2(respond, false);
+        (Reply::Gateway(rejection), None, None)
     };
     let (mut parts, body) = request.into_parts();
     let is_websocket = parts
@@ -503,10 +508,10 @@ async fn open_extended_connect(
         .is_some_and(|p| p.as_str().eq_ignore_ascii_case(WEBSOCKET_PROTOCOL));
     if !is_websocket {
         // The gateway tunnels WebSocket only (no CONNECT-UDP, no other protocol).
-        return refuse(respond, 501);
+        return refuse(respond, Rejection::NotImplemented);
     }
     let Some(key) = generate_key() else {
-        return refuse(respond, 500);
+        return refuse(respond, Rejection::Internal);
     };
     // The HTTP/1.1 handshake a browser would send (RFC 8441 §5): a GET asking for the upgrade,
     // with our key (a client's own key or accept fields mean nothing over h2).
@@ -517,7 +522,7 @@ async fn open_extended_connect(
         HeaderValue::from_str(&key),
         HeaderValue::from_static(WEBSOCKET_PROTOCOL),
     ) else {
-        return refuse(respond, 500);
+        return refuse(respond, Rejection::Internal);
     };
     parts
         .headers
@@ -529,39 +534,29 @@ async fn open_extended_connect(
     );
     let mut head_buf = bufpool::take();
     // The stream's DATA is the tunnel, never a body: the head says none.
-    if let Err(status) = h2s::h1_head(&parts, true, &mut head_buf) {
+    if let Err(rejection) = forward::h1_head(&parts, true, &mut head_buf) {
         bufpool::give(head_buf);
-        return refuse(respond, status.as_u16());
+        return refuse(respond, rejection);
     }
     let limits = HeadLimits {
         max_head_bytes: ctx.limits.max_request_head_bytes,
-        max_headers: h1::MAX_HEADERS,
+        max_headers: forward::MAX_HEADERS,
     };
     let head = match parse_request_head(&head_buf, &limits) {
         Ok(Some(head)) => head,
-        Ok(None) => return refuse(respond, 400),
-        Err(e) => return refuse(respond, e.status()),
+        Ok(None) => return refuse(respond, Rejection::BadRequest),
+        Err(e) => return refuse(respond, Rejection::of_request_head(&e)),
     };
     match websocket_upgrade(&head, &head_buf) {
         Ok(true) => {}
-        Ok(false) => return refuse(respond, 400),
+        Ok(false) => return refuse(respond, Rejection::BadWebSocketUpgrade),
         Err(e) => {
-            debug!(shard = ctx.index, peer = %conn.peer, error = %e, "malformed extended CONNECT");
-            return refuse(respond, e.status());
+            debug!(shard = ctx.index, peer = %info.peer, error = %e, "malformed extended CONNECT");
+            return refuse(respond, Rejection::BadWebSocketUpgrade);
         }
     }
-    let identity: &[u8] = conn
-        .client
-        .as_ref()
-        .map_or(&[], |c| c.identity_headers.as_slice());
-    let info = ConnInfo {
-        peer: conn.peer,
-        proto: conn.proto,
-        sni_listener: conn.sni_listener,
-        identity_headers: identity,
-    };
-    let (target, state) = match h1::route(&conn.port, &head, &head_buf, &info) {
-        Route::Reject(status) => return refuse(respond, status),
+    let (target, state) = match route::route(port, &head, &head_buf, info) {
+        Route::Reject(rejection) => return refuse(respond, rejection),
         Route::Forward { target, state } => (target, state),
     };
     let metrics = Some(Rc::clone(&state.metrics));
@@ -570,9 +565,9 @@ async fn open_extended_connect(
         &head,
         &head_buf,
         &ForwardExtras {
-            client_ip: conn.peer.ip(),
-            proto: conn.proto,
-            identity_headers: identity,
+            client_ip: info.peer.ip(),
+            proto: info.proto,
+            identity_headers: info.identity_headers,
         },
         &mut request_head,
     );
@@ -590,13 +585,13 @@ async fn open_extended_connect(
             response,
             rbuf,
         }) => (false, backend, response, rbuf),
-        Err(ForwardError::Status(status)) => {
-            h2s::send_error(respond, h2s::status_code(status), false);
-            return (status, metrics, None);
+        Err(ForwardError::Rejected(rejection)) => {
+            rejection.send_h2(respond, false);
+            return (Reply::Gateway(rejection), metrics, None);
         }
-        Err(ForwardError::Broken(status)) => return (status, metrics, None),
+        Err(ForwardError::Broken(status)) => return (Reply::Backend(status), metrics, None),
         Err(ForwardError::StaleConnection | ForwardError::ClientGone) => {
-            return (CLIENT_CLOSED_REQUEST, metrics, None);
+            return (Reply::Gateway(Rejection::ClientClosed), metrics, None);
         }
     };
     // A 101 is the stream's 200 (RFC 8441 §5), with the backend's fields but its accept proof,
@@ -608,7 +603,7 @@ async fn open_extended_connect(
     };
     let mut builder = Response::builder().status(status);
     for (name, value) in response.headers(&rbuf).iter() {
-        if h2s::is_hop_by_hop(name)
+        if forward::is_hop_by_hop(name)
             || name.eq_ignore_ascii_case(SEC_WEBSOCKET_ACCEPT.as_bytes())
             || (switched && name.eq_ignore_ascii_case(b"content-length"))
         {
@@ -621,8 +616,9 @@ async fn open_extended_connect(
         }
     }
     let Ok(h2_response) = builder.body(()) else {
-        h2s::send_error(respond, StatusCode::BAD_GATEWAY, false);
-        return (502, metrics, None);
+        let rejection = Rejection::BadResponse;
+        rejection.send_h2(respond, false);
+        return (Reply::Gateway(rejection), metrics, None);
     };
     let end_of_stream = !switched
         && matches!(
@@ -630,7 +626,7 @@ async fn open_extended_connect(
             ResponseBody::None | ResponseBody::ContentLength(0)
         );
     let Ok(send) = respond.send_response(h2_response, end_of_stream) else {
-        return (CLIENT_CLOSED_REQUEST, metrics, None);
+        return (Reply::Gateway(Rejection::ClientClosed), metrics, None);
     };
     if switched {
         let to_client = rbuf.get(response.head_len..).unwrap_or_default().to_vec();
@@ -642,7 +638,7 @@ async fn open_extended_connect(
             ended: false,
         };
         return (
-            status,
+            Reply::Backend(status),
             metrics,
             Some(Opened {
                 stream,
@@ -654,11 +650,11 @@ async fn open_extended_connect(
     if !end_of_stream {
         let mut backend = backend;
         // The backend connection is dropped after it, never pooled.
-        let _ = h2s::relay_body(&response, rbuf, &mut backend, send, ctx).await;
+        let _ = forward::relay_body(&response, rbuf, &mut backend, send, ctx).await;
     } else {
         bufpool::give(rbuf);
     }
-    (status, metrics, None)
+    (Reply::Backend(status), metrics, None)
 }
 
 /// An HTTP/2 stream as a byte stream: reads are the client's DATA (end of stream: the

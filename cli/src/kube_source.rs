@@ -1,13 +1,16 @@
 //! `serve --kube --gateway NS/NAME`: the control loop's config comes from the API server.
-//! The controller crate's watcher thread sends a desired config per change; this is the
-//! [`ConfigSource`] end of that channel.
+//! The controller writes this Gateway's resolved config into two Secrets; the config-watch
+//! thread (`portcullis_controller::delivery`) watches them and sends each new consistent
+//! config; this is the [`ConfigSource`] end of that channel. Until the first one arrives the
+//! data plane serves nothing and is not ready; afterwards, whatever happens to the controller
+//! or the API server, the last config stays in force.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
 use portcullis_controller::KubeError;
-use portcullis_controller::dataplane::{self, DesiredConfigs};
+use portcullis_controller::delivery::{self, DesiredConfigs};
 use portcullis_core::desired::{DesiredConfig, ObjectRef};
 use tracing::{error, info};
 
@@ -27,7 +30,7 @@ pub struct KubeSource {
 impl KubeSource {
     /// Builds a client (kubeconfig or in-cluster) and starts the watcher thread.
     pub fn connect(gateway: ObjectRef) -> Result<Self, KubeError> {
-        let DesiredConfigs { receiver } = dataplane::spawn(gateway.clone())?;
+        let DesiredConfigs { receiver } = delivery::spawn(gateway.clone())?;
         Ok(Self { gateway, receiver })
     }
 

@@ -3,7 +3,7 @@
 //! binary as controller, data plane and echo backend.
 //!
 //! Run: `scripts/test-apiserver up && eval "$(scripts/test-apiserver env)" && cargo test -p
-//! portcullis-runtime --test kube_e2e -- --ignored --test-threads=1`, with
+//! portcullis --test kube_e2e -- --ignored --test-threads=1`, with
 //! `PORTCULLIS_E2E_GATEWAY_API=v1.4.0` (the default, the guide's experimental channel) or
 //! `v1.6.1` (standard channel) on an empty server; `scripts/e2e-kube` runs both, each on a
 //! fresh server. Without a reachable API server the tests fail, they never skip.
@@ -30,6 +30,10 @@ use serde_json::Value;
 use support::{Http, any_server_client_config, free_port};
 
 const GATEWAY_NS: &str = "agentgateway-system";
+/// The provisioned data plane's identity: its ServiceAccount.
+const DATA_PLANE_USER: &str = "system:serviceaccount:agentgateway-system:mtls";
+/// The Secrets the controller delivers the Gateway's config in.
+const CONFIG_SECRETS: [&str; 2] = ["mtls-portcullis-config", "mtls-portcullis-endpoints"];
 const ROUTE_NS: &str = "httpbin";
 const LEASE_NS: &str = "portcullis-system";
 const CONFORMANCE_NAMESPACES: [&str; 3] = [
@@ -425,17 +429,65 @@ fn run_user_guide(release: Release) {
         kube.get("serviceaccount", Some(GATEWAY_NS), "mtls")
             .is_some()
     );
+    // The data plane's access: its two config Secrets, by name, and nothing else.
     let binding = kube
-        .get(
+        .get("rolebinding", Some(GATEWAY_NS), "mtls")
+        .expect("the data plane's RoleBinding");
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["roleRef"]["name"], "mtls");
+    for name in CONFIG_SECRETS {
+        let secret = wait_for(name, PATIENCE, || {
+            kube.get("secret", Some(GATEWAY_NS), name)
+                .ok_or_else(|| "absent".to_owned())
+        });
+        assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], "mtls");
+        assert!(
+            kube.can_i(
+                DATA_PLANE_USER,
+                &["get", &format!("secrets/{name}"), "-n", GATEWAY_NS]
+            ),
+            "the data plane may read {name}"
+        );
+        assert!(
+            kube.can_i(
+                DATA_PLANE_USER,
+                &["watch", &format!("secrets/{name}"), "-n", GATEWAY_NS]
+            ),
+            "the data plane may watch {name}"
+        );
+    }
+    for denied in [
+        vec!["list", "secrets", "-n", GATEWAY_NS],
+        vec!["get", "secrets/https-cert", "-n", GATEWAY_NS],
+        vec!["get", "secrets", "--all-namespaces"],
+        vec!["get", "configmaps/ca-cert", "-n", GATEWAY_NS],
+        vec!["list", "configmaps", "-n", GATEWAY_NS],
+        vec!["list", "services", "--all-namespaces"],
+        vec![
+            "list",
+            "endpointslices.discovery.k8s.io",
+            "--all-namespaces",
+        ],
+        vec![
+            "list",
+            "gateways.gateway.networking.k8s.io",
+            "--all-namespaces",
+        ],
+        vec!["update", "secrets/mtls-portcullis-config", "-n", GATEWAY_NS],
+    ] {
+        assert!(
+            !kube.can_i(DATA_PLANE_USER, &denied),
+            "the data plane must not: {denied:?}"
+        );
+    }
+    assert!(
+        kube.get(
             "clusterrolebinding",
             None,
-            "portcullis-dataplane-agentgateway-system-mtls",
+            "portcullis-dataplane-agentgateway-system-mtls"
         )
-        .expect("the data plane's ClusterRoleBinding");
-    assert_eq!(binding["roleRef"]["name"], "portcullis-dataplane");
-    assert!(
-        kube.get("clusterrole", None, "portcullis-dataplane")
-            .is_some()
+        .is_none(),
+        "no cluster-wide binding"
     );
 
     // All-True statuses and the Service's address.
@@ -569,12 +621,13 @@ fn run_user_guide(release: Release) {
         );
     }
 
-    // The data plane, as the provisioned pod would run it.
+    // The data plane, as the provisioned pod would run it: as its ServiceAccount.
+    let as_data_plane = kube.impersonating(&dir, DATA_PLANE_USER);
     let dp_admin = free_port();
     let mut data_plane = Process::portcullis(
         "data-plane",
         &dir,
-        &kube,
+        &as_data_plane,
         &[
             "serve",
             "--kube",
@@ -614,6 +667,85 @@ fn run_user_guide(release: Release) {
             curl.body
         );
     }
+
+    // The controller stops: the data plane keeps serving its last config, and a new data
+    // plane starts from the Secrets alone; one whose Secrets do not exist waits, unready.
+    assert_eq!(controller.stop().and_then(|s| s.code()), Some(0));
+    let curl = guide_curl(&certs, ports.0, client);
+    assert!(curl.ok(), "without the controller: {curl:?}");
+    // The data plane is replaced (as a rolled pod would be) while the controller is down.
+    assert_eq!(data_plane.stop().and_then(|s| s.code()), Some(0));
+    let data_plane_args = |admin: &str, gateway: &str| {
+        [
+            "serve",
+            "--kube",
+            "--gateway",
+            gateway,
+            "--admin",
+            admin,
+            "--admin-config",
+            "off",
+            "--shards",
+            "1",
+        ]
+        .map(str::to_owned)
+    };
+    let args = data_plane_args(&format!("127.0.0.1:{dp_admin}"), "agentgateway-system/mtls");
+    data_plane = Process::portcullis(
+        "data-plane-2",
+        &dir,
+        &as_data_plane,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    wait_for(
+        "a new data plane to be ready without the controller",
+        PATIENCE,
+        || {
+            data_plane.assert_running();
+            match http_get(dp_admin, "/readyz") {
+                Some((200, _)) => Ok(()),
+                other => Err(format!("readyz {other:?}")),
+            }
+        },
+    );
+    let curl = guide_curl(&certs, ports.1, client);
+    assert!(curl.ok(), "the new data plane: {curl:?}");
+    let orphan_admin = free_port();
+    let args = data_plane_args(
+        &format!("127.0.0.1:{orphan_admin}"),
+        "agentgateway-system/nothing",
+    );
+    let mut orphan = Process::portcullis(
+        "data-plane-orphan",
+        &dir,
+        &kube,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    wait_for(
+        "a data plane without config to answer, unready",
+        PATIENCE,
+        || {
+            orphan.assert_running();
+            match http_get(orphan_admin, "/readyz") {
+                Some((503, _)) => Ok(()),
+                other => Err(format!("readyz {other:?}")),
+            }
+        },
+    );
+    assert_eq!(orphan.stop().and_then(|s| s.code()), Some(0));
+    let mut controller = Process::portcullis(
+        "controller-again",
+        &dir,
+        &kube,
+        &["controller", "--config", config.to_str().unwrap()],
+    );
+    wait_for("the controller to lead again", PATIENCE, || {
+        controller.assert_running();
+        match metric(admin, "portcullis_controller_leader") {
+            Some(1.0) => Ok(()),
+            other => Err(format!("leader {other:?}")),
+        }
+    });
 
     // perPort, applied with kubectl, takes effect live.
     let transition_times = |gateway: &Value| -> Vec<String> {
@@ -763,11 +895,10 @@ fn run_user_guide(release: Release) {
             ("deployment", Some(GATEWAY_NS), "mtls"),
             ("service", Some(GATEWAY_NS), "mtls"),
             ("serviceaccount", Some(GATEWAY_NS), "mtls"),
-            (
-                "clusterrolebinding",
-                None,
-                "portcullis-dataplane-agentgateway-system-mtls",
-            ),
+            ("role", Some(GATEWAY_NS), "mtls"),
+            ("rolebinding", Some(GATEWAY_NS), "mtls"),
+            ("secret", Some(GATEWAY_NS), CONFIG_SECRETS[0]),
+            ("secret", Some(GATEWAY_NS), CONFIG_SECRETS[1]),
         ]
         .into_iter()
         .filter(|(kind, ns, name)| kube.get(kind, *ns, name).is_some())
@@ -1222,19 +1353,27 @@ spec:
             .then_some(())
             .ok_or(format!("listener {listener}"))
     });
-    let role = kube
-        .get("clusterrole", None, "portcullis-dataplane")
-        .expect("the data plane's ClusterRole");
-    assert!(
-        role["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["resources"]
-                .as_array()
-                .is_some_and(|res| res.iter().any(|x| x == "grpcroutes"))),
-        "{role}"
-    );
+    // The route reaches the data plane in the Gateway's config Secret.
+    wait_for("the GRPCRoute in the delivered config", PATIENCE, || {
+        use base64::Engine;
+        let secret = kube
+            .get("secret", Some(LEASE_NS), "grpc-portcullis-config")
+            .ok_or("no config Secret")?;
+        let encoded = secret["data"]["config.json"]
+            .as_str()
+            .ok_or("no config.json")?;
+        let config: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let route = &config["ports"][0]["listeners"][0]["routes"][0];
+        (route["route"]["name"] == "echo"
+            && route["rules"][0]["matches"][0]["path"]["Grpc"]["method"] == "UnaryEcho")
+            .then_some(())
+            .ok_or(format!("{config}"))
+    });
     assert_eq!(controller.stop().and_then(|s| s.code()), Some(0));
     kube.clean_slate();
 }

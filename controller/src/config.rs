@@ -29,9 +29,6 @@ pub const DEFAULT_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
-/// The ClusterRole every data-plane ServiceAccount is bound to.
-pub const DEFAULT_DATA_PLANE_CLUSTER_ROLE: &str = "portcullis-dataplane";
-
 /// The Lease the controllers elect a leader with.
 pub const DEFAULT_LEASE_NAME: &str = "portcullis-controller";
 
@@ -157,7 +154,6 @@ pub struct DataPlaneConfig {
     pub drain_timeout_seconds: u32,
     pub termination_grace_period_seconds: i64,
     pub service: ServiceConfig,
-    pub cluster_role: ClusterRoleConfig,
     /// A PodDisruptionBudget for each Gateway's pods (node drains evict at most this many at
     /// once); none by default.
     pub pod_disruption_budget: Option<PodDisruptionBudgetConfig>,
@@ -199,7 +195,6 @@ impl Default for DataPlaneConfig {
             drain_timeout_seconds: DEFAULT_DRAIN_TIMEOUT_SECONDS,
             termination_grace_period_seconds: DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
             service: ServiceConfig::default(),
-            cluster_role: ClusterRoleConfig::default(),
             pod_disruption_budget: None,
         }
     }
@@ -224,25 +219,6 @@ impl Default for ServiceConfig {
             annotations: BTreeMap::new(),
             labels: BTreeMap::new(),
             external_traffic_policy: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct ClusterRoleConfig {
-    /// The ClusterRole each Gateway's ClusterRoleBinding grants.
-    pub name: String,
-    /// Whether the controller creates and updates that ClusterRole (else the Helm chart or an
-    /// administrator installs it).
-    pub create: bool,
-}
-
-impl Default for ClusterRoleConfig {
-    fn default() -> Self {
-        Self {
-            name: DEFAULT_DATA_PLANE_CLUSTER_ROLE.to_owned(),
-            create: true,
         }
     }
 }
@@ -368,9 +344,6 @@ impl ControllerConfig {
                 "dataPlane.service.type must be LoadBalancer, NodePort or ClusterIP, got {:?}",
                 plane.service.type_
             ));
-        }
-        if plane.cluster_role.name.is_empty() {
-            return Err("dataPlane.clusterRole.name must not be empty".to_owned());
         }
         if let Some(budget) = &plane.pod_disruption_budget
             && budget.min_available.is_some() == budget.max_unavailable.is_some()

@@ -15,6 +15,7 @@ use std::time::Duration;
 use ::kube::Client;
 use ::kube::api::ApiResource;
 use futures::future;
+use portcullis_core::delivery::{self, Delivered};
 use portcullis_core::desired::ObjectRef;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -24,6 +25,7 @@ use tracing::{error, info, warn};
 use crate::KubeError;
 use crate::admin::{self, ControllerMetrics};
 use crate::config::ControllerConfig;
+use crate::delivery::desired_config;
 use crate::lease::{self, Leadership, LeaseLock, LeaseSettings, is_leader};
 use crate::provision::{self, GatewayInfo};
 use crate::status::StatusWriter;
@@ -131,7 +133,6 @@ async fn run_async(config: ControllerConfig) -> Result<(), KubeError> {
         status: StatusWriter::new(),
         metrics,
         leadership,
-        cluster_role_applied: false,
     };
     controller.run(shutdown).await;
 
@@ -196,8 +197,6 @@ struct Controller {
     status: StatusWriter,
     metrics: Arc<ControllerMetrics>,
     leadership: Leadership,
-    /// Whether the data-plane ClusterRole was applied in this leadership term.
-    cluster_role_applied: bool,
 }
 
 impl Controller {
@@ -221,8 +220,7 @@ impl Controller {
                     if !leader {
                         continue;
                     }
-                    // A new term: re-check everything, whatever an earlier term did.
-                    self.cluster_role_applied = false;
+                    // A new term: everything is re-checked below.
                 }
                 () = sleep_until_or_forever(retry_at) => {}
                 _ = shutdown.changed() => break,
@@ -242,27 +240,23 @@ impl Controller {
     async fn reconcile(&mut self) -> usize {
         self.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
         let mut failures = 0;
-        if self.config.data_plane.cluster_role.create && !self.cluster_role_applied {
-            let role =
-                provision::data_plane_cluster_role(&self.config.data_plane.cluster_role.name);
-            match provision::apply_cluster_role(&self.client, &role).await {
-                Ok(()) => {
-                    self.cluster_role_applied = true;
-                    self.metrics.objects_applied.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot apply the data-plane ClusterRole");
-                    failures += 1;
-                }
-            }
-        }
-
         let store = &self.watches.cache.store;
         let gateway_api_version = self
             .watches
             .api_resource(ObjectKind::Gateway)
             .map_or(DEFAULT_GATEWAY_API_VERSION, |r| r.api_version.as_str());
         let ours = our_gateways(store, &self.config.controller_name);
+        let delivered: BTreeMap<&ObjectRef, Delivered> = ours
+            .iter()
+            .filter_map(|key| match delivery::encode(&desired_config(store, key)) {
+                Ok(delivered) => Some((key, delivered)),
+                Err(e) => {
+                    error!(gateway = %key, error = %e, "config not delivered; its data plane keeps the last one");
+                    failures += 1;
+                    None
+                }
+            })
+            .collect();
         let infos: Vec<GatewayInfo<'_>> = ours
             .iter()
             .filter_map(|key| {
@@ -270,6 +264,7 @@ impl Controller {
                     key,
                     gateway: store.gateways.get(key)?,
                     api_version: gateway_api_version,
+                    delivered: delivered.get(key),
                 })
             })
             .collect();

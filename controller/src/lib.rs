@@ -3,14 +3,15 @@
 //!
 //! - [`watch`]: watchers for every kind translation reads, feeding an [`portcullis_translate::ObjectStore`];
 //!   bursts of events are batched before the (pure) translation runs again.
-//! - [`dataplane`]: `portcullis serve --kube --gateway NS/NAME`: one Gateway's desired config,
-//!   handed to the data plane's control loop over a channel. Writes nothing.
+//! - [`delivery`]: each Gateway's resolved config, delivered in two Secrets that only its data
+//!   plane may read; and the data plane's side (`portcullis serve --kube --gateway NS/NAME`),
+//!   which watches those two Secrets and nothing else, and writes nothing.
 //! - [`controller`]: `portcullis controller`: leader election, status, provisioning.
 //! - [`lease`]: the coordination.k8s.io/v1 Lease lock behind the election.
 //! - [`status`]: merges translated statuses with the live objects and writes what changed
 //!   with server-side apply.
-//! - [`provision`]: the ServiceAccount, Deployment, Service and ClusterRoleBinding of each
-//!   Gateway.
+//! - [`provision`]: the ServiceAccount, Deployment, Service, Role, RoleBinding and config
+//!   Secrets of each Gateway.
 //! - [`config`]: the controller's configuration file (`--config FILE`).
 //!
 //! Everything above the API calls is plain data and plain functions, tested without a server;
@@ -18,7 +19,7 @@
 
 pub mod config;
 pub mod controller;
-pub mod dataplane;
+pub mod delivery;
 pub mod lease;
 pub mod provision;
 pub mod status;

@@ -1,9 +1,10 @@
-//! What the controller creates for each of its Gateways, in the Gateway's namespace: a
-//! ServiceAccount, a Deployment running `portcullis serve --kube --gateway NS/NAME`, a
-//! Service exposing the listener ports, and (when configured) a PodDisruptionBudget for the
-//! Deployment's pods, all named after the Gateway and owned by it; plus a
-//! ClusterRoleBinding (cluster-scoped, so it cannot be owned by the Gateway) granting the
-//! ServiceAccount the data-plane ClusterRole.
+//! What the controller creates for each of its Gateways, in the Gateway's namespace, all
+//! owned by the Gateway: a ServiceAccount, a Deployment running `portcullis serve --kube
+//! --gateway NS/NAME`, a Service exposing the listener ports, (when configured) a
+//! PodDisruptionBudget for the Deployment's pods, the two Secrets that deliver the Gateway's
+//! resolved config (`crate::delivery`), and a Role and RoleBinding that let the ServiceAccount
+//! get, list and watch those two Secrets by name, and nothing else. The data plane has no
+//! cluster-wide permission. ClusterRoleBindings that an earlier release made are deleted.
 //!
 //! Every object carries the `app.kubernetes.io/managed-by: portcullis` label (the controller
 //! watches what it made through it), the `portcullis.dev/gateway: NS/NAME` annotation (which
@@ -11,8 +12,10 @@
 //! built: it is (re)applied only when that differs from the live object's, so an unchanged
 //! Gateway costs no writes. Objects whose Gateway is gone (or no longer ours) are deleted by
 //! the controller itself: owner references make the garbage collector do it in a real
-//! cluster, but a cluster-scoped binding has no owner, and a test API server has no garbage
-//! collector.
+//! cluster, but a test API server has no garbage collector.
+//!
+//! A delivered config Secret is never written over a Secret of that name that is not ours
+//! (the plan reports it as a conflict): server-side apply with force would take it over.
 //!
 //! The builders and [`plan_provisioning`] are plain functions; [`execute`] does the calls.
 
@@ -21,25 +24,32 @@ use std::collections::{BTreeMap, BTreeSet};
 use ::kube::Client;
 use ::kube::api::{Api, DeleteParams, Patch, PatchParams};
 use gateway_api::experimental::gateways::{Gateway, GatewayStatusAddresses};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use portcullis_core::delivery::{CONFIG_KEY, Delivered, ENDPOINTS_KEY};
 use portcullis_core::desired::ObjectRef;
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::FIELD_MANAGER;
 use crate::config::DataPlaneConfig;
-use crate::watch::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, ProvisionedKind, WatchCache};
+use crate::delivery::{config_secret_name, endpoints_secret_name};
+use crate::watch::{
+    DELIVERED_CONFIG_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ProvisionedKind, WatchCache,
+};
 use portcullis_translate::store::ObjectStore;
 
 /// Which Gateway an object belongs to, as `NS/NAME` (annotations have no length limit).
@@ -68,8 +78,6 @@ const FIRST_UNPRIVILEGED_PORT: i32 = 1024;
 
 /// Longest Kubernetes label value.
 const MAX_LABEL_VALUE: usize = 63;
-/// Longest object name (DNS subdomain).
-const MAX_NAME: usize = 253;
 
 /// The Gateway and the facts the builders need about it.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +86,9 @@ pub struct GatewayInfo<'a> {
     pub gateway: &'a Gateway,
     /// The `apiVersion` Gateways are served at, for owner references.
     pub api_version: &'a str,
+    /// Its resolved config, encoded; `None` when it cannot be (too large: the Secrets in
+    /// place are left as they are).
+    pub delivered: Option<&'a Delivered>,
 }
 
 /// Everything provisioned for one Gateway.
@@ -87,7 +98,12 @@ pub struct GatewayObjects {
     pub deployment: Deployment,
     /// `None` when the Gateway has no listener port (a Service needs one).
     pub service: Option<Service>,
-    pub cluster_role_binding: ClusterRoleBinding,
+    /// Lets the ServiceAccount read the two config Secrets.
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    /// The endpoints Secret, then the config Secret (the order they are written in: a data
+    /// plane waits for the endpoints a new config names); empty when `delivered` is `None`.
+    pub config_secrets: Vec<Secret>,
     /// `None` unless the configuration asks for one.
     pub pod_disruption_budget: Option<PodDisruptionBudget>,
 }
@@ -104,23 +120,6 @@ pub fn label_value(value: &str) -> String {
         .collect();
     let prefix = prefix.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
     format!("{prefix}-{hash}")
-}
-
-/// The ClusterRoleBinding of a Gateway's ServiceAccount.
-pub fn cluster_role_binding_name(gateway: &ObjectRef) -> String {
-    let name = format!(
-        "portcullis-dataplane-{}-{}",
-        gateway.namespace, gateway.name
-    );
-    if name.len() <= MAX_NAME {
-        return name;
-    }
-    let hash = fingerprint_bytes(name.as_bytes());
-    let prefix: String = name.chars().take(MAX_NAME - 1 - hash.len()).collect();
-    format!(
-        "{}-{hash}",
-        prefix.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-    )
 }
 
 /// FNV-1a, 64 bits, as 16 hex digits: stable across runs and builds, enough to tell two
@@ -274,18 +273,28 @@ pub fn gateway_objects(info: &GatewayInfo<'_>, config: &DataPlaneConfig) -> Gate
         service
     });
 
-    let mut cluster_role_binding = ClusterRoleBinding {
-        metadata: metadata(
-            info,
-            cluster_role_binding_name(info.key),
-            false,
-            &none,
-            &none,
-        ),
+    let secret_names = [
+        config_secret_name(info.key),
+        endpoints_secret_name(info.key),
+    ];
+    let mut role = Role {
+        metadata: metadata(info, name.clone(), true, &none, &none),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".to_owned()]),
+            resource_names: Some(secret_names.to_vec()),
+            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    };
+    stamp_hash(&mut role, |o| &mut o.metadata);
+
+    let mut role_binding = RoleBinding {
+        metadata: metadata(info, name.clone(), true, &none, &none),
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".to_owned()),
-            kind: "ClusterRole".to_owned(),
-            name: config.cluster_role.name.clone(),
+            kind: "Role".to_owned(),
+            name: name.clone(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".to_owned(),
@@ -294,7 +303,33 @@ pub fn gateway_objects(info: &GatewayInfo<'_>, config: &DataPlaneConfig) -> Gate
             api_group: None,
         }]),
     };
-    stamp_hash(&mut cluster_role_binding, |o| &mut o.metadata);
+    stamp_hash(&mut role_binding, |o| &mut o.metadata);
+
+    let delivered_labels = BTreeMap::from([(DELIVERED_CONFIG_LABEL.to_owned(), "true".to_owned())]);
+    let config_secrets = info
+        .delivered
+        .map(|delivered| {
+            let [config_name, endpoints_name] = secret_names;
+            [
+                (endpoints_name, ENDPOINTS_KEY, &delivered.endpoints),
+                (config_name, CONFIG_KEY, &delivered.config),
+            ]
+            .map(|(name, key, bytes)| {
+                let mut secret = Secret {
+                    metadata: metadata(info, name, true, &delivered_labels, &none),
+                    type_: Some("Opaque".to_owned()),
+                    data: Some(BTreeMap::from([(
+                        key.to_owned(),
+                        ByteString(bytes.clone()),
+                    )])),
+                    ..Secret::default()
+                };
+                stamp_hash(&mut secret, |o| &mut o.metadata);
+                secret
+            })
+            .to_vec()
+        })
+        .unwrap_or_default();
 
     let pod_disruption_budget = config.pod_disruption_budget.as_ref().map(|budget| {
         let mut pdb = PodDisruptionBudget {
@@ -318,7 +353,9 @@ pub fn gateway_objects(info: &GatewayInfo<'_>, config: &DataPlaneConfig) -> Gate
         service_account,
         deployment,
         service,
-        cluster_role_binding,
+        role,
+        role_binding,
+        config_secrets,
         pod_disruption_budget,
     }
 }
@@ -471,46 +508,18 @@ fn deployment(info: &GatewayInfo<'_>, config: &DataPlaneConfig, ports: &[i32]) -
     }
 }
 
-/// The ClusterRole the data plane needs: read what its watchers read, nothing else.
-pub fn data_plane_cluster_role(name: &str) -> ClusterRole {
-    let read = || vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
-    let rule = |group: &str, resources: &[&str]| PolicyRule {
-        api_groups: Some(vec![group.to_owned()]),
-        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
-        verbs: read(),
-        ..PolicyRule::default()
-    };
-    let mut role = ClusterRole {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY_LABEL.to_owned(),
-                MANAGED_BY_VALUE.to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        rules: Some(vec![
-            rule(
-                "gateway.networking.k8s.io",
-                &["gateways", "httproutes", "grpcroutes", "referencegrants"],
-            ),
-            rule("", &["secrets", "configmaps", "services", "namespaces"]),
-            rule("discovery.k8s.io", &["endpointslices"]),
-        ]),
-        aggregation_rule: None,
-    };
-    stamp_hash(&mut role, |o| &mut o.metadata);
-    role
-}
-
 /// A provisioned object, named.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ProvisionedRef {
     ServiceAccount(ObjectRef),
     Deployment(ObjectRef),
     Service(ObjectRef),
+    /// Only ever deleted (see the module docs).
     ClusterRoleBinding(String),
     PodDisruptionBudget(ObjectRef),
+    Role(ObjectRef),
+    RoleBinding(ObjectRef),
+    Secret(ObjectRef),
 }
 
 impl std::fmt::Display for ProvisionedRef {
@@ -521,6 +530,9 @@ impl std::fmt::Display for ProvisionedRef {
             ProvisionedRef::Service(at) => write!(f, "Service {at}"),
             ProvisionedRef::ClusterRoleBinding(name) => write!(f, "ClusterRoleBinding {name}"),
             ProvisionedRef::PodDisruptionBudget(at) => write!(f, "PodDisruptionBudget {at}"),
+            ProvisionedRef::Role(at) => write!(f, "Role {at}"),
+            ProvisionedRef::RoleBinding(at) => write!(f, "RoleBinding {at}"),
+            ProvisionedRef::Secret(at) => write!(f, "Secret {at}"),
         }
     }
 }
@@ -531,8 +543,10 @@ pub enum Apply {
     ServiceAccount(ServiceAccount),
     Deployment(Box<Deployment>),
     Service(Box<Service>),
-    ClusterRoleBinding(ClusterRoleBinding),
     PodDisruptionBudget(Box<PodDisruptionBudget>),
+    Role(Role),
+    RoleBinding(RoleBinding),
+    Secret(Box<Secret>),
 }
 
 impl Apply {
@@ -547,10 +561,10 @@ impl Apply {
             Apply::ServiceAccount(o) => ProvisionedRef::ServiceAccount(at(&o.metadata)),
             Apply::Deployment(o) => ProvisionedRef::Deployment(at(&o.metadata)),
             Apply::Service(o) => ProvisionedRef::Service(at(&o.metadata)),
-            Apply::ClusterRoleBinding(o) => {
-                ProvisionedRef::ClusterRoleBinding(o.metadata.name.clone().unwrap_or_default())
-            }
             Apply::PodDisruptionBudget(o) => ProvisionedRef::PodDisruptionBudget(at(&o.metadata)),
+            Apply::Role(o) => ProvisionedRef::Role(at(&o.metadata)),
+            Apply::RoleBinding(o) => ProvisionedRef::RoleBinding(at(&o.metadata)),
+            Apply::Secret(o) => ProvisionedRef::Secret(at(&o.metadata)),
         }
     }
 }
@@ -560,6 +574,8 @@ impl Apply {
 pub struct ProvisionPlan {
     pub apply: Vec<Apply>,
     pub delete: Vec<ProvisionedRef>,
+    /// Objects not written: something not ours already has the name.
+    pub conflicts: Vec<ProvisionedRef>,
 }
 
 fn hash_of(meta: &ObjectMeta) -> Option<&str> {
@@ -604,7 +620,6 @@ pub fn plan_provisioning(
         let objects = gateway_objects(info, config);
         let ns = info.key.namespace.as_str();
         let name = info.key.name.as_str();
-        let crb_name = cluster_role_binding_name(info.key);
         let needs = |kind, namespace: &str, name: &str, meta: &ObjectMeta| {
             live_hash(kind, namespace, name).as_deref() != hash_of(meta)
         };
@@ -637,14 +652,38 @@ pub fn plan_provisioning(
             }
             wanted.insert(ProvisionedRef::Service(info.key.clone()));
         }
+        if needs(ProvisionedKind::Role, ns, name, &objects.role.metadata) {
+            plan.apply.push(Apply::Role(objects.role));
+        }
         if needs(
-            ProvisionedKind::ClusterRoleBinding,
-            "",
-            &crb_name,
-            &objects.cluster_role_binding.metadata,
+            ProvisionedKind::RoleBinding,
+            ns,
+            name,
+            &objects.role_binding.metadata,
         ) {
-            plan.apply
-                .push(Apply::ClusterRoleBinding(objects.cluster_role_binding));
+            plan.apply.push(Apply::RoleBinding(objects.role_binding));
+        }
+        for secret_name in [
+            config_secret_name(info.key),
+            endpoints_secret_name(info.key),
+        ] {
+            let at = ObjectRef::new(ns, secret_name);
+            // The Secret watch sees only Secrets that are not delivered configs.
+            if cache.store.secrets.contains_key(&at) {
+                plan.conflicts.push(ProvisionedRef::Secret(at));
+                continue;
+            }
+            wanted.insert(ProvisionedRef::Secret(at));
+        }
+        for secret in objects.config_secrets {
+            let meta = &secret.metadata;
+            let secret_name = meta.name.as_deref().unwrap_or_default();
+            let at = ObjectRef::new(ns, secret_name);
+            if wanted.contains(&ProvisionedRef::Secret(at))
+                && needs(ProvisionedKind::Secret, ns, secret_name, meta)
+            {
+                plan.apply.push(Apply::Secret(Box::new(secret)));
+            }
         }
         if let Some(pdb) = objects.pod_disruption_budget {
             if needs(
@@ -659,7 +698,8 @@ pub fn plan_provisioning(
         }
         wanted.insert(ProvisionedRef::ServiceAccount(info.key.clone()));
         wanted.insert(ProvisionedRef::Deployment(info.key.clone()));
-        wanted.insert(ProvisionedRef::ClusterRoleBinding(crb_name));
+        wanted.insert(ProvisionedRef::Role(info.key.clone()));
+        wanted.insert(ProvisionedRef::RoleBinding(info.key.clone()));
     }
     // Ours (label and annotation) but not wanted: its Gateway is gone or no longer ours.
     for (key, object) in &cache.provisioned {
@@ -675,6 +715,9 @@ pub fn plan_provisioning(
             ProvisionedKind::PodDisruptionBudget => {
                 ProvisionedRef::PodDisruptionBudget(key.object.clone())
             }
+            ProvisionedKind::Role => ProvisionedRef::Role(key.object.clone()),
+            ProvisionedKind::RoleBinding => ProvisionedRef::RoleBinding(key.object.clone()),
+            ProvisionedKind::Secret => ProvisionedRef::Secret(key.object.clone()),
         };
         if !wanted.contains(&named) {
             plan.delete.push(named);
@@ -760,8 +803,6 @@ pub struct ProvisionReport {
     pub failed: usize,
 }
 
-/// HTTP 422: roleRef of a ClusterRoleBinding cannot change; the binding is recreated.
-const UNPROCESSABLE: u16 = 422;
 const NOT_FOUND: u16 = 404;
 
 /// Performs `plan`; `still_leader` is asked before each write.
@@ -772,6 +813,10 @@ pub async fn execute(
 ) -> ProvisionReport {
     let mut report = ProvisionReport::default();
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    for conflict in &plan.conflicts {
+        warn!(object = %conflict, "not written: an object of that name exists and is not ours; rename or delete it");
+        report.failed += 1;
+    }
     for apply in plan.apply {
         if !still_leader() {
             return report;
@@ -791,29 +836,18 @@ pub async fn execute(
                 apply_namespaced::<PodDisruptionBudget>(client, &o.metadata, o.as_ref(), &params)
                     .await
             }
-            Apply::ClusterRoleBinding(o) => {
-                let api: Api<ClusterRoleBinding> = Api::all(client.clone());
-                let name = o.metadata.name.clone().unwrap_or_default();
-                api.patch(&name, &params, &Patch::Apply(o))
-                    .await
-                    .map(|_| ())
+            Apply::Role(o) => apply_namespaced::<Role>(client, &o.metadata, o, &params).await,
+            Apply::RoleBinding(o) => {
+                apply_namespaced::<RoleBinding>(client, &o.metadata, o, &params).await
+            }
+            Apply::Secret(o) => {
+                apply_namespaced::<Secret>(client, &o.metadata, o.as_ref(), &params).await
             }
         };
         match result {
             Ok(()) => {
                 info!(object = %target, "applied");
                 report.applied += 1;
-            }
-            Err(::kube::Error::Api(status))
-                if status.code == UNPROCESSABLE
-                    && matches!(target, ProvisionedRef::ClusterRoleBinding(_)) =>
-            {
-                // The ClusterRole's name changed; the binding's roleRef cannot: recreate.
-                warn!(object = %target, reason = %status.message, "recreating");
-                if delete(client, &target).await.is_ok() {
-                    report.deleted += 1;
-                }
-                report.failed += 1;
             }
             Err(e) => {
                 warn!(object = %target, error = %e, "cannot apply");
@@ -838,19 +872,6 @@ pub async fn execute(
         }
     }
     report
-}
-
-/// Applies the data-plane ClusterRole.
-pub async fn apply_cluster_role(client: &Client, role: &ClusterRole) -> Result<(), ::kube::Error> {
-    let api: Api<ClusterRole> = Api::all(client.clone());
-    let name = role.metadata.name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(role),
-    )
-    .await
-    .map(|_| ())
 }
 
 async fn apply_namespaced<K>(
@@ -906,6 +927,20 @@ async fn delete(client: &Client, target: &ProvisionedRef) -> Result<(), ::kube::
                 .await
                 .map(|_| ())
         }
+        ProvisionedRef::Role(at) => Api::<Role>::namespaced(client.clone(), &at.namespace)
+            .delete(&at.name, &params)
+            .await
+            .map(|_| ()),
+        ProvisionedRef::RoleBinding(at) => {
+            Api::<RoleBinding>::namespaced(client.clone(), &at.namespace)
+                .delete(&at.name, &params)
+                .await
+                .map(|_| ())
+        }
+        ProvisionedRef::Secret(at) => Api::<Secret>::namespaced(client.clone(), &at.namespace)
+            .delete(&at.name, &params)
+            .await
+            .map(|_| ()),
     }
 }
 
@@ -940,6 +975,7 @@ spec:
             key,
             gateway,
             api_version: "gateway.networking.k8s.io/v1",
+            delivered: None,
         }
     }
 
@@ -1032,20 +1068,48 @@ spec:
         for (k, v) in spec.selector.as_ref().unwrap() {
             assert_eq!(template_labels.get(k), Some(v));
         }
-        let binding = &objects.cluster_role_binding;
-        assert_eq!(binding.role_ref.name, "portcullis-dataplane");
+        let binding = &objects.role_binding;
         assert_eq!(
-            binding.subjects.as_ref().unwrap()[0].namespace.as_deref(),
-            Some("agentgateway-system")
+            (
+                binding.role_ref.kind.as_str(),
+                binding.role_ref.name.as_str()
+            ),
+            ("Role", "mtls")
         );
+        let subject = &binding.subjects.as_ref().unwrap()[0];
         assert_eq!(
-            binding.metadata.owner_references, None,
-            "cluster-scoped: no namespaced owner"
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            ("mtls", Some("agentgateway-system"))
         );
+        assert!(binding.metadata.owner_references.is_some());
         assert_eq!(
             binding.metadata.annotations.as_ref().unwrap()[GATEWAY_ANNOTATION],
             "agentgateway-system/mtls"
         );
+    }
+
+    /// The data plane may read its two config Secrets, by name, and nothing else.
+    #[test]
+    fn the_data_plane_role_reads_only_its_config_secrets() {
+        let (key, gw) = gateway(GATEWAY);
+        let role = gateway_objects(&info(&key, &gw), &DataPlaneConfig::default()).role;
+        assert_eq!(
+            role.metadata.namespace.as_deref(),
+            Some("agentgateway-system")
+        );
+        let rules = role.rules.unwrap();
+        assert_eq!(rules.len(), 1);
+        let rule = &rules[0];
+        assert_eq!(rule.api_groups, Some(vec![String::new()]));
+        assert_eq!(rule.resources, Some(vec!["secrets".to_owned()]));
+        assert_eq!(
+            rule.resource_names,
+            Some(vec![
+                "mtls-portcullis-config".to_owned(),
+                "mtls-portcullis-endpoints".to_owned()
+            ])
+        );
+        assert_eq!(rule.verbs, vec!["get", "list", "watch"]);
     }
 
     #[test]
@@ -1056,8 +1120,7 @@ spec:
              seccompProfile: {type: Unconfined}\n\
              nodeSelector: {pool: edge}\n\
              tolerations: [{key: edge, operator: Exists}]\n\
-             service: {type: NodePort, annotations: {lb: internal}}\n\
-             clusterRole: {name: custom-role}\n",
+             service: {type: NodePort, annotations: {lb: internal}}\n",
         )
         .unwrap();
         let objects = gateway_objects(&info(&key, &gw), &config);
@@ -1103,18 +1166,15 @@ spec:
         let service = objects.service.unwrap();
         assert_eq!(service.spec.unwrap().type_.as_deref(), Some("NodePort"));
         assert_eq!(service.metadata.annotations.unwrap()["lb"], "internal");
-        assert_eq!(objects.cluster_role_binding.role_ref.name, "custom-role");
     }
 
     #[test]
-    fn long_names_give_valid_labels_and_binding_names() {
+    fn long_names_give_valid_labels() {
         let long = "a".repeat(200);
         let value = label_value(&long);
         assert!(value.len() <= MAX_LABEL_VALUE);
         assert_ne!(label_value(&long), label_value(&"a".repeat(201)));
         assert_eq!(label_value("short"), "short");
-        let name = cluster_role_binding_name(&ObjectRef::new("n".repeat(63), "g".repeat(253)));
-        assert!(name.len() <= MAX_NAME);
     }
 
     fn provisioned(
@@ -1140,8 +1200,16 @@ spec:
                     let (k, v) = provisioned(ProvisionedKind::Deployment, &o.metadata);
                     cache.provisioned.insert(k, v);
                 }
-                Apply::ClusterRoleBinding(o) => {
-                    let (k, v) = provisioned(ProvisionedKind::ClusterRoleBinding, &o.metadata);
+                Apply::Role(o) => {
+                    let (k, v) = provisioned(ProvisionedKind::Role, &o.metadata);
+                    cache.provisioned.insert(k, v);
+                }
+                Apply::RoleBinding(o) => {
+                    let (k, v) = provisioned(ProvisionedKind::RoleBinding, &o.metadata);
+                    cache.provisioned.insert(k, v);
+                }
+                Apply::Secret(o) => {
+                    let (k, v) = provisioned(ProvisionedKind::Secret, &o.metadata);
                     cache.provisioned.insert(k, v);
                 }
                 Apply::Service(o) => {
@@ -1155,34 +1223,121 @@ spec:
         }
     }
 
+    fn delivered(endpoints: &[&str]) -> Delivered {
+        use portcullis_core::desired::{
+            BackendProtocol, BackendTarget, DesiredBackend, DesiredConfig, DesiredListener,
+            DesiredPort, DesiredRoute, DesiredRule, PortProtocol,
+        };
+        portcullis_core::delivery::encode(&DesiredConfig {
+            ports: vec![DesiredPort {
+                port: 8080,
+                protocol: PortProtocol::Http,
+                gateway: ObjectRef::new("agentgateway-system", "mtls"),
+                client_validation: portcullis_core::desired::ClientValidation::NotRequested,
+                listeners: vec![DesiredListener {
+                    name: "http".to_owned(),
+                    hostname: None,
+                    tls: None,
+                    routes: vec![DesiredRoute {
+                        route: ObjectRef::new("apps", "web"),
+                        hostnames: Vec::new(),
+                        rules: vec![DesiredRule {
+                            matches: Vec::new(),
+                            backends: vec![DesiredBackend {
+                                name: "apps/web:80".to_owned(),
+                                weight: 1,
+                                protocol: BackendProtocol::Http1,
+                                target: BackendTarget::Endpoints(
+                                    endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+                                ),
+                            }],
+                        }],
+                    }],
+                }],
+            }],
+        })
+        .unwrap()
+    }
+
+    fn targets(plan: &ProvisionPlan) -> Vec<String> {
+        plan.apply.iter().map(|a| a.target().to_string()).collect()
+    }
+
     #[test]
     fn provisioning_applies_once_reapplies_on_change_and_cleans_up() {
         let (key, gw) = gateway(GATEWAY);
         let config = DataPlaneConfig::default();
         let mut cache = WatchCache::new();
-        let first = plan_provisioning(&cache, &[info(&key, &gw)], &config);
-        assert_eq!(first.apply.len(), 4);
+        let config_v1 = delivered(&["10.0.0.1:80"]);
+        let with = |gw, delivered| GatewayInfo {
+            delivered: Some(delivered),
+            ..info(&key, gw)
+        };
+        let first = plan_provisioning(&cache, &[with(&gw, &config_v1)], &config);
+        assert_eq!(
+            targets(&first),
+            vec![
+                "ServiceAccount agentgateway-system/mtls",
+                "Deployment agentgateway-system/mtls",
+                "Service agentgateway-system/mtls",
+                "Role agentgateway-system/mtls",
+                "RoleBinding agentgateway-system/mtls",
+                // The endpoints first: a data plane waits for the endpoints a config names.
+                "Secret agentgateway-system/mtls-portcullis-endpoints",
+                "Secret agentgateway-system/mtls-portcullis-config",
+            ]
+        );
         assert!(first.delete.is_empty());
         after(&mut cache, &first);
         assert_eq!(
-            plan_provisioning(&cache, &[info(&key, &gw)], &config),
+            plan_provisioning(&cache, &[with(&gw, &config_v1)], &config),
             ProvisionPlan::default(),
             "nothing changed, nothing written"
         );
+        // New endpoints rewrite the endpoints Secret alone.
+        let config_v2 = delivered(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let plan = plan_provisioning(&cache, &[with(&gw, &config_v2)], &config);
+        assert_eq!(
+            targets(&plan),
+            vec!["Secret agentgateway-system/mtls-portcullis-endpoints"]
+        );
+        // A config that cannot be delivered leaves the Secrets in place.
+        let plan = plan_provisioning(&cache, &[info(&key, &gw)], &config);
+        assert_eq!(plan, ProvisionPlan::default());
         // A new listener port changes the Deployment and the Service only.
         let (key, bigger) = gateway(&format!(
             "{GATEWAY}  - {{name: more, port: 9443, protocol: HTTPS}}\n"
         ));
         let plan = plan_provisioning(&cache, &[info(&key, &bigger)], &config);
-        let targets: Vec<String> = plan.apply.iter().map(|a| a.target().to_string()).collect();
         assert_eq!(
-            targets,
+            targets(&plan),
             vec![
                 "Deployment agentgateway-system/mtls",
                 "Service agentgateway-system/mtls"
             ]
         );
-        // The Gateway is gone: everything it had goes.
+        // The Gateway is gone: everything it had goes, and so does a binding 0.1 made.
+        let legacy = ObjectMeta {
+            name: Some("portcullis-dataplane-agentgateway-system-mtls".to_owned()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_owned(),
+                MANAGED_BY_VALUE.to_owned(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                GATEWAY_ANNOTATION.to_owned(),
+                "agentgateway-system/mtls".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        };
+        let (k, v) = provisioned(ProvisionedKind::ClusterRoleBinding, &legacy);
+        cache.provisioned.insert(k, v);
+        assert_eq!(
+            plan_provisioning(&cache, &[with(&gw, &config_v1)], &config).delete,
+            vec![ProvisionedRef::ClusterRoleBinding(
+                "portcullis-dataplane-agentgateway-system-mtls".to_owned()
+            )],
+            "0.1's ClusterRoleBinding goes while the Gateway stays"
+        );
         let plan = plan_provisioning(&cache, &[], &config);
         assert!(plan.apply.is_empty());
         let deleted: Vec<String> = plan.delete.iter().map(ToString::to_string).collect();
@@ -1193,7 +1348,49 @@ spec:
                 "Deployment agentgateway-system/mtls",
                 "Service agentgateway-system/mtls",
                 "ClusterRoleBinding portcullis-dataplane-agentgateway-system-mtls",
+                "Role agentgateway-system/mtls",
+                "RoleBinding agentgateway-system/mtls",
+                "Secret agentgateway-system/mtls-portcullis-config",
+                "Secret agentgateway-system/mtls-portcullis-endpoints",
             ]
+        );
+    }
+
+    #[test]
+    fn a_secret_that_is_not_ours_is_never_overwritten() {
+        let (key, gw) = gateway(GATEWAY);
+        let mut cache = WatchCache::new();
+        cache
+            .store
+            .insert(Secret {
+                metadata: ObjectMeta {
+                    name: Some("mtls-portcullis-config".to_owned()),
+                    namespace: Some("agentgateway-system".to_owned()),
+                    ..ObjectMeta::default()
+                },
+                ..Secret::default()
+            })
+            .unwrap();
+        let config_v1 = delivered(&["10.0.0.1:80"]);
+        let info = GatewayInfo {
+            delivered: Some(&config_v1),
+            ..info(&key, &gw)
+        };
+        let plan = plan_provisioning(&cache, &[info], &DataPlaneConfig::default());
+        assert_eq!(
+            plan.conflicts,
+            vec![ProvisionedRef::Secret(ObjectRef::new(
+                "agentgateway-system",
+                "mtls-portcullis-config"
+            ))]
+        );
+        assert!(
+            targets(&plan)
+                .contains(&"Secret agentgateway-system/mtls-portcullis-endpoints".to_owned())
+        );
+        assert!(
+            !targets(&plan)
+                .contains(&"Secret agentgateway-system/mtls-portcullis-config".to_owned())
         );
     }
 
@@ -1295,13 +1492,5 @@ spec:
         cache.store.insert(user_service).unwrap();
         let addresses = gateway_addresses(&cache.store, &[info(&key, &gw)]);
         assert_eq!(addresses[&key], vec![address("Hostname", "lb.example.com")]);
-    }
-
-    #[test]
-    fn the_data_plane_role_only_reads() {
-        let role = data_plane_cluster_role("portcullis-dataplane");
-        for rule in role.rules.unwrap() {
-            assert_eq!(rule.verbs, vec!["get", "list", "watch"]);
-        }
     }
 }

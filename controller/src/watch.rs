@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portcullis_core::desired::ObjectRef;
 use serde::de::DeserializeOwned;
@@ -58,6 +58,9 @@ const GATEWAY_API_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha2"];
 /// through it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "portcullis";
+/// Marks the Secrets that carry a Gateway's delivered config: the controller's Secret watch
+/// leaves them out (they hold every certificate and key again).
+pub const DELIVERED_CONFIG_LABEL: &str = "portcullis.dev/delivered-config";
 
 /// Kinds the controller provisions and watches as metadata only (Services are in the store:
 /// translation needs them anyway).
@@ -65,8 +68,26 @@ pub const MANAGED_BY_VALUE: &str = "portcullis";
 pub enum ProvisionedKind {
     ServiceAccount,
     Deployment,
+    /// Only ever deleted: 0.1 bound each data plane to a ClusterRole.
     ClusterRoleBinding,
     PodDisruptionBudget,
+    Role,
+    RoleBinding,
+    /// The delivered config objects.
+    Secret,
+}
+
+impl ProvisionedKind {
+    /// Every kind, in the order the watches start.
+    pub const ALL: [ProvisionedKind; 7] = [
+        ProvisionedKind::ServiceAccount,
+        ProvisionedKind::Deployment,
+        ProvisionedKind::ClusterRoleBinding,
+        ProvisionedKind::PodDisruptionBudget,
+        ProvisionedKind::Role,
+        ProvisionedKind::RoleBinding,
+        ProvisionedKind::Secret,
+    ];
 }
 
 impl ProvisionedKind {
@@ -76,6 +97,9 @@ impl ProvisionedKind {
             ProvisionedKind::Deployment => "Deployment",
             ProvisionedKind::ClusterRoleBinding => "ClusterRoleBinding",
             ProvisionedKind::PodDisruptionBudget => "PodDisruptionBudget",
+            ProvisionedKind::Role => "Role",
+            ProvisionedKind::RoleBinding => "RoleBinding",
+            ProvisionedKind::Secret => "Secret",
         }
     }
 }
@@ -430,12 +454,10 @@ pub fn choose_versions(served: &[(String, Vec<String>)]) -> BTreeMap<ObjectKind,
 /// What to watch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchPlan {
-    /// Gateway API kinds, discovered and watched cluster-wide (Gateways: see `only_gateway`).
+    /// Gateway API kinds, discovered and watched cluster-wide.
     pub gateway_api: Vec<ObjectKind>,
     /// Core kinds, watched cluster-wide.
     pub core: Vec<ObjectKind>,
-    /// Watch only this Gateway instead of every Gateway.
-    pub only_gateway: Option<ObjectRef>,
     /// Also watch the metadata of what the controller provisioned.
     pub provisioned: bool,
 }
@@ -454,24 +476,7 @@ impl WatchPlan {
         Self {
             gateway_api: GATEWAY_API_KINDS.to_vec(),
             core: CORE_KINDS.to_vec(),
-            only_gateway: None,
             provisioned: true,
-        }
-    }
-
-    /// A data plane: its one Gateway, every route (any may attach to it), the objects they
-    /// can reference. No GatewayClass: the data plane serves the Gateway it was started for.
-    pub fn data_plane(gateway: ObjectRef) -> Self {
-        Self {
-            gateway_api: vec![
-                ObjectKind::Gateway,
-                ObjectKind::HttpRoute,
-                ObjectKind::GrpcRoute,
-                ObjectKind::ReferenceGrant,
-            ],
-            core: CORE_KINDS.to_vec(),
-            only_gateway: Some(gateway),
-            provisioned: false,
         }
     }
 
@@ -484,15 +489,7 @@ impl WatchPlan {
             .map(|kind| Source::Store(*kind))
             .collect();
         if self.provisioned {
-            sources.extend(
-                [
-                    ProvisionedKind::ServiceAccount,
-                    ProvisionedKind::Deployment,
-                    ProvisionedKind::ClusterRoleBinding,
-                    ProvisionedKind::PodDisruptionBudget,
-                ]
-                .map(Source::Provisioned),
-            );
+            sources.extend(ProvisionedKind::ALL.map(Source::Provisioned));
         }
         sources
     }
@@ -516,8 +513,16 @@ where
     K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
     Object: From<K>,
 {
+    typed_stream_with(api, kind, watcher::Config::default())
+}
+
+fn typed_stream_with<K>(api: Api<K>, kind: ObjectKind, config: watcher::Config) -> WatchStream
+where
+    K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
+    Object: From<K>,
+{
     let source = Source::Store(kind);
-    watcher(api, watcher::Config::default())
+    watcher(api, config)
         .backoff(CappedBackoff::default())
         .map(move |item| {
             (
@@ -603,7 +608,13 @@ impl Watches {
         let mut streams: SelectAll<WatchStream> = SelectAll::new();
         for kind in &plan.core {
             let stream = match kind {
-                ObjectKind::Secret => typed_stream(Api::<Secret>::all(client.clone()), *kind),
+                // The delivered config objects are the controller's output, not its input:
+                // they are watched as metadata below.
+                ObjectKind::Secret => typed_stream_with(
+                    Api::<Secret>::all(client.clone()),
+                    *kind,
+                    watcher::Config::default().labels(&format!("!{DELIVERED_CONFIG_LABEL}")),
+                ),
                 ObjectKind::ConfigMap => typed_stream(Api::<ConfigMap>::all(client.clone()), *kind),
                 ObjectKind::Service => typed_stream(Api::<Service>::all(client.clone()), *kind),
                 ObjectKind::EndpointSlice => {
@@ -633,6 +644,18 @@ impl Watches {
             streams.push(metadata_stream(
                 Api::<PartialObjectMeta<PodDisruptionBudget>>::all(client.clone()),
                 ProvisionedKind::PodDisruptionBudget,
+            ));
+            streams.push(metadata_stream(
+                Api::<PartialObjectMeta<Role>>::all(client.clone()),
+                ProvisionedKind::Role,
+            ));
+            streams.push(metadata_stream(
+                Api::<PartialObjectMeta<RoleBinding>>::all(client.clone()),
+                ProvisionedKind::RoleBinding,
+            ));
+            streams.push(metadata_stream(
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+                ProvisionedKind::Secret,
             ));
         }
         let mut watches = Self {
@@ -754,23 +777,9 @@ impl Watches {
                 continue;
             };
             info!(%kind, api_version = %resource.api_version, "watching");
-            let (api, config) = match (&self.plan.only_gateway, kind) {
-                (Some(gateway), ObjectKind::Gateway) => (
-                    Api::<DynamicObject>::namespaced_with(
-                        self.client.clone(),
-                        &gateway.namespace,
-                        &resource,
-                    ),
-                    watcher::Config::default().fields(&format!("metadata.name={}", gateway.name)),
-                ),
-                _ => (
-                    Api::<DynamicObject>::all_with(self.client.clone(), &resource),
-                    watcher::Config::default(),
-                ),
-            };
             self.streams.push(gateway_api_stream(
-                api,
-                config,
+                Api::<DynamicObject>::all_with(self.client.clone(), &resource),
+                watcher::Config::default(),
                 kind,
                 resource.api_version.clone(),
             ));
@@ -1025,7 +1034,7 @@ mod tests {
         use portcullis_translate::translate::reasons;
         let gateway_source = Source::Store(ObjectKind::Gateway);
         let mut cache = WatchCache::new();
-        for source in WatchPlan::data_plane(ObjectRef::new("gw", "g")).sources() {
+        for source in WatchPlan::controller().sources() {
             cache.mark_absent(source);
         }
         let (ca1, _) = test_certs::ca("CA one");

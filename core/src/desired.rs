@@ -10,7 +10,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::listener_options::ListenerTlsOptions;
 
@@ -27,7 +27,7 @@ impl DesiredConfig {
 }
 
 /// A namespaced object's identity, as `namespace/name`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectRef {
     pub namespace: String,
     pub name: String,
@@ -49,7 +49,7 @@ impl fmt::Display for ObjectRef {
 }
 
 /// What is spoken on a port. Gateway API forbids HTTP and HTTPS listeners sharing a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PortProtocol {
     Http,
     Https,
@@ -93,7 +93,7 @@ impl ClientValidation {
 }
 
 /// The Gateway API's `FrontendValidationModeType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ValidationMode {
     /// Only clients with a certificate that verifies complete the handshake.
     AllowValidOnly,
@@ -176,7 +176,7 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PrivateKeyEncoding {
     /// `RSA PRIVATE KEY`
     Pkcs1,
@@ -189,7 +189,7 @@ pub enum PrivateKeyEncoding {
 /// An HTTPRoute or GRPCRoute as attached to one listener. Translation never attaches both kinds
 /// with intersecting hostnames to one listener (the Gateway API keeps the older route), so the
 /// routes sharing a hostname of a listener are all of one kind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredRoute {
     pub route: ObjectRef,
     /// The route's hostnames intersected with the listener's hostname. Empty means the route
@@ -198,7 +198,7 @@ pub struct DesiredRoute {
     pub rules: Vec<DesiredRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredRule {
     /// Empty means one match of path prefix `/` (the API's default).
     pub matches: Vec<RouteMatch>,
@@ -207,7 +207,7 @@ pub struct DesiredRule {
     pub backends: Vec<DesiredBackend>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteMatch {
     pub path: PathMatch,
     /// Upper-case HTTP method, for example `GET`.
@@ -227,7 +227,7 @@ impl Default for RouteMatch {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PathMatch {
     Exact(String),
     /// Element-wise prefix: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
@@ -242,20 +242,20 @@ pub enum PathMatch {
 }
 
 /// Exact header match; names compare case-insensitively.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeaderMatch {
     pub name: String,
     pub value: String,
 }
 
 /// Exact query parameter match; names compare exactly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryParamMatch {
     pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredBackend {
     /// For logs and metrics: `namespace/service:port`.
     pub name: String,
@@ -267,7 +267,7 @@ pub struct DesiredBackend {
 }
 
 /// The protocol spoken to a backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BackendProtocol {
     /// HTTP/1.1 over TCP: every Service port unless it says otherwise.
     #[default]
@@ -277,7 +277,7 @@ pub enum BackendProtocol {
     H2c,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BackendTarget {
     /// Ready endpoints of the Service's EndpointSlices. Empty: 503 (no ready endpoint).
     Endpoints(Vec<SocketAddr>),

@@ -6,6 +6,7 @@ pub mod client_auth;
 pub mod client_hello;
 pub mod client_identity;
 pub mod compile;
+pub mod delivery;
 pub mod desired;
 pub mod hostname;
 pub mod http1;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 const OUR_PREFIX: &str = "portcullis.dev/";
@@ -21,7 +21,7 @@ const KEY_FORWARD_CLIENT_CERT: &str = "forward-client-cert";
 const KEY_SESSION_RESUMPTION: &str = "tls-session-resumption";
 
 /// Parsed options of one HTTPS listener.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerTlsOptions {
     /// TLS session resumption (tickets). On by default; `"off"` forces full handshakes.
     pub session_resumption: bool,
@@ -40,7 +40,7 @@ impl Default for ListenerTlsOptions {
 }
 
 /// Extra checks on a client leaf certificate after its chain verified (spec §7).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientIdentityRules {
     /// At least one must be carried by the leaf; empty means no SAN restriction.
     pub subject_alt_names: Vec<SanPattern>,
@@ -56,7 +56,7 @@ impl ClientIdentityRules {
 
 /// A SAN the client leaf must carry, by type. DNS names compare case-insensitively; the
 /// other types compare exactly (IP addresses by value).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SanPattern {
     Dns(String),
     Uri(String),
@@ -65,7 +65,7 @@ pub enum SanPattern {
 }
 
 /// A SHA-256 certificate fingerprint.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CertificateHash(pub [u8; 32]);
 
 impl fmt::Debug for CertificateHash {
@@ -78,7 +78,7 @@ impl fmt::Debug for CertificateHash {
 }
 
 /// How a verified client identity reaches the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardClientCert {
     /// Envoy's `x-forwarded-client-cert`.
     Xfcc,

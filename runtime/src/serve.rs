@@ -123,14 +123,9 @@ pub fn serve_with(
     };
     let control = Arc::new(ControlState::default());
     let (mut publisher, snapshots) = Publisher::new();
-    match source.initial(&terminate) {
-        Initial::Config(desired) => {
-            publisher.publish(desired);
-            control.reloads_applied.fetch_add(1, Ordering::Relaxed);
-        }
-        Initial::Terminated => return ExitCode::SUCCESS,
-        Initial::Unavailable => return ExitCode::from(EXIT_NOTHING_TO_SERVE),
-    }
+    // Shards and the admin endpoint start before the first configuration: until it arrives
+    // (from an API server that may be slow or down) the process is alive (`/healthz`) and not
+    // ready (`/readyz`), and listens on no port.
     let cores = shard::cores_from_affinity(options.shard_count);
     info!(shards = cores.len(), "starting shards");
     let shards = match Shards::start(cores, options.shard.clone(), snapshots.clone()) {
@@ -148,6 +143,21 @@ pub fn serve_with(
     if let Err(e) = admin::spawn(options.admin, ctx) {
         error!(error = %e, "cannot start the admin endpoint");
         return ExitCode::FAILURE;
+    }
+    let without_config = match source.initial(&terminate) {
+        Initial::Config(desired) => {
+            publisher.publish(desired);
+            control.reloads_applied.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Initial::Terminated => Some(ExitCode::SUCCESS),
+        Initial::Unavailable => Some(ExitCode::from(EXIT_NOTHING_TO_SERVE)),
+    };
+    if let Some(code) = without_config {
+        control.draining.store(true, Ordering::Release);
+        shards.handles.drain(Duration::ZERO);
+        shards.join();
+        return code;
     }
     on_serving(&first_ports_report(&shards, &snapshots));
     let mut lost = false;

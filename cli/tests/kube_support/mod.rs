@@ -120,6 +120,30 @@ impl Kube {
         kube
     }
 
+    /// This API server's kubeconfig, acting as `user` (for example a ServiceAccount's
+    /// `system:serviceaccount:NS:NAME`), written into `dir`.
+    pub fn impersonating(&self, dir: &Path, user: &str) -> Kube {
+        let mut config: Value =
+            serde_json::from_str(&self.ok(&["config", "view", "--raw", "-o", "json"])).unwrap();
+        for entry in config["users"].as_array_mut().unwrap() {
+            entry["user"]["as"] = Value::from(user);
+        }
+        let kubeconfig = dir.join(format!("{}.kubeconfig", user.replace(':', "-")));
+        fs::write(&kubeconfig, config.to_string()).unwrap();
+        Kube {
+            kubectl: self.kubectl.clone(),
+            kubeconfig,
+        }
+    }
+
+    /// `kubectl auth can-i ARGS` as `user`.
+    pub fn can_i(&self, user: &str, args: &[&str]) -> bool {
+        let mut all = vec!["auth", "can-i", "--as", user];
+        all.extend_from_slice(args);
+        let out = self.run(&all, None);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    }
+
     pub fn command(&self) -> Command {
         let mut command = Command::new(&self.kubectl);
         command.env("KUBECONFIG", &self.kubeconfig);

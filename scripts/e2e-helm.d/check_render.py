@@ -27,7 +27,8 @@ CONTROLLER_RULES = {
     (GW, "httproutes"): READ,
     (GW, "grpcroutes"): READ,
     (GW, "referencegrants"): READ,
-    ("", "secrets"): READ,
+    # Read for certificates and CA bundles; written for each Gateway's delivered config Secrets.
+    ("", "secrets"): READ | WRITE,
     ("", "configmaps"): READ,
     ("", "namespaces"): READ,
     ("discovery.k8s.io", "endpointslices"): READ,
@@ -40,20 +41,11 @@ CONTROLLER_RULES = {
     ("", "serviceaccounts"): READ | WRITE,
     ("apps", "deployments"): READ | WRITE,
     ("policy", "poddisruptionbudgets"): READ | WRITE,
-    ("rbac.authorization.k8s.io", "clusterrolebindings"): READ | WRITE,
-}
-
-# data_plane_cluster_role() in controller/src/provision.rs.
-DATA_PLANE_RULES = {
-    (GW, "gateways"): READ,
-    (GW, "httproutes"): READ,
-    (GW, "grpcroutes"): READ,
-    (GW, "referencegrants"): READ,
-    ("", "secrets"): READ,
-    ("", "configmaps"): READ,
-    ("", "services"): READ,
-    ("", "namespaces"): READ,
-    ("discovery.k8s.io", "endpointslices"): READ,
+    # Per Gateway, a Role reading its config Secrets by name, bound to its ServiceAccount.
+    ("rbac.authorization.k8s.io", "roles"): READ | WRITE,
+    ("rbac.authorization.k8s.io", "rolebindings"): READ | WRITE,
+    # Only to delete the ClusterRoleBindings version 0.1 made per Gateway.
+    ("rbac.authorization.k8s.io", "clusterrolebindings"): READ | {"delete"},
 }
 
 # Kinds that are not namespaced among those the chart renders.
@@ -152,18 +144,26 @@ def check_common(render, namespace, release):
                 fail(f"{kind} {name}: label value {value!r} longer than 63")
     ok(f"{len(render.docs)} objects: names <= 63, namespaced ones in {namespace}, standard labels")
 
-    # RBAC: no wildcard anywhere, no write verb on Secrets or ConfigMaps.
+    # RBAC: no wildcard anywhere; no write verb on ConfigMaps; Secrets written only by the
+    # controller's ClusterRole (each Gateway's delivered config), never by another role.
+    secret_writers = []
     for kind in ("ClusterRole", "Role"):
         for role in render.kinds(kind):
+            name = role["metadata"]["name"]
             for rule in role.get("rules", []):
                 everything = rule.get("apiGroups", []) + rule.get("resources", []) + rule.get("verbs", [])
                 if any("*" in x for x in everything):
-                    fail(f"{kind} {role['metadata']['name']}: wildcard in {rule}")
-                if set(rule.get("resources", [])) & {"secrets", "configmaps"} and set(rule["verbs"]) - READ:
-                    fail(f"{kind} {role['metadata']['name']}: writes Secrets or ConfigMaps: {rule}")
+                    fail(f"{kind} {name}: wildcard in {rule}")
+                resources, writes = set(rule.get("resources", [])), set(rule["verbs"]) - READ
+                if "configmaps" in resources and writes:
+                    fail(f"{kind} {name}: writes ConfigMaps: {rule}")
+                if "secrets" in resources and writes:
+                    secret_writers.append((kind, name, role["metadata"]["labels"].get("app.kubernetes.io/component")))
                 if set(rule.get("verbs", [])) & {"escalate", "bind", "impersonate", "deletecollection"}:
-                    fail(f"{kind} {role['metadata']['name']}: dangerous verb in {rule}")
-    ok("RBAC: no wildcards, no write access to Secrets or ConfigMaps, no bind/escalate/impersonate")
+                    fail(f"{kind} {name}: dangerous verb in {rule}")
+    if len(secret_writers) != 1 or secret_writers[0][0] != "ClusterRole" or secret_writers[0][2] != "controller":
+        fail(f"Secret writes allowed to {secret_writers}, want the controller's ClusterRole only")
+    ok("RBAC: no wildcards, no ConfigMap writes, Secret writes only by the controller, no bind/escalate/impersonate")
 
 
 def controller_parts(render, fullname):
@@ -211,7 +211,7 @@ def check_controller_pod(render, fullname, sa, replicas, admin_port):
           "controller has requests and limits")
 
 
-def check_rbac(render, fullname, sa, namespace, lease, election, dataplane_role):
+def check_rbac(render, fullname, sa, namespace, lease, election):
     role = render.one("ClusterRole", f"{fullname}-controller")
     eq(rule_table(role, "controller ClusterRole"), CONTROLLER_RULES,
        "controller ClusterRole is exactly the least-privilege table")
@@ -220,10 +220,8 @@ def check_rbac(render, fullname, sa, namespace, lease, election, dataplane_role)
                             "name": f"{fullname}-controller"}, "ClusterRoleBinding -> controller ClusterRole")
     eq(binding["subjects"], [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
        "ClusterRoleBinding subject is the controller ServiceAccount")
-    data_plane = render.one("ClusterRole", dataplane_role)
-    eq(rule_table(data_plane, "data-plane ClusterRole"), DATA_PLANE_RULES,
-       "data-plane ClusterRole is read-only and equals provision.rs's data_plane_cluster_role()")
-    eq(len(render.kinds("ClusterRole")), 2, "two ClusterRoles (controller, data plane)")
+    eq([r["metadata"]["name"] for r in render.kinds("ClusterRole")], [f"{fullname}-controller"],
+       "one ClusterRole, the controller's (no data-plane ClusterRole: the controller makes a Role per Gateway)")
     roles = render.kinds("Role")
     if not election:
         eq(roles, [], "no leader election: no Lease Role")
@@ -250,8 +248,7 @@ def case_default(render, root):
     ns, fullname, sa = "portcullis-system", "portcullis", "portcullis-controller"
     check_common(render, ns, "portcullis")
     check_controller_pod(render, fullname, sa, replicas=2, admin_port=9902)
-    check_rbac(render, fullname, sa, ns, lease="portcullis-controller", election=True,
-               dataplane_role="portcullis-dataplane")
+    check_rbac(render, fullname, sa, ns, lease="portcullis-controller", election=True)
     eq(render.kinds("CustomResourceDefinition"), [], "no CRDs by default")
     gc = render.one("GatewayClass")
     eq(gc["metadata"]["name"], "portcullis", "GatewayClass name")
@@ -284,14 +281,13 @@ def case_default(render, root):
           "no securityContext override: the controller computes it per Gateway (NET_BIND_SERVICE below 1024)")
     eq(plane["hostNetwork"], False, "hostNetwork off by default")
     eq(plane["service"], {"type": "LoadBalancer", "annotations": {}, "labels": {}}, "Service LoadBalancer")
-    eq(plane["clusterRole"], {"name": "portcullis-dataplane", "create": False},
-       "data-plane ClusterRole installed by the chart, not the controller")
+    check("clusterRole" not in plane, "no dataPlane.clusterRole in the config (config.rs refuses it)")
     eq(plane["adminPort"], 9901, "data-plane admin port 9901")
     eq(plane["nodeSelector"], {"kubernetes.io/os": "linux"}, "data plane on Linux nodes")
     eq(plane["podDisruptionBudget"], {"maxUnavailable": 1}, "a data-plane PDB per Gateway, maxUnavailable 1")
     check(plane["runAsUser"] != 0, "data plane non-root")
     kinds = sorted(d["kind"] for d in render.docs)
-    eq(kinds, sorted(["PodDisruptionBudget", "ServiceAccount", "ConfigMap", "ClusterRole", "ClusterRole",
+    eq(kinds, sorted(["PodDisruptionBudget", "ServiceAccount", "ConfigMap", "ClusterRole",
                       "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "GatewayClass"]),
        "default objects")
 
@@ -300,8 +296,7 @@ def case_custom(render, root):
     ns, fullname, sa = "gw-system", "edge-gateways", "edge-controller-sa"
     check_common(render, ns, "edge")
     check_controller_pod(render, fullname, sa, replicas=3, admin_port=19902)
-    check_rbac(render, fullname, sa, ns, lease="edge-leader", election=True,
-               dataplane_role="edge-dataplane-reader")
+    check_rbac(render, fullname, sa, ns, lease="edge-leader", election=True)
     crds = render.kinds("CustomResourceDefinition")
     eq(len(crds), 12, "crds.install: the 12 Gateway API v1.4.0 experimental CRDs")
     for crd in crds:
@@ -356,7 +351,7 @@ def case_custom(render, root):
        (19901, 40, 60, 10001, 10001, "text"), "admin port, drain, grace period, uid/gid, log format")
     eq(plane["extraArgs"], ["--idle-timeout", "120s"], "extraArgs")
     eq(plane["env"], [{"name": "RUST_LOG", "value": "info,portcullis_runtime=debug"}], "env")
-    eq(plane["clusterRole"], {"name": "edge-dataplane-reader", "create": False}, "custom data-plane ClusterRole")
+    check("clusterRole" not in plane, "no dataPlane.clusterRole in the config")
     eq(plane["podDisruptionBudget"], {"minAvailable": "50%"}, "data-plane PDB minAvailable 50%")
 
 
@@ -364,7 +359,7 @@ def case_single(render, root):
     ns, fullname, sa = "portcullis-system", "portcullis", "portcullis-controller"
     check_common(render, ns, "portcullis")
     check_controller_pod(render, fullname, sa, replicas=1, admin_port=9902)
-    check_rbac(render, fullname, sa, ns, lease=None, election=False, dataplane_role="portcullis-dataplane")
+    check_rbac(render, fullname, sa, ns, lease=None, election=False)
     eq(render.kinds("PodDisruptionBudget"), [], "one replica: no PDB (it would block every drain)")
     eq(render.kinds("GatewayClass"), [], "gatewayClass.create=false: no GatewayClass")
     _, _, _, config = controller_parts(render, fullname)

@@ -71,10 +71,6 @@ app.kubernetes.io/component: controller
 {{- default (include "portcullis.controller.name" .) .Values.controller.leaderElection.leaseName }}
 {{- end }}
 
-{{- define "portcullis.dataPlane.clusterRoleName" -}}
-{{- default (printf "%s-dataplane" (include "portcullis.fullname" .)) .Values.dataPlane.clusterRole.name }}
-{{- end }}
-
 {{/*
 An image reference from a repository, tag and digest: the digest wins over the tag.
 Arguments: dict "repository" "tag" "digest".
@@ -153,8 +149,7 @@ unknown keys): everything the data-plane pods need, from dataPlane.* values.
       "adminPort" $d.adminPort
       "drainTimeoutSeconds" $d.drainTimeoutSeconds
       "terminationGracePeriodSeconds" $d.terminationGracePeriodSeconds
-      "service" $service
-      "clusterRole" (dict "name" (include "portcullis.dataPlane.clusterRoleName" .) "create" false) }}
+      "service" $service }}
 {{- with $d.affinity }}
 {{- $_ := set $plane "affinity" . }}
 {{- end }}

@@ -2,6 +2,8 @@
 //!
 //! - `request_head`, `response_head`, `chunked_body`: every byte-string literal of the unit tests
 //!   in `core/src/http1/` that is a request head, a response head or (in `chunked.rs`) a body.
+//! - `delivered_config`: the TLS gateway's translated config, encoded as the controller delivers
+//!   it, and the empty config.
 //! - `manifests_translate`: the user guide's and the conformance fixtures of
 //!   `translate/tests/fixtures/`, and the manifests of the `tls_accept` gateway.
 //! - `tls_accept`: what real rustls clients send to that gateway, captured in memory: full
@@ -190,6 +192,42 @@ fn manifest_seeds(root: &Path, corpus: &Path, pki: &PkiFiles) {
         manifests(&pki.server_pki()).into_bytes(),
     ));
     write_seeds(&corpus.join("manifests_translate"), seeds);
+    delivered_seeds(corpus, pki);
+}
+
+/// `delivered_config`: the TLS gateway's config as the controller delivers it (a port with a
+/// certificate, a key, a CA bundle and routes), and the empty config.
+fn delivered_seeds(corpus: &Path, pki: &PkiFiles) {
+    use portcullis_core::delivery::encode;
+    use portcullis_core::desired::DesiredConfig;
+    use portcullis_translate::manifests::{LoadedManifests, load_text};
+    use portcullis_translate::{TranslateOptions, check, translate};
+    let mut loaded = LoadedManifests::default();
+    load_text(
+        Path::new("tls-gateway.yaml"),
+        &manifests(&pki.server_pki()),
+        false,
+        &mut loaded,
+    )
+    .unwrap();
+    let desired = translate(&loaded.store, &TranslateOptions::new(check::now())).desired;
+    let seed = |desired: &DesiredConfig| {
+        let delivered = encode(desired).unwrap();
+        let mut bytes = u16::try_from(delivered.config.len())
+            .unwrap()
+            .to_le_bytes()
+            .to_vec();
+        bytes.extend_from_slice(&delivered.config);
+        bytes.extend_from_slice(&delivered.endpoints);
+        bytes
+    };
+    write_seeds(
+        &corpus.join("delivered_config"),
+        [
+            ("tls-gateway.json".to_owned(), seed(&desired)),
+            ("empty.json".to_owned(), seed(&DesiredConfig::default())),
+        ],
+    );
 }
 
 // --- The fixed PKI -----------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::collections::BTreeMap;
+
 use gateway_api::experimental::gateways::{Gateway, GatewayStatusAddresses};
 use gateway_api::experimental::grpcroutes::{GrpcRoute, GrpcRouteStatusParents};
 use gateway_api::experimental::httproutes::HttpRoute;
@@ -2434,4 +2436,50 @@ fn grpc_cross_namespace_backends_need_a_grant_from_grpcroutes() {
             assert!(matches!(target, BackendTarget::Invalid { .. }), "{grant:?}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A port the data plane reported it cannot listen on.
+
+#[test]
+fn a_port_the_data_plane_cannot_listen_on_leaves_its_listeners_pending() {
+    let mut w = world();
+    add_gateway(
+        &mut w.store,
+        "g",
+        vec![http("open", 8080), http("taken", 8081)],
+        None,
+    );
+    let mut options = options(None);
+    options.unserved_ports.insert(
+        portcullis_core::desired::ObjectRef::new(NS, "g"),
+        BTreeMap::from([(
+            8081,
+            "port 8081 is already in use by another process".to_owned(),
+        )]),
+    );
+    let t = translate(&w.store, &options);
+    let status = gw(&t, "g");
+    assert_condition(
+        &listener(status, "open").conditions,
+        "Programmed",
+        true,
+        "Programmed",
+    );
+    let taken = &listener(status, "taken").conditions;
+    assert_condition(taken, "Programmed", false, "Pending");
+    assert_condition(taken, "Accepted", true, "Accepted");
+    let message = &condition(taken, "Programmed").unwrap().message;
+    assert!(message.contains("already in use"), "{message}");
+    let programmed = condition(status.conditions.as_ref().unwrap(), "Programmed").unwrap();
+    assert_eq!(programmed.message, "1 of 2 listeners programmed");
+    // What the data plane is given does not change: it keeps trying.
+    assert!(t.desired.port(8081).is_some());
+    // Served again: programmed again.
+    assert_condition(
+        &listener(gw(&run(&w.store), "g"), "taken").conditions,
+        "Programmed",
+        true,
+        "Programmed",
+    );
 }

@@ -29,6 +29,9 @@ pub mod reasons {
 
     // Listener.
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
+    /// `Programmed=False`: the data plane has the listener but does not listen on its port yet
+    /// (it tries again every second).
+    pub const PENDING: &str = "Pending";
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
     /// Also a route parent's `Accepted=False` reason: an HTTPRoute and a GRPCRoute that share
     /// a hostname on a listener (the younger is refused).

@@ -86,6 +86,15 @@ impl ListenerState<'_> {
         self.accepted() && !self.blocking_ref_problem
     }
 
+    /// Why the data plane does not listen on this listener's port, when it reported so.
+    pub fn unserved_reason<'u>(
+        &self,
+        unserved: Option<&'u BTreeMap<u16, String>>,
+    ) -> Option<&'u str> {
+        let port = self.port?;
+        unserved?.get(&port).map(String::as_str)
+    }
+
     /// Would be programmed but for its port's CA refs all being invalid: kept on the port so
     /// that the port fails closed (spec §4).
     pub fn refused_for_ca(&self) -> bool {
@@ -270,14 +279,19 @@ impl<'s> GatewayState<'s> {
         }
     }
 
-    pub fn listener_statuses(&self, now: &Time) -> Vec<GatewayStatusListeners> {
+    /// `unserved`: the ports the Gateway's data plane reported it cannot listen on.
+    pub fn listener_statuses(
+        &self,
+        now: &Time,
+        unserved: Option<&BTreeMap<u16, String>>,
+    ) -> Vec<GatewayStatusListeners> {
         let stamp = ConditionStamp {
             observed_generation: self.observed_generation,
             now,
         };
         self.listeners
             .iter()
-            .map(|l| listener_status(&stamp, l))
+            .map(|l| listener_status(&stamp, l, l.unserved_reason(unserved)))
             .collect()
     }
 }
@@ -661,7 +675,11 @@ fn mark_conflicts(listeners: &mut [ListenerState<'_>]) {
     }
 }
 
-fn listener_status(stamp: &ConditionStamp<'_>, l: &ListenerState<'_>) -> GatewayStatusListeners {
+fn listener_status(
+    stamp: &ConditionStamp<'_>,
+    l: &ListenerState<'_>,
+    unserved: Option<&str>,
+) -> GatewayStatusListeners {
     let mut accept_problems = l.accept_problems.clone();
     if let Some(reason) = &l.ca_refused {
         accept_problems.push(Problem::new(
@@ -675,7 +693,17 @@ fn listener_status(stamp: &ConditionStamp<'_>, l: &ListenerState<'_>) -> Gateway
         reasons::ACCEPTED,
         "Listener is accepted",
     )];
-    conditions.push(if l.programmed() {
+    conditions.push(if let (true, Some(why)) = (l.programmed(), unserved) {
+        stamp.condition(
+            types::PROGRAMMED,
+            false,
+            reasons::PENDING,
+            format!(
+                "the data plane does not listen on port {} yet: {why}",
+                l.port.unwrap_or_default()
+            ),
+        )
+    } else if l.programmed() {
         stamp.condition(
             types::PROGRAMMED,
             true,

@@ -78,6 +78,10 @@ pub struct TranslateOptions {
     /// listener gets `PortUnavailable` because of another Gateway. Off (file mode): one
     /// process serves every Gateway and the oldest keeps a contested port.
     pub separate_data_planes: bool,
+    /// Ports a Gateway's data plane reported it cannot listen on, with why (kube mode: the
+    /// controller asks each data-plane pod). Their listeners are `Programmed=False` with reason
+    /// `Pending` until they are served; what the data plane is given does not change.
+    pub unserved_ports: BTreeMap<ObjectRef, BTreeMap<u16, String>>,
 }
 
 impl TranslateOptions {
@@ -89,6 +93,7 @@ impl TranslateOptions {
             now,
             gateway_addresses: BTreeMap::new(),
             separate_data_planes: false,
+            unserved_ports: BTreeMap::new(),
         }
     }
 }
@@ -708,7 +713,11 @@ fn gateway_status(gateway: &GatewayState<'_>, options: &TranslateOptions) -> Gat
             format!("listeners not accepted: {}", not_accepted.join(", ")),
         )
     };
-    let programmed_count = listeners.iter().filter(|l| l.programmed()).count();
+    let unserved = options.unserved_ports.get(gateway.key);
+    let programmed_count = listeners
+        .iter()
+        .filter(|l| l.programmed() && l.unserved_reason(unserved).is_none())
+        .count();
     let programmed = if programmed_count > 0 {
         stamp.condition(
             types::PROGRAMMED,
@@ -744,7 +753,7 @@ fn gateway_status(gateway: &GatewayState<'_>, options: &TranslateOptions) -> Gat
         addresses: status_addresses(gateway, options),
         attached_listener_sets: None,
         conditions: Some(conditions),
-        listeners: Some(gateway.listener_statuses(&options.now)),
+        listeners: Some(gateway.listener_statuses(&options.now, unserved)),
     }
 }
 

@@ -1377,3 +1377,153 @@ spec:
     assert_eq!(controller.stop().and_then(|s| s.code()), Some(0));
     kube.clean_slate();
 }
+
+/// A port the data plane cannot listen on (another process holds it) makes its listener
+/// `Programmed=False` (`Pending`): the controller reads the data-plane pod's `/readyz`. Once
+/// the port is free and served, the listener is programmed again.
+#[test]
+#[ignore = "needs scripts/test-apiserver"]
+fn a_port_the_data_plane_cannot_listen_on_is_not_programmed() {
+    let _serial = serial();
+    let kube = Kube::from_env();
+    let dir = work_dir("unserved-port");
+    let release = Release::from_env();
+    kube.install_gateway_api(&release.bundle_path(), release.version);
+    kube.clean_slate();
+    kube.ensure_namespace(LEASE_NS);
+    kube.apply(GATEWAY_CLASS);
+    let admin = free_port();
+    let dp_admin = free_port();
+    let config = controller_config_with(
+        &dir,
+        "probe",
+        "e2e-probe",
+        admin,
+        &format!("  adminPort: {dp_admin}\n"),
+    );
+    let mut controller = Process::portcullis(
+        "controller",
+        &dir,
+        &kube,
+        &["controller", "--config", config.to_str().unwrap()],
+    );
+    let (open, taken) = (free_port(), free_port());
+    let holder = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+    kube.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: probed, namespace: {LEASE_NS}}}
+spec:
+  gatewayClassName: {CLASS}
+  listeners:
+  - {{name: open, protocol: HTTP, port: {open}}}
+  - {{name: taken, protocol: HTTP, port: {taken}}}
+"
+    ));
+    // The pod the Deployment would run (no kubelet here): its address is this machine's
+    // loopback, where the data plane below runs.
+    kube.apply(&format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: probed-0
+  namespace: {LEASE_NS}
+  labels: {{app.kubernetes.io/name: portcullis-gateway, gateway.networking.k8s.io/gateway-name: probed}}
+spec:
+  containers: [{{name: portcullis, image: 'portcullis:e2e'}}]
+"
+    ));
+    kube.ok(&[
+        "patch",
+        "pod",
+        "probed-0",
+        "-n",
+        LEASE_NS,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running","podIP":"127.0.0.1","podIPs":[{"ip":"127.0.0.1"}]}}"#,
+    ]);
+    wait_for("the config Secrets", PATIENCE, || {
+        kube.get("secret", Some(LEASE_NS), "probed-portcullis-endpoints")
+            .map(|_| ())
+            .ok_or_else(|| "absent".to_owned())
+    });
+    let as_data_plane =
+        kube.impersonating(&dir, &format!("system:serviceaccount:{LEASE_NS}:probed"));
+    let gateway = format!("{LEASE_NS}/probed");
+    let dp_admin_address = format!("127.0.0.1:{dp_admin}");
+    let mut data_plane = Process::portcullis(
+        "data-plane",
+        &dir,
+        &as_data_plane,
+        &[
+            "serve",
+            "--kube",
+            "--gateway",
+            &gateway,
+            "--admin",
+            &dp_admin_address,
+            "--admin-config",
+            "off",
+            "--bind-address",
+            "127.0.0.1",
+            "--shards",
+            "1",
+        ],
+    );
+    let listener_programmed = |name: &str| -> Result<(String, String, String), String> {
+        let gateway = kube
+            .get("gateway", Some(LEASE_NS), "probed")
+            .ok_or("no Gateway")?;
+        let listener = gateway["status"]["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == name)
+            .ok_or(format!("no listener {name}: {}", gateway["status"]))?;
+        let programmed = listener["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Programmed")
+            .ok_or("no Programmed")?;
+        Ok((
+            programmed["status"].as_str().unwrap_or_default().to_owned(),
+            programmed["reason"].as_str().unwrap_or_default().to_owned(),
+            programmed["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ))
+    };
+    wait_for("the taken port's listener to be Pending", PATIENCE, || {
+        data_plane.assert_running();
+        controller.assert_running();
+        match listener_programmed("taken")? {
+            (status, reason, message)
+                if status == "False" && reason == "Pending" && message.contains("in use") =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(
+        listener_programmed("open").unwrap().0,
+        "True",
+        "the other listener is served"
+    );
+    drop(holder);
+    wait_for(
+        "the freed port's listener to be programmed",
+        PATIENCE,
+        || match listener_programmed("taken")? {
+            (status, reason, _) if status == "True" && reason == "Programmed" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(data_plane.stop().and_then(|s| s.code()), Some(0));
+    assert_eq!(controller.stop().and_then(|s| s.code()), Some(0));
+    kube.clean_slate();
+}

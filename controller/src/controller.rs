@@ -27,6 +27,7 @@ use crate::admin::{self, ControllerMetrics};
 use crate::config::ControllerConfig;
 use crate::delivery::desired_config;
 use crate::lease::{self, Leadership, LeaseLock, LeaseSettings, is_leader};
+use crate::probe;
 use crate::provision::{self, GatewayInfo};
 use crate::status::StatusWriter;
 use crate::watch::{GATEWAY_API_GROUP, GATEWAY_API_KINDS, WatchPlan, Watches};
@@ -133,6 +134,7 @@ async fn run_async(config: ControllerConfig) -> Result<(), KubeError> {
         status: StatusWriter::new(),
         metrics,
         leadership,
+        unserved: BTreeMap::new(),
     };
     controller.run(shutdown).await;
 
@@ -197,15 +199,32 @@ struct Controller {
     status: StatusWriter,
     metrics: Arc<ControllerMetrics>,
     leadership: Leadership,
+    /// What the last probe of the data planes found (`probe.rs`).
+    unserved: BTreeMap<ObjectRef, BTreeMap<u16, String>>,
 }
 
 impl Controller {
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
         let mut was_leader = false;
         let mut retry_at: Option<Instant> = None;
+        let mut next_probe = Instant::now() + probe::PROBE_INTERVAL;
         loop {
             tokio::select! {
                 () = self.watches.changed() => {}
+                () = tokio::time::sleep_until(next_probe) => {
+                    next_probe = Instant::now() + probe::PROBE_INTERVAL;
+                    if !self.watches.is_synced() || !is_leader(&self.leadership) {
+                        continue;
+                    }
+                    let ours = our_gateways(&self.watches.cache.store, &self.config.controller_name);
+                    let found =
+                        probe::probe(&self.client, &ours, self.config.data_plane.admin_port).await;
+                    if found == self.unserved {
+                        continue;
+                    }
+                    info!(?found, "ports the data planes do not serve changed");
+                    self.unserved = found;
+                }
                 changed = self.leadership.changed() => {
                     if changed.is_err() {
                         // The election ended (shutdown): nothing more to write.
@@ -285,6 +304,7 @@ impl Controller {
         options.controller_name = self.config.controller_name.clone();
         options.gateway_addresses = provision::gateway_addresses(store, &infos);
         options.separate_data_planes = true;
+        options.unserved_ports = self.unserved.clone();
         let translation = translate(store, &options);
         let resources: BTreeMap<ObjectKind, ApiResource> = GATEWAY_API_KINDS
             .iter()

@@ -8,6 +8,8 @@
 //!   which watches those two Secrets and nothing else, and writes nothing.
 //! - [`controller`]: `portcullis controller`: leader election, status, provisioning.
 //! - [`lease`]: the coordination.k8s.io/v1 Lease lock behind the election.
+//! - [`probe`]: which ports each Gateway's data-plane pods listen on (their `/readyz`), for
+//!   the listeners' `Programmed` condition.
 //! - [`status`]: merges translated statuses with the live objects and writes what changed
 //!   with server-side apply.
 //! - [`provision`]: the ServiceAccount, Deployment, Service, Role, RoleBinding and config
@@ -21,6 +23,7 @@ pub mod config;
 pub mod controller;
 pub mod delivery;
 pub mod lease;
+pub mod probe;
 pub mod provision;
 pub mod status;
 pub mod watch;

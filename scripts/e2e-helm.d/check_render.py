@@ -32,6 +32,8 @@ CONTROLLER_RULES = {
     ("", "configmaps"): READ,
     ("", "namespaces"): READ,
     ("discovery.k8s.io", "endpointslices"): READ,
+    # Its Gateways' data-plane pods, listed to ask their /readyz (listener Programmed).
+    ("", "pods"): {"list"},
     (GW, "gatewayclasses/status"): {"update", "patch"},
     (GW, "gateways/status"): {"update", "patch"},
     (GW, "httproutes/status"): {"update", "patch"},

@@ -298,10 +298,19 @@ impl Kube {
         }
         self.ok(&[
             "delete",
-            "deployments,services,serviceaccounts",
+            "deployments,services,serviceaccounts,roles,rolebindings,secrets",
             "-A",
             "-l",
             "app.kubernetes.io/managed-by=portcullis",
+            "--ignore-not-found",
+        ]);
+        // Stand-ins for data-plane pods (no kubelet runs them here).
+        self.ok(&[
+            "delete",
+            "pods",
+            "-A",
+            "-l",
+            "app.kubernetes.io/name=portcullis-gateway",
             "--ignore-not-found",
         ]);
         self.ok(&[
@@ -441,6 +450,17 @@ impl Drop for Process {
 
 /// A controller configuration for tests: admin endpoint on loopback, a short Lease.
 pub fn controller_config(dir: &Path, identity: &str, lease: &str, admin_port: u16) -> PathBuf {
+    controller_config_with(dir, identity, lease, admin_port, "")
+}
+
+/// [`controller_config`] with more `dataPlane` keys (`extra`: lines indented by two spaces).
+pub fn controller_config_with(
+    dir: &Path,
+    identity: &str,
+    lease: &str,
+    admin_port: u16,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join(format!("controller-{identity}.yaml"));
     fs::write(
         &path,
@@ -450,7 +470,7 @@ pub fn controller_config(dir: &Path, identity: &str, lease: &str, admin_port: u1
              identity: {identity}\n  leaseDurationSeconds: {LEASE_DURATION_SECONDS}\n  \
              renewDeadlineSeconds: {RENEW_DEADLINE_SECONDS}\n  \
              retryPeriodSeconds: {RETRY_PERIOD_SECONDS}\n\
-             dataPlane:\n  image: portcullis:e2e\n"
+             dataPlane:\n  image: portcullis:e2e\n{extra}"
         ),
     )
     .unwrap();

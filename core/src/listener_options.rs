@@ -101,6 +101,9 @@ pub fn parse(
     options: &BTreeMap<String, String>,
 ) -> Result<ListenerTlsOptions, ListenerOptionError> {
     let mut parsed = ListenerTlsOptions::default();
+    // Option name -> the key it was given as: the same option under two prefixes is an error
+    // rather than one value silently winning.
+    let mut given: BTreeMap<&str, &str> = BTreeMap::new();
     for (key, value) in options {
         let err = |message: String| ListenerOptionError {
             key: key.clone(),
@@ -113,6 +116,11 @@ pub fn parse(
         } else {
             continue;
         };
+        if ours || matches!(name, KEY_VERIFY_SANS | KEY_VERIFY_HASH) {
+            if let Some(first) = given.insert(name, key) {
+                return Err(err(format!("the same option as {first:?}: give it once")));
+            }
+        }
         match name {
             KEY_VERIFY_SANS => {
                 parsed.client_identity.subject_alt_names = parse_san_list(value).map_err(err)?
@@ -214,7 +222,8 @@ fn parse_sha256(entry: &str) -> Option<CertificateHash> {
     } else {
         entry.to_owned()
     };
-    if hex.len() != 64 {
+    // `from_str_radix` also takes a leading `+`: only hex digits are a hash.
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -274,10 +283,34 @@ mod tests {
     }
 
     #[test]
+    fn one_option_under_two_prefixes_is_refused() {
+        let e = parse(&opts(&[
+            ("agentgateway.dev/verify-subject-alt-names", "a.example"),
+            ("portcullis.dev/verify-subject-alt-names", "b.example"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("give it once"), "{e}");
+        // Other keys of another implementation's prefix are its own business.
+        assert!(
+            parse(&opts(&[
+                ("kgateway.dev/something-else", "x"),
+                ("agentgateway.dev/something-else", "y"),
+            ]))
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         for (k, v) in [
             ("portcullis.dev/verify-certificate-hash", "abc"),
             ("portcullis.dev/verify-certificate-hash", &"zz".repeat(32)),
+            // Signs are not hex digits, though Rust's integer parser takes a leading `+`.
+            ("portcullis.dev/verify-certificate-hash", &"+f".repeat(32)),
+            (
+                "portcullis.dev/verify-certificate-hash",
+                &vec!["+f"; 32].join(":"),
+            ),
             ("kgateway.dev/verify-subject-alt-names", "a.com,,b.com"),
             ("portcullis.dev/verify-subject-alt-names", "IP:not-an-ip"),
             ("portcullis.dev/verify-subject-alt-names", "FOO:bar"),

@@ -54,6 +54,8 @@ const SETUP_CONCURRENCY: usize = 16;
 /// How long after the last change (or the route change) Secret writes are still counted:
 /// the controller's batch window plus a reconcile, with margin.
 const SETTLE: Duration = Duration::from_secs(2);
+/// Pause between the lists that wait for the route statuses.
+const STATUS_POLL: Duration = Duration::from_millis(500);
 /// How long `/config` may take to answer.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A watch on the Secrets ends after this and is resumed from its last resource version.
@@ -146,7 +148,10 @@ struct SetupArgs {
 struct RunArgs {
     #[command(flatten)]
     shape: Shape,
-    /// The data plane's `--admin-config` address.
+    /// The data plane's `--admin` address (`/metrics`: the generations).
+    #[arg(long)]
+    admin: SocketAddr,
+    /// The data plane's `--admin-config` address (`/config`: the markers).
     #[arg(long)]
     admin_config: SocketAddr,
     /// Endpoint changes to send.
@@ -155,7 +160,7 @@ struct RunArgs {
     /// Changes per second.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
-    /// Pause between `/config` polls, in milliseconds (bounds the delay's resolution).
+    /// Pause between `/metrics` polls, in milliseconds (bounds the delay's resolution).
     #[arg(long, default_value_t = 50)]
     poll_ms: u64,
     /// How long to wait for the setup to reach the data plane, and for changes after the last
@@ -299,7 +304,9 @@ async fn setup(client: Client, args: SetupArgs) -> Result<(), BenchError> {
                             "apiVersion": "v1",
                             "kind": "Service",
                             "metadata": {"name": name, "namespace": ns},
-                            "spec": {"ports": [{
+                            // Headless: the test API server's Service IP range is far
+                            // smaller than a thousand, and nothing here uses a cluster IP.
+                            "spec": {"clusterIP": "None", "ports": [{
                                 "name": "http",
                                 "port": SERVICE_PORT,
                                 "targetPort": ENDPOINT_PORT,
@@ -368,17 +375,19 @@ impl ConfigPoll {
     }
 }
 
-/// `GET /config` (YAML whose first keys are `generation` and `shard_generations`).
-fn fetch_config(address: SocketAddr) -> Result<ConfigPoll, BenchError> {
+/// `GET path` on an admin address; the body of a 200.
+fn admin_get(address: SocketAddr, path: &str) -> Result<String, BenchError> {
     let fail = |reason: String| BenchError::DataPlane { address, reason };
     let mut stream = TcpStream::connect_timeout(&address, ADMIN_TIMEOUT)
         .map_err(|e| fail(format!("connect: {e}")))?;
     stream
         .set_read_timeout(Some(ADMIN_TIMEOUT))
         .map_err(|e| fail(e.to_string()))?;
-    stream
-        .write_all(b"GET /config HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(|e| fail(format!("send: {e}")))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| fail(format!("send: {e}")))?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
@@ -389,6 +398,36 @@ fn fetch_config(address: SocketAddr) -> Result<ConfigPoll, BenchError> {
     if !head.starts_with("HTTP/1.1 200") {
         return Err(fail(head.lines().next().unwrap_or_default().to_owned()));
     }
+    Ok(body.to_owned())
+}
+
+/// The published generation and every shard's applied one, from `/metrics` (far cheaper for
+/// the data plane to answer than `/config`, which renders the whole config).
+fn fetch_generations(address: SocketAddr) -> Result<(u64, Vec<u64>), BenchError> {
+    let body = admin_get(address, "/metrics")?;
+    let mut published = None;
+    let mut shards = Vec::new();
+    for line in body.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if name == "portcullis_config_generation" {
+            published = value.parse().ok();
+        } else if name.starts_with("portcullis_shard_config_generation{") {
+            shards.extend(value.parse::<u64>().ok());
+        }
+    }
+    let published = published.ok_or_else(|| BenchError::DataPlane {
+        address,
+        reason: "no portcullis_config_generation in /metrics".to_owned(),
+    })?;
+    Ok((published, shards))
+}
+
+/// `GET /config` (YAML whose first keys are `generation` and `shard_generations`).
+fn fetch_config(address: SocketAddr) -> Result<ConfigPoll, BenchError> {
+    let fail = |reason: String| BenchError::DataPlane { address, reason };
+    let body = admin_get(address, "/config")?;
     let mut generation = None;
     let mut shard_generations = Vec::new();
     let mut in_shards = false;
@@ -406,7 +445,7 @@ fn fetch_config(address: SocketAddr) -> Result<ConfigPoll, BenchError> {
     Ok(ConfigPoll {
         generation: generation.ok_or_else(|| fail("no generation".to_owned()))?,
         shard_generations,
-        text: body.to_owned(),
+        text: body,
     })
 }
 
@@ -511,42 +550,63 @@ struct Seen {
     at: Vec<Option<Instant>>,
     count: usize,
     polls: usize,
-    poll_time: Duration,
     poll_errors: usize,
+    config_reads: usize,
+    config_read_time: Duration,
     generations: Option<(u64, u64)>,
 }
 
+/// Polls `/metrics` every `interval`; when every shard has applied a generation not read yet,
+/// reads `/config` and takes each marker in it as seen at that `/metrics` poll (or at the
+/// `/config` read, if the config moved on in between).
 fn poll_markers(
-    address: SocketAddr,
+    admin: SocketAddr,
+    admin_config: SocketAddr,
     interval: Duration,
     seen: &Mutex<Seen>,
     stop: &std::sync::atomic::AtomicBool,
 ) {
     use std::sync::atomic::Ordering;
+    let mut read = None;
     while !stop.load(Ordering::Acquire) {
-        let started = Instant::now();
-        let result = fetch_config(address);
-        let now = Instant::now();
+        let polled = Instant::now();
+        let result = fetch_generations(admin).and_then(|(published, shards)| {
+            let applied = !shards.is_empty() && shards.iter().all(|g| *g == published);
+            if !applied || read == Some(published) {
+                return Ok(None);
+            }
+            let fetched = Instant::now();
+            let config = fetch_config(admin_config)?;
+            let at = if config.generation == published {
+                polled
+            } else {
+                fetched
+            };
+            Ok(Some((at, fetched.elapsed(), config)))
+        });
         let mut seen = lock(seen);
         seen.polls += 1;
-        seen.poll_time += now - started;
         match result {
-            Ok(config) => {
+            Ok(Some((at, took, config))) => {
+                seen.config_reads += 1;
+                seen.config_read_time += took;
                 let first = seen.generations.map_or(config.generation, |g| g.0);
                 seen.generations = Some((first, config.generation));
                 if config.applied() {
+                    read = Some(config.generation);
                     for change in markers_in(&config.text) {
                         if let Some(slot @ None) = seen.at.get_mut(change) {
-                            *slot = Some(now);
+                            *slot = Some(at);
                             seen.count += 1;
                         }
                     }
                 }
             }
+            Ok(None) => {}
             Err(_) => seen.poll_errors += 1,
         }
         drop(seen);
-        std::thread::sleep(interval.saturating_sub(now.elapsed()));
+        std::thread::sleep(interval.saturating_sub(polled.elapsed()));
     }
 }
 
@@ -603,6 +663,40 @@ async fn run(client: Client, args: RunArgs) -> Result<bool, BenchError> {
         },
     )
     .await?;
+    // The controller writes every route's status after the setup, one request each: the
+    // changes start once it is done, so that they measure delivery rather than that backlog.
+    let routes_api = gateway_api("HTTPRoute", "httproutes");
+    let routes_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &routes_api);
+    let deadline = Instant::now() + patience;
+    loop {
+        let listed = routes_api
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err("list the HTTPRoutes"))?;
+        let with_status = listed
+            .items
+            .iter()
+            .filter(|r| {
+                r.data["status"]["parents"]
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty())
+            })
+            .count();
+        if with_status >= shape.routes {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Timeout {
+                what: format!(
+                    "every HTTPRoute's status ({with_status} of {})",
+                    shape.routes
+                ),
+                patience,
+            });
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
+    tokio::time::sleep(SETTLE).await;
     println!(
         "data plane ready: generation {}, {} shard(s), /config {} bytes (waited {:.1} s)",
         ready.generation,
@@ -623,8 +717,8 @@ async fn run(client: Client, args: RunArgs) -> Result<bool, BenchError> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let poller = {
         let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
-        let address = args.admin_config;
-        std::thread::spawn(move || poll_markers(address, poll, &seen, &stop))
+        let (admin, admin_config) = (args.admin, args.admin_config);
+        std::thread::spawn(move || poll_markers(admin, admin_config, poll, &seen, &stop))
     };
     let writes_before = lock(&writes).len();
     let mut sent_at = Vec::with_capacity(args.changes);
@@ -768,10 +862,18 @@ async fn run(client: Client, args: RunArgs) -> Result<bool, BenchError> {
             "p99": pct(&delays, 99.0),
             "max": pct(&delays, 100.0),
         },
+        "delays_ms_by_change": seen
+            .at
+            .iter()
+            .zip(&sent_at)
+            .map(|(seen, sent)| seen.map(|s| millis(s.saturating_duration_since(*sent))))
+            .collect::<Vec<_>>(),
         "patch_ack_ms": {"median": pct(&acks, 50.0), "p99": pct(&acks, 99.0)},
         "polls": seen.polls,
         "poll_errors": seen.poll_errors,
-        "poll_mean_ms": (seen.polls > 0).then(|| millis(seen.poll_time / seen.polls as u32)),
+        "config_reads": seen.config_reads,
+        "config_read_mean_ms": (seen.config_reads > 0)
+            .then(|| millis(seen.config_read_time / seen.config_reads as u32)),
         "generations": seen.generations.map(|(a, b)| b - a),
         "writes": run_writes.len(),
         "writes_per_change": run_writes.len() as f64 / changes,
@@ -822,12 +924,13 @@ fn print_report(r: &Value) {
     );
     let _ = writeln!(
         out,
-        "API server patch ack ms: median {} p99 {}; /config polls {} (mean {} ms, errors {}); generations {}",
+        "API server patch ack ms: median {} p99 {}; /metrics polls {} (errors {}); /config reads {} (mean {} ms); generations {}",
         r["patch_ack_ms"]["median"],
         r["patch_ack_ms"]["p99"],
         r["polls"],
-        r["poll_mean_ms"],
         r["poll_errors"],
+        r["config_reads"],
+        r["config_read_mean_ms"],
         r["generations"]
     );
     let _ = writeln!(

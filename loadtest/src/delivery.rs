@@ -133,6 +133,10 @@ mod tests {
         assert_eq!(percentile(&sorted, 100.0), Some(ms(100)));
         assert_eq!(percentile(&sorted, 0.0), Some(ms(1)));
         assert_eq!(percentile(&[ms(5)], 50.0), Some(ms(5)));
+        // Between ranks, the higher one: p95 of ten is the tenth.
+        let ten: Vec<Duration> = (1..=10).map(ms).collect();
+        assert_eq!(percentile(&ten, 95.0), Some(ms(10)));
+        assert_eq!(percentile(&ten, 50.0), Some(ms(5)));
         assert_eq!(percentile(&[], 50.0), None);
     }
 }

@@ -70,7 +70,7 @@ enum BenchError {
     Kube {
         what: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The data plane's admin endpoint did not answer as expected.
     #[error("data plane /config at {address}: {reason}")]
@@ -92,7 +92,10 @@ enum BenchError {
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> BenchError {
     let what = what.into();
-    move |source| BenchError::Kube { what, source }
+    move |source| BenchError::Kube {
+        what,
+        source: Box::new(source),
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -511,7 +514,7 @@ async fn watch_secrets(
                 WatchEvent::Error(e) => {
                     return Err(BenchError::Kube {
                         what: "watch the delivery Secrets".to_owned(),
-                        source: kube::Error::Api(e.into()),
+                        source: Box::new(kube::Error::Api(e)),
                     });
                 }
             }

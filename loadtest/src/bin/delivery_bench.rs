@@ -5,13 +5,15 @@
 //! - `setup` writes, in a namespace of its own, a GatewayClass, a Gateway with one HTTP
 //!   listener, N HTTPRoutes (each its own hostname and backend Service) and per Service one
 //!   EndpointSlice of M endpoints (server-side apply; addresses in 10.0.0.0/8, never contacted).
-//! - `run` waits until the data plane's `/config` holds every route and endpoint, then sends C
-//!   endpoint changes at a fixed rate: change k rewrites the EndpointSlice of Service k mod N so
-//!   that one address becomes a marker unique to k. It polls `/config` and takes, per change,
-//!   the first poll where the marker is present and every shard applied the published
-//!   generation: delay = that poll's time − the change's send time, so the poll interval bounds
-//!   the resolution. A watch on the Gateway's two delivery Secrets counts their writes and the
-//!   bytes of each. Last, one route change (a path) shows which objects a route edit rewrites.
+//! - `run` waits until the data plane's `/config` holds every route and endpoint and every route
+//!   has its status, then sends C endpoint changes at a fixed rate: change k rewrites the
+//!   EndpointSlice of Service k mod N so that one address becomes a marker unique to k. It polls
+//!   `/metrics` for the generations and, when every shard applied a new one, reads `/config`
+//!   (rendering it costs the data plane tens of milliseconds, so not at every poll): a marker is
+//!   seen at the first poll where its generation is applied on every shard; delay = that poll's
+//!   time − the change's send time, so the poll interval bounds the resolution. A watch on the
+//!   Gateway's two delivery Secrets counts their writes and the bytes of each. Last, one route
+//!   change (a path) shows which objects a route edit rewrites.
 //!
 //! Two commands rather than one because the data plane can only start between them: it runs as
 //! the ServiceAccount that the controller provisions for the Gateway that `setup` creates.

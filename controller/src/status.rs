@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ::kube::Client;
 use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use futures::StreamExt;
 use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
 use gateway_api::experimental::gateways::{GatewayStatus, GatewayStatusListeners};
 use gateway_api::experimental::grpcroutes::{
@@ -497,6 +498,11 @@ pub struct WriteReport {
     pub failed: usize,
 }
 
+/// Status writes sent at once. Each is one small PATCH; the API server handles many
+/// concurrently, and a bound keeps a burst of a thousand routes from opening a thousand
+/// requests.
+const STATUS_WRITES_IN_FLIGHT: usize = 16;
+
 /// Writes statuses; remembers what it wrote (see the module documentation).
 #[derive(Debug, Default)]
 pub struct StatusWriter {
@@ -520,14 +526,25 @@ impl StatusWriter {
     ) -> WriteReport {
         self.forget_gone(store);
         let mut report = WriteReport::default();
-        for write in plan_status_writes(store, translation, controller_name, &self.memo) {
-            if !is_leader(leadership) {
-                break;
-            }
-            let Some(resource) = resources.get(&write.target.kind) else {
+        let writes = plan_status_writes(store, translation, controller_name, &self.memo);
+        // Several writes in flight: a thousand route statuses one round trip at a time would
+        // hold up the next reconcile (and the config delivery in it) for seconds.
+        let mut results = futures::stream::iter(writes)
+            .map(|write| async move {
+                // Leadership is checked as each write starts, as when they ran one by one.
+                if !is_leader(leadership) {
+                    return None;
+                }
+                let resource = resources.get(&write.target.kind)?;
+                let result = apply_status(client, resource, &write).await;
+                Some((write, result))
+            })
+            .buffer_unordered(STATUS_WRITES_IN_FLIGHT);
+        while let Some(done) = results.next().await {
+            let Some((write, result)) = done else {
                 continue;
             };
-            match apply_status(client, resource, &write).await {
+            match result {
                 Ok(()) => {
                     info!(object = %write.target, "status written");
                     report.written += 1;

@@ -1121,18 +1121,45 @@ spec:
     )
 }
 
+/// An empty API server for one test (serialized with the others): the release's CRDs, the
+/// Lease namespace and our GatewayClass, and a work folder named after the test.
+fn fresh_cluster(test: &str) -> (std::sync::MutexGuard<'static, ()>, Kube, PathBuf) {
+    let serial = serial();
+    let kube = Kube::from_env();
+    let dir = work_dir(test);
+    let release = Release::from_env();
+    kube.install_gateway_api(&release.bundle_path(), release.version);
+    kube.clean_slate();
+    kube.ensure_namespace(LEASE_NS);
+    kube.apply(GATEWAY_CLASS);
+    (serial, kube, dir)
+}
+
+/// `portcullis controller --config CONFIG`, once its watches are synced (its admin endpoint
+/// on `admin`).
+fn synced_controller(kube: &Kube, dir: &Path, config: &Path, admin: u16) -> Process {
+    let mut controller = Process::portcullis(
+        "controller",
+        dir,
+        kube,
+        &["controller", "--config", config.to_str().unwrap()],
+    );
+    wait_for("the controller's watches to sync", PATIENCE, || {
+        controller.assert_running();
+        match metric(admin, "portcullis_controller_synced") {
+            Some(1.0) => Ok(()),
+            other => Err(format!("synced={other:?}")),
+        }
+    });
+    controller
+}
+
 /// Two controllers: exactly one holds the Lease and writes; killed, the other takes over;
 /// stopped gracefully, the Lease is released and taken at once.
 #[test]
 #[ignore = "needs scripts/test-apiserver"]
 fn leader_election_one_writer_and_takeover() {
-    let _serial = serial();
-    let kube = Kube::from_env();
-    let dir = work_dir("leader-election");
-    let release = Release::from_env();
-    kube.install_gateway_api(&release.bundle_path(), release.version);
-    kube.clean_slate();
-    kube.ensure_namespace(LEASE_NS);
+    let (_serial, kube, dir) = fresh_cluster("leader-election");
     let lease = "e2e-election";
     kube.ok(&[
         "delete",
@@ -1142,7 +1169,6 @@ fn leader_election_one_writer_and_takeover() {
         LEASE_NS,
         "--ignore-not-found",
     ]);
-    kube.apply(GATEWAY_CLASS);
 
     let start = |identity: &str| {
         let admin = free_port();
@@ -1273,34 +1299,15 @@ fn leader_election_one_writer_and_takeover() {
 }
 
 /// A GRPCRoute's status is written by the controller: attached to an HTTP listener (which
-/// lists GRPCRoute among its supportedKinds and counts it), its backend unresolved; the
-/// data plane's ClusterRole lets it read GRPCRoutes.
+/// lists GRPCRoute among its supportedKinds and counts it), its backend unresolved; the route
+/// reaches the data plane in the Gateway's config Secret.
 #[test]
 #[ignore = "needs scripts/test-apiserver"]
 fn grpc_route_status_written_by_the_controller() {
-    let _serial = serial();
-    let kube = Kube::from_env();
-    let dir = work_dir("grpc-route");
-    let release = Release::from_env();
-    kube.install_gateway_api(&release.bundle_path(), release.version);
-    kube.clean_slate();
-    kube.ensure_namespace(LEASE_NS);
-    kube.apply(GATEWAY_CLASS);
+    let (_serial, kube, dir) = fresh_cluster("grpc-route");
     let admin = free_port();
     let config = controller_config(&dir, "grpc", "e2e-grpc", admin);
-    let mut controller = Process::portcullis(
-        "controller",
-        &dir,
-        &kube,
-        &["controller", "--config", config.to_str().unwrap()],
-    );
-    wait_for("the controller's watches to sync", PATIENCE, || {
-        controller.assert_running();
-        match metric(admin, "portcullis_controller_synced") {
-            Some(1.0) => Ok(()),
-            other => Err(format!("synced={other:?}")),
-        }
-    });
+    let mut controller = synced_controller(&kube, &dir, &config, admin);
     kube.apply(&plain_gateway("grpc"));
     kube.apply(
         "apiVersion: gateway.networking.k8s.io/v1
@@ -1384,14 +1391,7 @@ spec:
 #[test]
 #[ignore = "needs scripts/test-apiserver"]
 fn a_port_the_data_plane_cannot_listen_on_is_not_programmed() {
-    let _serial = serial();
-    let kube = Kube::from_env();
-    let dir = work_dir("unserved-port");
-    let release = Release::from_env();
-    kube.install_gateway_api(&release.bundle_path(), release.version);
-    kube.clean_slate();
-    kube.ensure_namespace(LEASE_NS);
-    kube.apply(GATEWAY_CLASS);
+    let (_serial, kube, dir) = fresh_cluster("unserved-port");
     let admin = free_port();
     let dp_admin = free_port();
     let config = controller_config_with(
@@ -1401,12 +1401,7 @@ fn a_port_the_data_plane_cannot_listen_on_is_not_programmed() {
         admin,
         &format!("  adminPort: {dp_admin}\n"),
     );
-    let mut controller = Process::portcullis(
-        "controller",
-        &dir,
-        &kube,
-        &["controller", "--config", config.to_str().unwrap()],
-    );
+    let mut controller = synced_controller(&kube, &dir, &config, admin);
     let (open, taken) = (free_port(), free_port());
     let holder = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
     kube.apply(&format!(

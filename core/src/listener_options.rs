@@ -116,10 +116,10 @@ pub fn parse(
         } else {
             continue;
         };
-        if ours || matches!(name, KEY_VERIFY_SANS | KEY_VERIFY_HASH) {
-            if let Some(first) = given.insert(name, key) {
-                return Err(err(format!("the same option as {first:?}: give it once")));
-            }
+        if (ours || matches!(name, KEY_VERIFY_SANS | KEY_VERIFY_HASH))
+            && let Some(first) = given.insert(name, key)
+        {
+            return Err(err(format!("the same option as {first:?}: give it once")));
         }
         match name {
             KEY_VERIFY_SANS => {

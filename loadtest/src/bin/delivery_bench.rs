@@ -668,7 +668,7 @@ async fn run(client: Client, args: RunArgs) -> Result<bool, BenchError> {
         },
     )
     .await?;
-    // The controller writes every route's status after the setup, one request each: the
+    // The controller writes every route's status after the setup (a thousand requests): the
     // changes start once it is done, so that they measure delivery rather than that backlog.
     let routes_api = gateway_api("HTTPRoute", "httproutes");
     let routes_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &routes_api);

@@ -25,7 +25,6 @@ use tracing::{error, info, warn};
 use crate::KubeError;
 use crate::admin::{self, ControllerMetrics};
 use crate::config::ControllerConfig;
-use crate::delivery::desired_config;
 use crate::lease::{self, Leadership, LeaseLock, LeaseSettings, is_leader};
 use crate::probe;
 use crate::provision::{self, GatewayInfo};
@@ -255,7 +254,8 @@ impl Controller {
         self.metrics.leader.store(false, Ordering::Relaxed);
     }
 
-    /// One round: provision, then write statuses. Returns the number of failed writes.
+    /// One round: translate, provision (with each Gateway's delivered config), then write
+    /// statuses. Returns the number of failed writes.
     async fn reconcile(&mut self) -> usize {
         self.metrics.reconciles.fetch_add(1, Ordering::Relaxed);
         let mut failures = 0;
@@ -265,28 +265,43 @@ impl Controller {
             .api_resource(ObjectKind::Gateway)
             .map_or(DEFAULT_GATEWAY_API_VERSION, |r| r.api_version.as_str());
         let ours = our_gateways(store, &self.config.controller_name);
-        let delivered: BTreeMap<&ObjectRef, Delivered> = ours
-            .iter()
-            .filter_map(|key| match delivery::encode(&desired_config(store, key)) {
-                Ok(delivered) => Some((key, delivered)),
-                Err(e) => {
-                    error!(gateway = %key, error = %e, "config not delivered; its data plane keeps the last one");
-                    failures += 1;
-                    None
-                }
-            })
-            .collect();
-        let infos: Vec<GatewayInfo<'_>> = ours
+        let mut infos: Vec<GatewayInfo<'_>> = ours
             .iter()
             .filter_map(|key| {
                 Some(GatewayInfo {
                     key,
                     gateway: store.gateways.get(key)?,
                     api_version: gateway_api_version,
-                    delivered: delivered.get(key),
+                    delivered: None,
                 })
             })
             .collect();
+
+        // One translation gives the statuses and, each Gateway having a data plane of its
+        // own, every Gateway's desired config.
+        let mut options = TranslateOptions::new(portcullis_translate::check::now());
+        options.controller_name = self.config.controller_name.clone();
+        options.gateway_addresses = provision::gateway_addresses(store, &infos);
+        options.separate_data_planes = true;
+        options.unserved_ports = self.unserved.clone();
+        let translation = translate(store, &options);
+        let delivered: BTreeMap<&ObjectRef, Delivered> = ours
+            .iter()
+            .filter_map(|key| {
+                let desired = translation.desired_by_gateway.get(key)?;
+                match delivery::encode(desired) {
+                    Ok(delivered) => Some((key, delivered)),
+                    Err(e) => {
+                        error!(gateway = %key, error = %e, "config not delivered; its data plane keeps the last one");
+                        failures += 1;
+                        None
+                    }
+                }
+            })
+            .collect();
+        for info in &mut infos {
+            info.delivered = delivered.get(info.key);
+        }
 
         let plan =
             provision::plan_provisioning(&self.watches.cache, &infos, &self.config.data_plane);
@@ -300,12 +315,6 @@ impl Controller {
             .fetch_add(count(provisioned.deleted), Ordering::Relaxed);
         failures += provisioned.failed;
 
-        let mut options = TranslateOptions::new(portcullis_translate::check::now());
-        options.controller_name = self.config.controller_name.clone();
-        options.gateway_addresses = provision::gateway_addresses(store, &infos);
-        options.separate_data_planes = true;
-        options.unserved_ports = self.unserved.clone();
-        let translation = translate(store, &options);
         let resources: BTreeMap<ObjectKind, ApiResource> = GATEWAY_API_KINDS
             .iter()
             .filter_map(|kind| Some((*kind, self.watches.api_resource(*kind)?.clone())))

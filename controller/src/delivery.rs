@@ -13,9 +13,11 @@
 //! the config is split so that endpoint churn never rewrites the certificates, and
 //! `docs/kubernetes-mode.md` gives the sizes.
 //!
-//! The pure parts are here ([`desired_config`], the names, [`Received`]); the objects are built
-//! and applied with the other provisioned objects (`provision.rs`), and only when their
-//! fingerprint changed.
+//! Each Gateway's desired config comes from the controller's one translation per round
+//! (`Translation::desired_by_gateway`: every Gateway has a data plane of its own, so none
+//! takes another's port). The pure parts of delivery are here (the names, [`Received`]); the
+//! objects are built and applied with the other provisioned objects (`provision.rs`), and only
+//! when their fingerprint changed.
 
 use std::sync::mpsc;
 use std::thread;
@@ -28,8 +30,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use portcullis_core::delivery::{self, CONFIG_KEY, DeliveryError, ENDPOINTS_KEY};
 use portcullis_core::desired::{DesiredConfig, ObjectRef};
-use portcullis_translate::store::ObjectStore;
-use portcullis_translate::translate::{TranslateOptions, translate};
 use tracing::{debug, error, info, warn};
 
 use crate::KubeError;
@@ -54,23 +54,6 @@ fn secret_name(gateway: &ObjectRef, what: &str) -> String {
     // A Gateway's name is itself at most 253 characters; keep the suffix whole.
     name.truncate(MAX_NAME - suffix.len());
     name + &suffix
-}
-
-/// The desired config of `gateway` alone: served whatever its class (the controller decided
-/// this data plane exists), empty when the Gateway does not exist (its ports close).
-pub fn desired_config(store: &ObjectStore, gateway: &ObjectRef) -> DesiredConfig {
-    let Some(object) = store.gateways.get(gateway) else {
-        return DesiredConfig::default();
-    };
-    let mut options = TranslateOptions::new(portcullis_translate::check::now());
-    options.extra_gateway_class = Some(object.spec.gateway_class_name.clone());
-    if store.gateways.len() == 1 {
-        return translate(store, &options).desired;
-    }
-    // Each Gateway has a data plane of its own: another Gateway must not take its ports.
-    let mut alone = store.clone();
-    alone.gateways.retain(|key, _| key == gateway);
-    translate(&alone, &options).desired
 }
 
 /// One of the two objects, as a data plane last saw it.
@@ -278,6 +261,9 @@ mod tests {
     use super::*;
     use portcullis_core::delivery::encode;
     use portcullis_translate::manifests::{LoadedManifests, load_text};
+    use portcullis_translate::store::ObjectStore;
+    use portcullis_translate::translate::{TranslateOptions, translate};
+    use std::collections::BTreeMap;
     use std::path::Path;
 
     fn store(yaml: &str) -> ObjectStore {
@@ -291,34 +277,36 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: old, namespace: ns, creationTimestamp: '2020-01-01T00:00:00Z'}
 spec:
-  gatewayClassName: other
+  gatewayClassName: ours
   listeners: [{name: http, port: 8080, protocol: HTTP}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: mine, namespace: ns, creationTimestamp: '2024-01-01T00:00:00Z'}
 spec:
-  gatewayClassName: whatever
+  gatewayClassName: ours
   listeners: [{name: http, port: 8080, protocol: HTTP}]
 ";
 
-    #[test]
-    fn serves_its_gateway_whatever_the_class_and_alone() {
-        let store = store(TWO_GATEWAYS);
-        let mine = ObjectRef::new("ns", "mine");
-        let desired = desired_config(&store, &mine);
-        assert_eq!(desired.ports.len(), 1);
-        // The older Gateway would have won the port in a shared translation.
-        assert_eq!(desired.ports[0].gateway, mine);
+    /// Each Gateway's desired config, as the controller translates: one translation, each
+    /// Gateway with a data plane of its own.
+    fn desired_by_gateway(yaml: &str) -> BTreeMap<ObjectRef, DesiredConfig> {
+        let mut options = TranslateOptions::new(portcullis_translate::check::now());
+        options.extra_gateway_class = Some("ours".to_owned());
+        options.separate_data_planes = true;
+        translate(&store(yaml), &options).desired_by_gateway
     }
 
     #[test]
-    fn a_missing_gateway_serves_nothing() {
-        let store = store(TWO_GATEWAYS);
-        assert_eq!(
-            desired_config(&store, &ObjectRef::new("ns", "gone")),
-            DesiredConfig::default()
-        );
+    fn each_gateway_gets_all_its_ports_even_one_another_gateway_uses() {
+        let by_gateway = desired_by_gateway(TWO_GATEWAYS);
+        for name in ["old", "mine"] {
+            let desired = &by_gateway[&ObjectRef::new("ns", name)];
+            assert_eq!(desired.ports.len(), 1, "{name}");
+            // In one process the older Gateway would keep the port.
+            assert_eq!(desired.ports[0].gateway, ObjectRef::new("ns", name));
+        }
+        assert_eq!(by_gateway.len(), 2);
     }
 
     #[test]
@@ -333,8 +321,7 @@ spec:
 
     #[test]
     fn a_data_plane_serves_only_a_consistent_pair() {
-        let store = store(TWO_GATEWAYS);
-        let desired = desired_config(&store, &ObjectRef::new("ns", "mine"));
+        let desired = desired_by_gateway(TWO_GATEWAYS)[&ObjectRef::new("ns", "mine")].clone();
         let delivered = encode(&desired).unwrap();
         let mut received = Received::default();
         received.absent(Which::Config);

@@ -446,3 +446,39 @@ fn base_gateways_are_served() {
         assert!(port.listeners.iter().all(|l| l.tls.is_some()));
     }
 }
+
+/// Kube mode translates once for every Gateway, each with a data plane of its own: each
+/// Gateway's desired config is what translating it alone gives, for every test's manifests.
+#[test]
+fn each_gateways_desired_config_is_what_it_alone_gives() {
+    let mut checked = 0;
+    for version in VERSIONS {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/conformance")
+            .join(version);
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".yaml") && name != "base-manifests.yaml")
+            .collect();
+        files.sort();
+        for file in files {
+            let store = conformance_store(version, &file);
+            let mut shared_options = options(Some(CLASS));
+            shared_options.separate_data_planes = true;
+            let shared = translate(&store, &shared_options);
+            assert!(!shared.desired_by_gateway.is_empty(), "{version}/{file}");
+            for (key, desired) in &shared.desired_by_gateway {
+                let mut alone = store.clone();
+                alone.gateways.retain(|k, _| k == key);
+                assert_eq!(
+                    &translate(&alone, &options(Some(CLASS))).desired,
+                    desired,
+                    "{version}/{file}: {key}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} Gateways checked");
+}

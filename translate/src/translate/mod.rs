@@ -112,6 +112,9 @@ pub struct Translation {
     pub route_statuses: Vec<(ObjectRef, HttpRouteStatus)>,
     /// The same for every GRPCRoute.
     pub grpc_route_statuses: Vec<(ObjectRef, GrpcRouteStatus)>,
+    /// With [`TranslateOptions::separate_data_planes`]: each Gateway's own desired config,
+    /// every port of its own (what its data plane serves), by `namespace/name`. Empty otherwise.
+    pub desired_by_gateway: BTreeMap<ObjectRef, DesiredConfig>,
 }
 
 impl Translation {
@@ -156,6 +159,14 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
     let (route_statuses, grpc_route_statuses) = attach_routes(store, options, &mut gateways);
 
     let desired = desired_config(&gateways, &port_owners);
+    let desired_by_gateway = if options.separate_data_planes {
+        gateways
+            .iter()
+            .map(|g| (g.key.clone(), gateway_desired_config(g)))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let mut gateway_statuses: Vec<(ObjectRef, GatewayStatus)> = gateways
         .iter()
         .map(|g| (g.key.clone(), gateway_status(g, options)))
@@ -168,6 +179,7 @@ pub fn translate(store: &ObjectStore, options: &TranslateOptions) -> Translation
         gateway_statuses,
         route_statuses,
         grpc_route_statuses,
+        desired_by_gateway,
     }
 }
 
@@ -802,6 +814,24 @@ fn desired_config(
         }
     }
     DesiredConfig { ports }
+}
+
+/// One Gateway's ports, all its own: it has a data plane of its own (kube mode).
+fn gateway_desired_config(gateway: &GatewayState<'_>) -> DesiredConfig {
+    let mut ports: Vec<u16> = gateway
+        .listeners
+        .iter()
+        .filter(|l| l.structurally_valid())
+        .filter_map(|l| l.port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    DesiredConfig {
+        ports: ports
+            .into_iter()
+            .filter_map(|port| desired_port(gateway, port))
+            .collect(),
+    }
 }
 
 fn desired_port(gateway: &GatewayState<'_>, port: u16) -> Option<DesiredPort> {

@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use portcullis_runtime::limits::Limits;
-use portcullis_runtime::metrics::RequestProtocol;
+use portcullis_runtime::metrics::{RequestProtocol, TunnelEnd};
 use portcullis_runtime::pki::{GuidePki, KeyKind};
 use support::backends::{RawRequest, echo, raw_backend};
 use support::*;
@@ -116,6 +116,12 @@ fn ws_client(
     }
 }
 
+/// `(tunnels open, tunnels ended for this reason)`.
+fn tunnels(f: &Fixture, end: TunnelEnd) -> (u64, u64) {
+    let sample = f.gateway.metrics();
+    (sample.websocket_open, sample.websocket_ended[end.index()])
+}
+
 /// Requests of `protocol` the gateway answered with `status`, over all routes.
 fn requests(f: &Fixture, protocol: RequestProtocol, status: u16) -> u64 {
     f.gateway
@@ -137,10 +143,26 @@ fn text_and_binary_messages_echo_through_the_gateway_over_http1() {
     let binary: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     ws.send(Message::binary(binary.clone())).unwrap();
     assert_eq!(ws.read().unwrap(), Message::binary(binary));
+    assert_eq!(tunnels(&f, TunnelEnd::Closed), (1, 0), "one tunnel open");
     ws.close(None).unwrap();
     wait_until("the handshake counted as websocket 101", || {
         requests(&f, RequestProtocol::WebSocket, 101) == 1
     });
+    // The backend answers the close; the client then ends its TLS connection cleanly, and
+    // both sides have closed their direction. (A client that just drops the socket, without
+    // TLS close_notify, counts as `error`: its stream was cut.)
+    while ws.read().is_ok() {}
+    let stream = ws.get_mut();
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
+    wait_until("the tunnel counted as closed", || {
+        tunnels(&f, TunnelEnd::Closed) == (0, 1)
+    });
+    assert!(
+        f.gateway
+            .scrape()
+            .contains("portcullis_websocket_tunnels_ended_total{reason=\"closed\"} 1")
+    );
 }
 
 #[test]
@@ -255,6 +277,9 @@ fn an_idle_tunnel_is_closed() {
         Err(_) => {}
         Ok(message) => panic!("unexpected {message:?}"),
     }
+    wait_until("the tunnel counted as idle", || {
+        tunnels(&f, TunnelEnd::Idle) == (0, 1)
+    });
 }
 
 #[test]

@@ -265,6 +265,45 @@ pub struct ShardMetrics {
     h2_stream_resets: RefCell<BTreeMap<(&'static str, &'static str), u64>>,
     /// Gateway answers by [`Rejection::index`].
     rejections: [Cell<u64>; Rejection::ALL.len()],
+    /// WebSocket tunnels running now.
+    websocket_open: Cell<u64>,
+    /// WebSocket tunnels ended, by [`TunnelEnd::index`].
+    websocket_ended: [Cell<u64>; TunnelEnd::ALL.len()],
+}
+
+/// How a WebSocket tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// Both sides closed their direction (each close was passed on).
+    Closed,
+    /// No byte either way for the idle timeout.
+    Idle,
+    /// A side failed (a reset, a TLS error, a reset h2 stream).
+    Error,
+    /// The drain's deadline, or the shard's shutdown, cut it.
+    Cut,
+}
+
+impl TunnelEnd {
+    pub const ALL: [TunnelEnd; 4] = [
+        TunnelEnd::Closed,
+        TunnelEnd::Idle,
+        TunnelEnd::Error,
+        TunnelEnd::Cut,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TunnelEnd::Closed => "closed",
+            TunnelEnd::Idle => "idle",
+            TunnelEnd::Error => "error",
+            TunnelEnd::Cut => "cut",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// How an HTTP/2 connection ended early or was told to: a GOAWAY we sent (a limit the client
@@ -420,6 +459,20 @@ impl ShardMetrics {
             .or_default() += 1;
     }
 
+    /// A WebSocket tunnel started.
+    pub fn websocket_opened(&self) {
+        self.websocket_open.set(self.websocket_open.get() + 1);
+    }
+
+    /// A WebSocket tunnel ended.
+    pub fn websocket_closed(&self, end: TunnelEnd) {
+        self.websocket_open
+            .set(self.websocket_open.get().saturating_sub(1));
+        if let Some(n) = self.websocket_ended.get(end.index()) {
+            n.set(n.get() + 1);
+        }
+    }
+
     /// The gateway answered a request itself (see [`Rejection`]).
     pub fn rejected(&self, rejection: Rejection) {
         if let Some(n) = self.rejections.get(rejection.index()) {
@@ -490,6 +543,8 @@ impl ShardMetrics {
         sample.h2_goaways = self.h2_goaways.borrow().clone();
         sample.h2_stream_resets = self.h2_stream_resets.borrow().clone();
         sample.rejections = self.rejections.each_ref().map(Cell::get);
+        sample.websocket_open = self.websocket_open.get();
+        sample.websocket_ended = self.websocket_ended.each_ref().map(Cell::get);
         for (endpoint, c) in self.endpoints.borrow().iter() {
             let mut c = *c;
             c.ejected_shards = u64::from(ejected.contains(endpoint));
@@ -554,6 +609,10 @@ pub struct MetricsSample {
     pub h2_stream_resets: BTreeMap<(&'static str, &'static str), u64>,
     /// Gateway answers by [`Rejection::index`].
     pub rejections: [u64; Rejection::ALL.len()],
+    /// WebSocket tunnels running.
+    pub websocket_open: u64,
+    /// WebSocket tunnels ended, by [`TunnelEnd::index`].
+    pub websocket_ended: [u64; TunnelEnd::ALL.len()],
 }
 
 impl MetricsSample {
@@ -566,6 +625,10 @@ impl MetricsSample {
             *self.h2_stream_resets.entry(*key).or_default() += n;
         }
         for (a, b) in self.rejections.iter_mut().zip(other.rejections) {
+            *a += b;
+        }
+        self.websocket_open += other.websocket_open;
+        for (a, b) in self.websocket_ended.iter_mut().zip(other.websocket_ended) {
             *a += b;
         }
         for (key, (counts, hist)) in &other.handshakes {
@@ -627,6 +690,30 @@ pub fn render(sample: &MetricsSample, process: &ProcessMetrics) -> String {
         let _ = writeln!(
             out,
             "portcullis_http2_goaways_total{{direction=\"{direction}\",reason=\"{reason}\"}} {n}"
+        );
+    }
+    family(
+        &mut out,
+        "portcullis_websocket_tunnels_open",
+        "gauge",
+        "WebSocket tunnels running (after a successful upgrade, until either side ends it).",
+    );
+    let _ = writeln!(
+        out,
+        "portcullis_websocket_tunnels_open {}",
+        sample.websocket_open
+    );
+    family(
+        &mut out,
+        "portcullis_websocket_tunnels_ended_total",
+        "counter",
+        "WebSocket tunnels ended, by reason: closed (both sides closed), idle (no byte for the idle timeout), error (a side failed, or closed its TLS connection without close_notify), cut (the drain's deadline).",
+    );
+    for (end, n) in TunnelEnd::ALL.iter().zip(sample.websocket_ended) {
+        let _ = writeln!(
+            out,
+            "portcullis_websocket_tunnels_ended_total{{reason=\"{}\"}} {n}",
+            end.label()
         );
     }
     family(

@@ -52,7 +52,7 @@ use tracing::debug;
 use crate::backend::BackendConnection;
 use crate::bufpool;
 use crate::forward::{self, BackendAttempts, ForwardError, count_request};
-use crate::metrics::{RequestProtocol, RouteMetrics};
+use crate::metrics::{RequestProtocol, RouteMetrics, ShardMetrics, TunnelEnd};
 use crate::rejection::{Rejection, Reply};
 use crate::route::{self, ConnInfo, Route};
 use crate::shard_state::{ShardContext, ShardPort, TargetState};
@@ -202,24 +202,29 @@ where
     }
 }
 
-/// How a tunnel ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TunnelEnd {
-    /// Both sides closed their direction (each close was passed on).
-    Closed,
-    /// No byte either way for the idle timeout.
-    Idle,
-    /// A side failed (a reset, a TLS error, a reset h2 stream).
-    Error,
+/// Counts a tunnel open while it runs, and how it ended once it does: dropped without an end
+/// (the drain's deadline or the shard's shutdown cut it), it counts as [`TunnelEnd::Cut`].
+struct TunnelCount<'m> {
+    metrics: &'m ShardMetrics,
+    end: Option<TunnelEnd>,
 }
 
-impl TunnelEnd {
-    fn label(self) -> &'static str {
-        match self {
-            TunnelEnd::Closed => "closed",
-            TunnelEnd::Idle => "idle",
-            TunnelEnd::Error => "error",
-        }
+impl<'m> TunnelCount<'m> {
+    fn open(metrics: &'m ShardMetrics) -> Self {
+        metrics.websocket_opened();
+        Self { metrics, end: None }
+    }
+
+    fn ended(mut self, end: TunnelEnd) -> TunnelEnd {
+        self.end = Some(end);
+        end
+    }
+}
+
+impl Drop for TunnelCount<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .websocket_closed(self.end.unwrap_or(TunnelEnd::Cut));
     }
 }
 
@@ -236,11 +241,12 @@ async fn tunnel<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let count = TunnelCount::open(&ctx.metrics);
     let backend = match backend.tcp.try_into_poll_io() {
         Ok(backend) => backend,
         Err((e, _)) => {
             debug!(shard = ctx.index, error = %e, "cannot switch the backend connection to poll mode");
-            return TunnelEnd::Error;
+            return count.ended(TunnelEnd::Error);
         }
     };
     let last_byte = Cell::new(Instant::now());
@@ -273,13 +279,14 @@ where
         }
         tokio::io::copy_bidirectional(&mut client, &mut backend).await
     };
-    monoio::select! {
+    let end = monoio::select! {
         copied = copy => match copied {
             Ok(_) => TunnelEnd::Closed,
             Err(_) => TunnelEnd::Error,
         },
         () = idle => TunnelEnd::Idle,
-    }
+    };
+    count.ended(end)
 }
 
 /// A stream that records when it last received a byte (the tunnel's idle clock).

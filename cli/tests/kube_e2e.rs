@@ -624,23 +624,13 @@ fn run_user_guide(release: Release) {
     // The data plane, as the provisioned pod would run it: as its ServiceAccount.
     let as_data_plane = kube.impersonating(&dir, DATA_PLANE_USER);
     let dp_admin = free_port();
-    let mut data_plane = Process::portcullis(
+    let mut data_plane = Process::data_plane(
         "data-plane",
         &dir,
         &as_data_plane,
-        &[
-            "serve",
-            "--kube",
-            "--gateway",
-            "agentgateway-system/mtls",
-            "--admin",
-            &format!("127.0.0.1:{dp_admin}"),
-            // Not the default loopback port, which another data plane on this host may hold.
-            "--admin-config",
-            "off",
-            "--shards",
-            "1",
-        ],
+        "agentgateway-system/mtls",
+        dp_admin,
+        &[],
     );
     wait_for("the data plane to be ready", PATIENCE, || {
         data_plane.assert_running();
@@ -675,27 +665,13 @@ fn run_user_guide(release: Release) {
     assert!(curl.ok(), "without the controller: {curl:?}");
     // The data plane is replaced (as a rolled pod would be) while the controller is down.
     assert_eq!(data_plane.stop().and_then(|s| s.code()), Some(0));
-    let data_plane_args = |admin: &str, gateway: &str| {
-        [
-            "serve",
-            "--kube",
-            "--gateway",
-            gateway,
-            "--admin",
-            admin,
-            "--admin-config",
-            "off",
-            "--shards",
-            "1",
-        ]
-        .map(str::to_owned)
-    };
-    let args = data_plane_args(&format!("127.0.0.1:{dp_admin}"), "agentgateway-system/mtls");
-    data_plane = Process::portcullis(
+    data_plane = Process::data_plane(
         "data-plane-2",
         &dir,
         &as_data_plane,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "agentgateway-system/mtls",
+        dp_admin,
+        &[],
     );
     wait_for(
         "a new data plane to be ready without the controller",
@@ -711,15 +687,13 @@ fn run_user_guide(release: Release) {
     let curl = guide_curl(&certs, ports.1, client);
     assert!(curl.ok(), "the new data plane: {curl:?}");
     let orphan_admin = free_port();
-    let args = data_plane_args(
-        &format!("127.0.0.1:{orphan_admin}"),
-        "agentgateway-system/nothing",
-    );
-    let mut orphan = Process::portcullis(
+    let mut orphan = Process::data_plane(
         "data-plane-orphan",
         &dir,
         &kube,
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "agentgateway-system/nothing",
+        orphan_admin,
+        &[],
     );
     wait_for(
         "a data plane without config to answer, unready",
@@ -1446,27 +1420,15 @@ spec:
     });
     let as_data_plane =
         kube.impersonating(&dir, &format!("system:serviceaccount:{LEASE_NS}:probed"));
-    let gateway = format!("{LEASE_NS}/probed");
-    let dp_admin_address = format!("127.0.0.1:{dp_admin}");
-    let mut data_plane = Process::portcullis(
+    let mut data_plane = Process::data_plane(
         "data-plane",
         &dir,
         &as_data_plane,
-        &[
-            "serve",
-            "--kube",
-            "--gateway",
-            &gateway,
-            "--admin",
-            &dp_admin_address,
-            "--admin-config",
-            "off",
-            "--bind-address",
-            "127.0.0.1",
-            "--shards",
-            "1",
-        ],
+        &format!("{LEASE_NS}/probed"),
+        dp_admin,
+        &["--bind-address", "127.0.0.1"],
     );
+    // `(status, reason, message)` of a listener's Programmed condition.
     let listener_programmed = |name: &str| -> Result<(String, String, String), String> {
         let gateway = kube
             .get("gateway", Some(LEASE_NS), "probed")
@@ -1477,20 +1439,17 @@ spec:
             .flatten()
             .find(|l| l["name"] == name)
             .ok_or(format!("no listener {name}: {}", gateway["status"]))?;
-        let programmed = listener["conditions"]
+        let (status, reason) =
+            condition(&listener["conditions"], "Programmed").ok_or("no Programmed")?;
+        let message = listener["conditions"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|c| c["type"] == "Programmed")
-            .ok_or("no Programmed")?;
-        Ok((
-            programmed["status"].as_str().unwrap_or_default().to_owned(),
-            programmed["reason"].as_str().unwrap_or_default().to_owned(),
-            programmed["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        ))
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        Ok((status, reason, message))
     };
     wait_for("the taken port's listener to be Pending", PATIENCE, || {
         data_plane.assert_running();

@@ -395,6 +395,34 @@ impl Process {
         }
     }
 
+    /// `portcullis serve --kube --gateway GATEWAY`, as the provisioned pod runs it, with its
+    /// probes on `127.0.0.1:admin_port` (and `/config` off: another data plane on this host
+    /// may hold the default port), one shard, and `extra` arguments.
+    pub fn data_plane(
+        name: &str,
+        dir: &Path,
+        kube: &Kube,
+        gateway: &str,
+        admin_port: u16,
+        extra: &[&str],
+    ) -> Process {
+        let admin = format!("127.0.0.1:{admin_port}");
+        let mut args = vec![
+            "serve",
+            "--kube",
+            "--gateway",
+            gateway,
+            "--admin",
+            &admin,
+            "--admin-config",
+            "off",
+            "--shards",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        Process::portcullis(name, dir, kube, &args)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or_default()
     }

@@ -225,15 +225,7 @@ fn claim_ports(gateways: &mut [GatewayState<'_>], separate: bool) -> BTreeMap<u1
     let mut owners: BTreeMap<u16, ObjectRef> = BTreeMap::new();
     for gateway in gateways.iter_mut() {
         let key = gateway.key.clone();
-        let mut wanted: Vec<u16> = gateway
-            .listeners
-            .iter()
-            .filter(|l| l.structurally_valid())
-            .filter_map(|l| l.port)
-            .collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        for port in wanted {
+        for port in listener_ports(gateway) {
             let owner = owners.entry(port).or_insert_with(|| key.clone()).clone();
             if owner == key || separate {
                 continue;
@@ -816,8 +808,8 @@ fn desired_config(
     DesiredConfig { ports }
 }
 
-/// One Gateway's ports, all its own: it has a data plane of its own (kube mode).
-fn gateway_desired_config(gateway: &GatewayState<'_>) -> DesiredConfig {
+/// The distinct ports of a Gateway's structurally valid listeners, sorted.
+fn listener_ports(gateway: &GatewayState<'_>) -> Vec<u16> {
     let mut ports: Vec<u16> = gateway
         .listeners
         .iter()
@@ -826,8 +818,13 @@ fn gateway_desired_config(gateway: &GatewayState<'_>) -> DesiredConfig {
         .collect();
     ports.sort_unstable();
     ports.dedup();
+    ports
+}
+
+/// One Gateway's ports, all its own: it has a data plane of its own (kube mode).
+fn gateway_desired_config(gateway: &GatewayState<'_>) -> DesiredConfig {
     DesiredConfig {
-        ports: ports
+        ports: listener_ports(gateway)
             .into_iter()
             .filter_map(|port| desired_port(gateway, port))
             .collect(),

@@ -115,15 +115,18 @@ pub fn merge_gateway_class_status(desired: &mut GatewayClassStatus, live: &Gatew
     }
 }
 
+/// The conditions we write, and `supportedFeatures`: the conformance suite reads the features
+/// from the class, so a class written by an earlier version must get the current list.
 pub fn gateway_class_status_differs(
     desired: &GatewayClassStatus,
     live: &GatewayClassStatus,
 ) -> bool {
-    conditions_differ(
-        desired.conditions.as_deref().unwrap_or_default(),
-        live.conditions.as_deref().unwrap_or_default(),
-        &GATEWAY_CLASS_CONDITIONS,
-    )
+    desired.supported_features != live.supported_features
+        || conditions_differ(
+            desired.conditions.as_deref().unwrap_or_default(),
+            live.conditions.as_deref().unwrap_or_default(),
+            &GATEWAY_CLASS_CONDITIONS,
+        )
 }
 
 pub fn merge_gateway_status(desired: &mut GatewayStatus, live: &GatewayStatus) {
@@ -932,6 +935,42 @@ spec:
                 Vec::new()
             );
         }
+    }
+
+    #[test]
+    fn a_class_without_the_supported_features_gets_them_once() {
+        let mut store = store();
+        let memo = WrittenMemo::new();
+        let first = plan_status_writes(&store, &translation(&store, 100), OURS, &memo);
+        apply_writes(&mut store, &first);
+        // As an earlier version wrote it: the same conditions, no features.
+        let class = store.gateway_classes.values_mut().next().unwrap();
+        class.status.as_mut().unwrap().supported_features = None;
+
+        let writes = plan_status_writes(&store, &translation(&store, 200), OURS, &memo);
+        let [write] = writes.as_slice() else {
+            panic!("one write expected: {writes:?}")
+        };
+        let StatusBody::GatewayClass(status) = &write.status else {
+            panic!("a class write expected: {write:?}")
+        };
+        let features: Vec<&str> = status
+            .supported_features
+            .iter()
+            .flatten()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(features, portcullis_translate::SUPPORTED_FEATURES);
+        // The unchanged condition keeps its transition time.
+        assert_eq!(
+            status.conditions.as_deref().unwrap()[0].last_transition_time,
+            at(100)
+        );
+        apply_writes(&mut store, &writes);
+        assert_eq!(
+            plan_status_writes(&store, &translation(&store, 300), OURS, &memo),
+            Vec::new()
+        );
     }
 
     #[test]

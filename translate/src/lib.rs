@@ -14,4 +14,6 @@ pub mod store;
 pub mod translate;
 
 pub use store::{Object, ObjectKey, ObjectKind, ObjectStore, StoredReferenceGrant};
-pub use translate::{DEFAULT_CONTROLLER_NAME, TranslateOptions, Translation, translate};
+pub use translate::{
+    DEFAULT_CONTROLLER_NAME, SUPPORTED_FEATURES, TranslateOptions, Translation, translate,
+};

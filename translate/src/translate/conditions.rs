@@ -25,6 +25,9 @@ pub mod reasons {
 
     // Gateway.
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
+    /// `Accepted=False`: `spec.infrastructure.parametersRef` names something Portcullis does
+    /// not take.
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
 
     // Listener.

@@ -20,7 +20,7 @@ use portcullis_core::listener_options::{self, ListenerTlsOptions};
 use super::conditions::{ConditionStamp, Problem, join_messages, reasons, types};
 use super::matching::{is_valid_hostname, namespace_labels, selector_matches};
 use super::refs::{
-    CaRef, CertificateRef, GATEWAY_GROUP, ServerCertificates, resolve_ca_ref,
+    CaRef, CertificateRef, GATEWAY_GROUP, ServerCertificates, describe, resolve_ca_ref,
     resolve_certificate_ref,
 };
 use super::routes::RouteKind;
@@ -66,6 +66,9 @@ pub(crate) struct ListenerState<'s> {
     pub certificate: Option<ServerCertificate>,
     pub tls_options: Option<ListenerTlsOptions>,
     pub routes: Vec<AttachedRoute<'s>>,
+    /// Why the whole Gateway is not accepted (`Accepted=False` on the Gateway): none of its
+    /// listeners is served, whatever their own state.
+    pub gateway_rejection: Option<Problem>,
 }
 
 impl ListenerState<'_> {
@@ -83,7 +86,12 @@ impl ListenerState<'_> {
     }
 
     pub fn programmed(&self) -> bool {
-        self.accepted() && !self.blocking_ref_problem
+        self.accepted() && !self.blocking_ref_problem && self.gateway_rejection.is_none()
+    }
+
+    /// Takes its port: valid in itself, on a Gateway that is accepted.
+    pub fn claims_port(&self) -> bool {
+        self.structurally_valid() && self.gateway_rejection.is_none()
     }
 
     /// Why the data plane does not listen on this listener's port, when it reported so.
@@ -98,7 +106,7 @@ impl ListenerState<'_> {
     /// Would be programmed but for its port's CA refs all being invalid: kept on the port so
     /// that the port fails closed (spec §4).
     pub fn refused_for_ca(&self) -> bool {
-        self.structurally_valid() && !self.blocking_ref_problem && self.ca_refused.is_some()
+        self.claims_port() && !self.blocking_ref_problem && self.ca_refused.is_some()
     }
 
     /// Whether routes of `kind` from `route_namespace` may attach, by `allowedRoutes` (spec
@@ -154,6 +162,8 @@ pub(crate) struct GatewayState<'s> {
     pub port_policies: BTreeMap<u16, PortPolicy>,
     /// Where AllowInsecureFallback is configured: `default`, `perPort 8444`.
     pub insecure_fallback: Vec<String>,
+    /// Why the Gateway is not accepted as a whole; its listeners are then not served.
+    pub rejection: Option<Problem>,
 }
 
 impl<'s> GatewayState<'s> {
@@ -185,6 +195,10 @@ impl<'s> GatewayState<'s> {
             listeners.push(validate_listener(store, certificates, &key.namespace, spec));
         }
         mark_conflicts(&mut listeners);
+        let rejection = invalid_parameters(gateway, &key.namespace);
+        for listener in &mut listeners {
+            listener.gateway_rejection.clone_from(&rejection);
+        }
         Self {
             key,
             gateway,
@@ -194,6 +208,7 @@ impl<'s> GatewayState<'s> {
             duplicate_names,
             port_policies: BTreeMap::new(),
             insecure_fallback: insecure_fallback(gateway),
+            rejection,
         }
     }
 
@@ -406,6 +421,30 @@ fn resolve_policy(
     }
 }
 
+/// `spec.infrastructure.parametersRef`: Portcullis takes no Gateway parameters, so any
+/// reference is of a kind it does not support, and the API asks that such a Gateway be
+/// rejected (`Accepted=False, InvalidParameters`) rather than served without them.
+fn invalid_parameters(gateway: &Gateway, namespace: &str) -> Option<Problem> {
+    let reference = gateway
+        .spec
+        .infrastructure
+        .as_ref()?
+        .parameters_ref
+        .as_ref()?;
+    Some(Problem::new(
+        reasons::INVALID_PARAMETERS,
+        format!(
+            "infrastructure.parametersRef {}: Portcullis takes no Gateway parameters",
+            describe(
+                &reference.group,
+                &reference.kind,
+                namespace,
+                &reference.name
+            )
+        ),
+    ))
+}
+
 /// Where `AllowInsecureFallback` is configured, whether or not a port uses it.
 fn insecure_fallback(gateway: &Gateway) -> Vec<String> {
     let Some(frontend) = gateway.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
@@ -451,6 +490,7 @@ fn validate_listener<'s>(
         certificate: None,
         tls_options: None,
         routes: Vec::new(),
+        gateway_rejection: None,
     };
     if state.protocol.is_none() {
         state.accept_problems.push(Problem::new(
@@ -711,7 +751,8 @@ fn listener_status(
             "Listener is programmed",
         )
     } else {
-        let mut why = accept_problems.clone();
+        let mut why: Vec<Problem> = l.gateway_rejection.iter().cloned().collect();
+        why.extend(accept_problems.iter().cloned());
         why.extend(l.ref_problems.iter().cloned());
         stamp.condition(
             types::PROGRAMMED,

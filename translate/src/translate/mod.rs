@@ -5,7 +5,9 @@
 //! 1. our Gateways: GatewayClass `controllerName` is ours, or `gatewayClassName` is the extra
 //!    class the caller names;
 //! 2. each Gateway's listeners are validated on their own (protocol, port, hostname, TLS mode
-//!    and options, route kinds, certificates) and against each other (conflicts);
+//!    and options, route kinds, certificates) and against each other (conflicts); a Gateway
+//!    with an `infrastructure.parametersRef` is not accepted (`InvalidParameters`: Portcullis
+//!    takes no Gateway parameters) and none of its listeners is served;
 //! 3. ports are claimed across Gateways, oldest first: one process serves every Gateway, so two
 //!    Gateways cannot share a port, and the younger one's listeners get `PortUnavailable`.
 //!    Only structurally valid listeners claim ports; references (Secrets, CAs) do not decide
@@ -27,7 +29,9 @@ mod routes;
 
 use std::collections::BTreeMap;
 
-use gateway_api::experimental::gatewayclasses::GatewayClassStatus;
+use gateway_api::experimental::gatewayclasses::{
+    GatewayClassStatus, GatewayClassStatusSupportedFeatures,
+};
 use gateway_api::experimental::gateways::{GatewayStatus, GatewayStatusAddresses};
 use gateway_api::experimental::grpcroutes::{
     GrpcRoute, GrpcRouteParentRefs, GrpcRouteStatus, GrpcRouteStatusParents,
@@ -56,6 +60,12 @@ use crate::store::ObjectStore;
 
 /// The `controllerName` Portcullis answers to by default.
 pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
+
+/// `status.supportedFeatures` of our GatewayClasses (sorted, as the API requires). The
+/// conformance suite reads them to choose which tests to run, so a feature is listed once the
+/// upstream conformance tests of it pass against Portcullis, not when part of it works: the
+/// Core features of profile GATEWAY-HTTP.
+pub const SUPPORTED_FEATURES: [&str; 3] = ["Gateway", "HTTPRoute", "ReferenceGrant"];
 
 /// The default `type` of a Gateway address.
 const IP_ADDRESS_TYPE: &str = "IPAddress";
@@ -211,7 +221,14 @@ fn gateway_class_statuses(
                     reasons::GATEWAY_CLASS_ACCEPTED,
                     format!("Handled by {}", options.controller_name),
                 )]),
-                supported_features: None,
+                supported_features: Some(
+                    SUPPORTED_FEATURES
+                        .iter()
+                        .map(|name| GatewayClassStatusSupportedFeatures {
+                            name: (*name).to_owned(),
+                        })
+                        .collect(),
+                ),
             };
             (name.clone(), status)
         })
@@ -702,7 +719,14 @@ fn gateway_status(gateway: &GatewayState<'_>, options: &TranslateOptions) -> Gat
             .map(|n| format!("{n} (duplicate name, ignored)")),
     );
     let accepted_count = listeners.iter().filter(|l| l.accepted()).count();
-    let accepted = if not_accepted.is_empty() {
+    let accepted = if let Some(rejection) = &gateway.rejection {
+        stamp.condition(
+            types::ACCEPTED,
+            false,
+            rejection.reason,
+            rejection.message.clone(),
+        )
+    } else if not_accepted.is_empty() {
         stamp.condition(
             types::ACCEPTED,
             true,
@@ -737,7 +761,10 @@ fn gateway_status(gateway: &GatewayState<'_>, options: &TranslateOptions) -> Gat
             types::PROGRAMMED,
             false,
             reasons::INVALID,
-            "no listener is programmed",
+            gateway.rejection.as_ref().map_or_else(
+                || "no listener is programmed".to_owned(),
+                |r| format!("the Gateway is not accepted: {}", r.message),
+            ),
         )
     };
     let mut conditions = vec![accepted, programmed];
@@ -813,7 +840,7 @@ fn listener_ports(gateway: &GatewayState<'_>) -> Vec<u16> {
     let mut ports: Vec<u16> = gateway
         .listeners
         .iter()
-        .filter(|l| l.structurally_valid())
+        .filter(|l| l.claims_port())
         .filter_map(|l| l.port)
         .collect();
     ports.sort_unstable();

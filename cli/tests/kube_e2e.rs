@@ -524,6 +524,13 @@ fn run_user_guide(release: Release) {
         condition(&class["status"]["conditions"], "Accepted"),
         Some(("True".to_owned(), "Accepted".to_owned()))
     );
+    // The features the conformance suite infers from the class, stored as written (the
+    // no-rewrite check below would catch a field the API server drops or reorders).
+    let features: Vec<&str> = class["status"]["supportedFeatures"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(features, portcullis_translate::SUPPORTED_FEATURES);
     assert!(
         gateway["status"]["conditions"]
             .as_array()

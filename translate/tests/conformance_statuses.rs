@@ -1,6 +1,7 @@
 //! The statuses the Core tests of the upstream conformance suite (v1.6.1, profile
-//! GATEWAY-HTTP) check, one test per upstream test, on the upstream manifests (copied
-//! byte-for-byte into `tests/fixtures/conformance/v1.6.1/`).
+//! GATEWAY-HTTP), and the Extended tests of the features Portcullis claims, check: one test
+//! per upstream test, on the upstream manifests (copied byte-for-byte into
+//! `tests/fixtures/conformance/v1.6.1/`).
 //!
 //! Translation runs as the controller runs it (kube mode): every Gateway has its own data
 //! plane and its own address, the GatewayClass named by the suite is ours, and every object
@@ -49,6 +50,11 @@ fn fixture(file: &str) -> String {
 /// What the suite sets up (the GatewayClass, base manifests, its certificate Secrets) plus
 /// one test's manifests, each object at generation 1.
 fn suite_store(test_file: &str) -> ObjectStore {
+    suite_store_of(&[test_file])
+}
+
+/// [`suite_store`] for a test with several manifest files.
+fn suite_store_of(test_files: &[&str]) -> ObjectStore {
     let mut store = ObjectStore::new();
     load_yaml(
         &mut store,
@@ -58,7 +64,9 @@ fn suite_store(test_file: &str) -> ObjectStore {
         ),
     );
     load_yaml(&mut store, &fixture("base-manifests.yaml"));
-    load_yaml(&mut store, &fixture(test_file));
+    for file in test_files {
+        load_yaml(&mut store, &fixture(file));
+    }
     let (web, infra) = suite_certificates();
     for secret in [
         tls_secret(WEB_BACKEND, "certificate", &web.cert_pem, &web.key_pem),
@@ -70,6 +78,20 @@ fn suite_store(test_file: &str) -> ObjectStore {
         ),
     ] {
         store.insert(secret).expect("secret");
+    }
+    let cas = suite_client_cas();
+    for (namespace, name, ca) in [
+        (WEB_BACKEND, "web-backend-cm", &cas[0]),
+        (INFRA, "tls-validity-checks-ca-certificate", &cas[1]),
+        (
+            INFRA,
+            "tls-validity-checks-per-port-ca-certificate",
+            &cas[2],
+        ),
+    ] {
+        store
+            .insert(ca_config_map(namespace, name, "ca.crt", &ca.cert_pem))
+            .expect("CA ConfigMap");
     }
     for class in store.gateway_classes.values_mut() {
         class.metadata.generation = Some(1);
@@ -92,6 +114,19 @@ fn suite_certificates() -> &'static (ServerPair, ServerPair) {
             self_signed_leaf(&["*"], KeyKind::EcdsaP256),
             self_signed_leaf(&["*", "*.org", "*.wildcard.org"], KeyKind::EcdsaP256),
         )
+    })
+}
+
+/// suite.go's CA ConfigMaps (key `ca.crt`): web-backend `web-backend-cm`, infra
+/// `tls-validity-checks-ca-certificate` and `tls-validity-checks-per-port-ca-certificate`.
+fn suite_client_cas() -> &'static [TestCa; 3] {
+    static CAS: OnceLock<[TestCa; 3]> = OnceLock::new();
+    CAS.get_or_init(|| {
+        [
+            TestCa::new("gatewayapi"),
+            TestCa::new("gatewayapi"),
+            TestCa::new("gatewayapi"),
+        ]
     })
 }
 
@@ -941,6 +976,307 @@ fn httproute_listener_hostname_matching_statuses() {
             &store,
             (INFRA, route),
             gw,
+            ("ResolvedRefs", true, "ResolvedRefs"),
+        );
+    }
+}
+
+/// The upstream tests of GatewayFrontendClientCertificateValidation(InsecureFallback) whose
+/// statuses are checked here; their traffic is in `cli/tests/conformance_frontend_tls.rs`.
+#[test]
+fn gateway_frontend_client_certificate_validation() {
+    let store = suite_store("gateway-with-clientcertificate-validation.yaml");
+    let t = translate_kube(&store);
+    let name = "client-validation-default";
+    let routes = [
+        (INFRA, "client-certificate-validation-https-test"),
+        (
+            INFRA,
+            "client-certificate-validation-https-test-no-hostname",
+        ),
+    ];
+    assert_gateway_and_routes_accepted(&t, &store, name, &routes);
+    for r in routes {
+        assert_route_condition(&t, &store, r, name, ("ResolvedRefs", true, "ResolvedRefs"));
+    }
+}
+
+#[test]
+fn gateway_frontend_client_certificate_validation_insecure_fallback() {
+    let store = suite_store("gateway-with-clientcertificate-validation-insecure-fallback.yaml");
+    let t = translate_kube(&store);
+    let name = "client-validation-insecure-fallback";
+    let routes = [
+        (INFRA, "client-cert-validation-insecure-fallback-test"),
+        (
+            INFRA,
+            "client-cert-validation-insecure-fallback-test-no-hostname",
+        ),
+    ];
+    assert_gateway_and_routes_accepted(&t, &store, name, &routes);
+    for r in routes {
+        assert_route_condition(&t, &store, r, name, ("ResolvedRefs", true, "ResolvedRefs"));
+    }
+    assert_gateway_condition(
+        &t,
+        &store,
+        name,
+        "InsecureFrontendValidationMode",
+        true,
+        "ConfigurationChanged",
+    );
+}
+
+/// GatewayListenerMustHaveConditions: the named listener has each condition.
+#[track_caller]
+fn assert_listener_conditions(
+    t: &Translation,
+    store: &ObjectStore,
+    gateway_name: &str,
+    listener_name: &str,
+    expected: &[(&str, bool, &str)],
+) {
+    let g = gateway(t, store, gateway_name);
+    let l = listener(g, listener_name);
+    for (type_, status, reason) in expected {
+        assert_has(
+            &format!("{gateway_name}/{listener_name}"),
+            &l.conditions,
+            type_,
+            *status,
+            reason,
+        );
+    }
+}
+
+#[test]
+fn gateway_invalid_frontend_client_certificate_validation() {
+    let store = suite_store("gateway-with-invalid-clientcertificate-validation.yaml");
+    let t = translate_kube(&store);
+    let name = "gateway-with-invalid-client-cert-validation";
+    let healthy = [
+        ("ResolvedRefs", true, ""),
+        ("Accepted", true, ""),
+        ("Programmed", true, ""),
+    ];
+    assert_listener_conditions(&t, &store, name, "https", &healthy);
+    for (listener_name, reason) in [
+        ("https-unresolved", "InvalidCACertificateRef"),
+        ("https-invalid-kind", "InvalidCACertificateKind"),
+        ("https-grant-missing", "RefNotPermitted"),
+    ] {
+        assert_listener_conditions(
+            &t,
+            &store,
+            name,
+            listener_name,
+            &[
+                ("ResolvedRefs", false, reason),
+                ("Accepted", false, "NoValidCACertificate"),
+                ("Programmed", false, ""),
+            ],
+        );
+    }
+}
+
+#[test]
+fn gateway_frontend_invalid_default_client_certificate_validation() {
+    let store = suite_store("gateway-invalid-default-frontend-client-certificate-validation.yaml");
+    let t = translate_kube(&store);
+    let name = "invalid-default-client-validation-config";
+    assert!(
+        gateway(&t, &store, name)
+            .addresses
+            .iter()
+            .flatten()
+            .any(|a| a.r#type.is_some() && !a.value.is_empty()),
+        "{name}: no typed address"
+    );
+    assert_listener_conditions(
+        &t,
+        &store,
+        name,
+        "http",
+        &[
+            ("ResolvedRefs", true, ""),
+            ("Accepted", true, ""),
+            ("Programmed", true, ""),
+        ],
+    );
+    assert_listener_conditions(
+        &t,
+        &store,
+        name,
+        "https",
+        &[
+            ("ResolvedRefs", false, "InvalidCACertificateRef"),
+            ("Accepted", false, "NoValidCACertificate"),
+            ("Programmed", false, ""),
+        ],
+    );
+}
+
+/// HTTPRouteInvalidParentRefSectionNameNotMatchingPort (HTTPRouteParentRefPort).
+#[test]
+fn httproute_invalid_parent_ref_section_name_not_matching_port() {
+    let store = suite_store("httproute-invalid-parentref-section-name-not-matching-port.yaml");
+    let t = translate_kube(&store);
+    let gateway_name = "gateway-with-one-not-matching-port-and-section-name-route";
+    let name = "httproute-listener-section-name-not-matching-port";
+    assert_route_condition(
+        &t,
+        &store,
+        (INFRA, name),
+        gateway_name,
+        ("Accepted", false, "NoMatchingParent"),
+    );
+    assert_no_accepted_parents(&t, INFRA, name);
+    assert_zero_routes(&t, &store, gateway_name);
+}
+
+/// HTTPRouteListenerPortMatching (HTTPRouteParentRefPort), its status part; the traffic is
+/// in `cli/tests/conformance_http.rs`.
+#[test]
+fn httproute_listener_port_matching_statuses() {
+    let store = suite_store("httproute-listener-port-matching.yaml");
+    let t = translate_kube(&store);
+    assert_namespace_ready(&t, &store, INFRA);
+    let name = "httproute-listener-port-matching";
+    for route in ["backend-v1", "backend-v2", "backend-v3"] {
+        assert_gateway_and_routes_accepted(&t, &store, name, &[(INFRA, route)]);
+        assert_route_condition(
+            &t,
+            &store,
+            (INFRA, route),
+            name,
+            ("ResolvedRefs", true, "ResolvedRefs"),
+        );
+    }
+    let attached: Vec<(&str, i32)> = gateway(&t, &store, name)
+        .listeners
+        .iter()
+        .flatten()
+        .map(|l| (l.name.as_str(), l.attached_routes))
+        .collect();
+    // Port 80: listener-1; port 8080: listener-2 and -3; port 8090 with sectionName: listener-4.
+    assert_eq!(
+        attached,
+        [
+            ("listener-1", 1),
+            ("listener-2", 1),
+            ("listener-3", 1),
+            ("listener-4", 1),
+            ("listener-5", 0)
+        ]
+    );
+}
+
+/// GatewayWithAttachedRoutesWithPort8080 (GatewayPort8080).
+#[test]
+fn gateway_with_attached_routes_with_port_8080() {
+    let store = suite_store("gateway-with-attached-routes-with-port-8080.yaml");
+    let t = translate_kube(&store);
+    let healthy: &[(&str, bool, &str)] = &[("Accepted", true, ""), ("ResolvedRefs", true, "")];
+    assert_listeners(
+        &t,
+        &store,
+        "gateway-with-two-listeners-and-one-attached-route",
+        &[
+            ExpectedListener {
+                name: "http-unattached",
+                kinds: &["HTTPRoute"],
+                attached_routes: 0,
+                conditions: healthy,
+            },
+            ExpectedListener {
+                name: "http",
+                kinds: &["HTTPRoute"],
+                attached_routes: 1,
+                conditions: healthy,
+            },
+        ],
+    );
+}
+
+/// GatewayOptionalAddressValue (GatewayAddressEmpty): an address of a type without a value
+/// is no reason to refuse the Gateway; it gets the address its data plane has.
+#[test]
+fn gateway_optional_address_value() {
+    let store = suite_store("gateway-optional-address-value.yaml");
+    let t = translate_kube(&store);
+    assert_namespace_ready(&t, &store, INFRA);
+    let name = "gateway-without-address-value";
+    assert_gateway_condition(&t, &store, name, "Accepted", true, "");
+    assert_gateway_condition(&t, &store, name, "Programmed", true, "");
+    assert!(
+        gateway(&t, &store, name)
+            .addresses
+            .iter()
+            .flatten()
+            .any(|a| a.r#type.is_some() && !a.value.is_empty()),
+        "{name}: no typed address"
+    );
+}
+
+/// GatewayHTTPListenerIsolation, its status part; the traffic is in
+/// `cli/tests/conformance_http.rs`.
+#[test]
+fn gateway_http_listener_isolation_statuses() {
+    let store = suite_store_of(&[
+        "gateway-http-listener-isolation-with-hostname-intersection.yaml",
+        "gateway-http-listener-isolation.yaml",
+    ]);
+    let t = translate_kube(&store);
+    assert_namespace_ready(&t, &store, INFRA);
+    for (gateway_name, suffix) in [
+        ("http-listener-isolation", ""),
+        (
+            "http-listener-isolation-with-hostname-intersection",
+            "-with-hostname-intersection",
+        ),
+    ] {
+        let routes: Vec<String> = [
+            "attaches-to-empty-hostname",
+            "attaches-to-wildcard-example-com",
+            "attaches-to-wildcard-foo-example-com",
+            "attaches-to-abc-foo-example-com",
+        ]
+        .iter()
+        .map(|r| format!("{r}{suffix}"))
+        .collect();
+        let routes: Vec<(&str, &str)> = routes.iter().map(|r| (INFRA, r.as_str())).collect();
+        assert_gateway_and_routes_accepted(&t, &store, gateway_name, &routes);
+        for r in routes {
+            assert_route_condition(
+                &t,
+                &store,
+                r,
+                gateway_name,
+                ("ResolvedRefs", true, "ResolvedRefs"),
+            );
+        }
+    }
+}
+
+/// HTTPRouteQueryParamMatching and HTTPRouteMethodMatching, their status part; the traffic
+/// is in `cli/tests/conformance_http.rs`.
+#[test]
+fn httproute_query_param_and_method_matching_statuses() {
+    for (file, route_name) in [
+        (
+            "httproute-query-param-matching.yaml",
+            "query-param-matching",
+        ),
+        ("httproute-method-matching.yaml", "method-matching"),
+    ] {
+        let store = suite_store(file);
+        let t = translate_kube(&store);
+        assert_gateway_and_routes_accepted(&t, &store, "same-namespace", &[(INFRA, route_name)]);
+        assert_route_condition(
+            &t,
+            &store,
+            (INFRA, route_name),
+            "same-namespace",
             ("ResolvedRefs", true, "ResolvedRefs"),
         );
     }

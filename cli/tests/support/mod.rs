@@ -4,10 +4,12 @@
 //!
 //! - [`manifests`]: YAML for Gateways, routes, Secrets, ConfigMaps and Services.
 //! - [`backends`]: the echo backend and hand-written raw HTTP/1.1 backends.
+//! - [`conformance`]: the upstream conformance suite's manifests and backends on loopback.
 //! - here: the in-process [`Gateway`], TLS clients, and an HTTP/1.1 response reader.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod backends;
+pub mod conformance;
 pub mod manifests;
 
 use std::collections::BTreeSet;

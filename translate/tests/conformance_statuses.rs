@@ -1281,3 +1281,24 @@ fn httproute_query_param_and_method_matching_statuses() {
         );
     }
 }
+
+/// HTTPRouteBackendProtocolH2C and HTTPRouteBackendProtocolWebSocket, their status part: the
+/// routes to the base Service's `kubernetes.io/h2c` and `kubernetes.io/ws` ports resolve; the
+/// traffic is in `cli/tests/conformance_backend_protocols.rs`.
+#[test]
+fn httproute_backend_protocol_statuses() {
+    for (file, route_name) in [
+        (
+            "httproute-backend-protocol-h2c.yaml",
+            "backend-protocol-h2c",
+        ),
+        (
+            "httproute-backend-protocol-websocket.yaml",
+            "backend-protocol-ws",
+        ),
+    ] {
+        let store = suite_store(file);
+        let t = translate_kube(&store);
+        assert_gateway_and_routes_accepted(&t, &store, "same-namespace", &[(INFRA, route_name)]);
+    }
+}

@@ -37,6 +37,15 @@ pub fn base_gateway(name: &str) -> String {
         .to_owned()
 }
 
+/// The document of `base-manifests.yaml` that defines the Service `name` (in [`INFRA`]).
+pub fn base_service(name: &str) -> String {
+    fixture("base-manifests.yaml")
+        .split("\n---\n")
+        .find(|doc| doc.contains("kind: Service\n") && doc.contains(&format!("  name: {name}\n")))
+        .unwrap_or_else(|| panic!("no Service {name} in the base manifests"))
+        .to_owned()
+}
+
 /// Port numbers moved: every `port: FROM` line of a manifest (listeners, `perPort` entries,
 /// parentRefs, backendRefs alike) becomes `port: TO`. Moving [`BACKEND_PORT`] moves the
 /// backend Services' port with it (see [`infra_backends`]).

@@ -1302,3 +1302,20 @@ fn httproute_backend_protocol_statuses() {
         assert_gateway_and_routes_accepted(&t, &store, "same-namespace", &[(INFRA, route_name)]);
     }
 }
+
+/// GatewayHTTPSListenerDetectMisdirectedRequests, its status part; the traffic is in
+/// `cli/tests/conformance_https.rs`.
+#[test]
+fn httproute_https_listener_detect_misdirected_requests_statuses() {
+    let store = suite_store("httproute-https-listener-detect-misdirected-requests.yaml");
+    let t = translate_kube(&store);
+    let name = "same-namespace-with-https-listener";
+    let routes: Vec<String> = (1..=4)
+        .map(|i| format!("https-listener-detect-misdirected-requests-test-{i}"))
+        .collect();
+    let routes: Vec<(&str, &str)> = routes.iter().map(|r| (INFRA, r.as_str())).collect();
+    assert_gateway_and_routes_accepted(&t, &store, name, &routes);
+    for r in routes {
+        assert_route_condition(&t, &store, r, name, ("ResolvedRefs", true, "ResolvedRefs"));
+    }
+}

@@ -1,9 +1,11 @@
-//! The traffic of the upstream conformance tests of GatewayFrontendClientCertificateValidation
-//! and GatewayFrontendClientCertificateValidationInsecureFallback (v1.6.1), on real sockets:
-//! the upstream manifests (`translate/tests/fixtures/conformance/v1.6.1/`) with their ports
-//! moved to free ones, certificates shaped as the suite makes them, and what each upstream
-//! test expects (a 200 from the right backend, or a request that fails). Their statuses are
-//! checked in `translate/tests/conformance_statuses.rs`.
+//! The traffic of the upstream conformance tests of HTTPS listeners (v1.6.1), on real
+//! sockets: GatewayFrontendClientCertificateValidation and its InsecureFallback,
+//! GatewayFrontendInvalidDefaultClientCertificateValidation, and
+//! GatewayHTTPSListenerDetectMisdirectedRequests. Each runs the upstream manifests
+//! (`translate/tests/fixtures/conformance/v1.6.1/`) with their ports moved to free ones, with
+//! certificates shaped as the suite makes them, and checks what the upstream test expects (a
+//! status from the right backend, or a request that fails). Their statuses are checked in
+//! `translate/tests/conformance_statuses.rs`.
 //!
 //! The suite's certificates (`utils/kubernetes/certificate.go`): two CAs that differ only by
 //! their keys (both `CN=gatewayapi`, serial 2024, RSA-2048, key usages digitalSignature and
@@ -22,7 +24,7 @@ use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, PKCS_RSA_SHA256, RsaKeySize, SanType, SerialNumber,
 };
-use support::conformance::{INFRA, Ports, fixture, infra_backends};
+use support::conformance::{INFRA, Ports, base_gateway, fixture, infra_backends};
 use support::*;
 
 /// One CA of suite.go's `MustCreateCACertConfigMap` and the client certificate
@@ -222,4 +224,124 @@ fn gateway_frontend_invalid_default_client_certificate_validation() {
 
     // The HTTPS listener refuses every client.
     expect_alert(get_tls(https_port, "example.org", &client(None)));
+}
+
+/// One request of the upstream test over HTTP/2 (ALPN `h2`, a new connection each, as the
+/// suite's `http2.Transport` per request): its status and body.
+fn get_h2(port: u16, server_name: &str, host: &str, path: &str) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut config = (*client(None)).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (client, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::get(format!("https://{host}{path}"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(PATIENCE, response)
+            .await
+            .unwrap()
+            .unwrap();
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            bytes.extend_from_slice(&chunk);
+        }
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    })
+}
+
+#[test]
+fn httproute_https_listener_detect_misdirected_requests() {
+    let suite = Suite::generate();
+    let port = free_port();
+    let ports = Ports::new(&[(443, port)]);
+    let _gw = suite.start(
+        &format!(
+            "{}\n---\n{}",
+            base_gateway("same-namespace-with-https-listener"),
+            fixture("httproute-https-listener-detect-misdirected-requests.yaml")
+        ),
+        &ports,
+    );
+    let v1 = Some("infra-backend-v1");
+    let v2 = Some("infra-backend-v2");
+    let v3 = Some("infra-backend-v3");
+    for (server_name, host, status, backend) in [
+        ("example.org", "example.org", 200, v1),
+        ("example.org", "second-example.org", 421, None),
+        ("example.org", "unknown-example.org", 404, None),
+        ("second-example.org", "second-example.org", 200, v2),
+        ("second-example.org", "example.org", 421, None),
+        ("second-example.org", "unknown-example.org", 421, None),
+        (
+            "third-example.wildcard.org",
+            "third-example.wildcard.org",
+            200,
+            v3,
+        ),
+        (
+            "third-example.wildcard.org",
+            "fith-example.wildcard.org",
+            200,
+            v3,
+        ),
+        (
+            "third-example.wildcard.org",
+            "fourth-example.wildcard.org",
+            421,
+            None,
+        ),
+        (
+            "third-example.wildcard.org",
+            "second-example.org",
+            421,
+            None,
+        ),
+        (
+            "third-example.wildcard.org",
+            "unknown-example.org",
+            421,
+            None,
+        ),
+        (
+            "fourth-example.wildcard.org",
+            "fourth-example.wildcard.org",
+            200,
+            v1,
+        ),
+        (
+            "fourth-example.wildcard.org",
+            "fith-example.wildcard.org",
+            421,
+            None,
+        ),
+        ("unknown-example.org", "example.org", 200, v1),
+        ("unknown-example.org", "unknown-example.org", 404, None),
+    ] {
+        let (got, body) = get_h2(port, server_name, host, "/detect-misdirected-requests");
+        let case = format!("SNI {server_name}, host {host}");
+        assert_eq!(got, status, "{case}: {body}");
+        if let Some(backend) = backend {
+            assert_eq!(body, backend, "{case}");
+        }
+    }
 }

@@ -462,7 +462,25 @@ fn suite_setup_base_gateways_and_class() {
         .flatten()
         .map(|f| f.name.as_str())
         .collect();
-    assert_eq!(features, ["Gateway", "HTTPRoute", "ReferenceGrant"]);
+    assert_eq!(
+        features,
+        [
+            "Gateway",
+            "GatewayAddressEmpty",
+            "GatewayFrontendClientCertificateValidation",
+            "GatewayFrontendClientCertificateValidationInsecureFallback",
+            "GatewayHTTPListenerIsolation",
+            "GatewayHTTPSListenerDetectMisdirectedRequests",
+            "GatewayPort8080",
+            "HTTPRoute",
+            "HTTPRouteBackendProtocolH2C",
+            "HTTPRouteBackendProtocolWebSocket",
+            "HTTPRouteMethodMatching",
+            "HTTPRouteParentRefPort",
+            "HTTPRouteQueryParamMatching",
+            "ReferenceGrant",
+        ]
+    );
 }
 
 #[test]

@@ -64,8 +64,25 @@ pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 /// `status.supportedFeatures` of our GatewayClasses (sorted, as the API requires). The
 /// conformance suite reads them to choose which tests to run, so a feature is listed once the
 /// upstream conformance tests of it pass against Portcullis, not when part of it works: the
-/// Core features of profile GATEWAY-HTTP.
-pub const SUPPORTED_FEATURES: [&str; 3] = ["Gateway", "HTTPRoute", "ReferenceGrant"];
+/// Core features of profile GATEWAY-HTTP, and the Extended features whose every upstream test
+/// (v1.6.1) is reproduced in `translate/tests/conformance_statuses.rs` (statuses) and
+/// `cli/tests/conformance_*.rs` (traffic).
+pub const SUPPORTED_FEATURES: [&str; 14] = [
+    "Gateway",
+    "GatewayAddressEmpty",
+    "GatewayFrontendClientCertificateValidation",
+    "GatewayFrontendClientCertificateValidationInsecureFallback",
+    "GatewayHTTPListenerIsolation",
+    "GatewayHTTPSListenerDetectMisdirectedRequests",
+    "GatewayPort8080",
+    "HTTPRoute",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteParentRefPort",
+    "HTTPRouteQueryParamMatching",
+    "ReferenceGrant",
+];
 
 /// The default `type` of a Gateway address.
 const IP_ADDRESS_TYPE: &str = "IPAddress";

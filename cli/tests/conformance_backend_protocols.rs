@@ -15,75 +15,13 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 
 use support::backends::named_backend;
-use support::conformance::{INFRA, Ports, base_gateway, base_service, fixture};
+use support::conformance::{
+    Ports, base_gateway, base_service, endpoint_slice, fixture, h2c_named_backend,
+};
 use support::*;
 use tungstenite::Message;
 
 const BACKEND: &str = "infra-backend-v1";
-
-/// The EndpointSlice of the base Service `infra-backend-v1`: one ready endpoint on loopback,
-/// each named port at its own backend.
-fn endpoints(first: SocketAddr, second: SocketAddr, third: SocketAddr) -> String {
-    format!(
-        r#"apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {BACKEND}-local
-  namespace: {INFRA}
-  labels:
-    kubernetes.io/service-name: {BACKEND}
-addressType: IPv4
-ports:
-- name: first-port
-  port: {}
-  protocol: TCP
-- name: second-port
-  port: {}
-  protocol: TCP
-- name: third-port
-  port: {}
-  protocol: TCP
-endpoints:
-- addresses: ["127.0.0.1"]
-  conditions:
-    ready: true
-"#,
-        first.port(),
-        second.port(),
-        third.port()
-    )
-}
-
-/// An h2c (prior knowledge) server answering every request `200` with its name.
-fn h2c_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let Ok(mut connection) = h2::server::handshake(tcp).await else {
-                        return;
-                    };
-                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
-                        let response = http::Response::builder().status(200).body(()).unwrap();
-                        let Ok(mut body) = respond.send_response(response, false) else {
-                            return;
-                        };
-                        let _ = body.send_data(bytes::Bytes::from_static(BACKEND.as_bytes()), true);
-                    }
-                });
-            }
-        });
-    });
-    addr
-}
 
 /// A WebSocket echo server (text and binary messages).
 fn websocket_echo() -> SocketAddr {
@@ -116,7 +54,14 @@ fn serve(route_file: &str, backends: [SocketAddr; 3]) -> (Gateway, u16) {
         ports.apply(&base_gateway("same-namespace")),
         fixture(route_file),
         base_service(BACKEND),
-        endpoints(backends[0], backends[1], backends[2]),
+        endpoint_slice(
+            BACKEND,
+            &[
+                (Some("first-port"), backends[0].port()),
+                (Some("second-port"), backends[1].port()),
+                (Some("third-port"), backends[2].port()),
+            ],
+        ),
     ];
     (Gateway::start(desired(&docs)), port)
 }
@@ -126,7 +71,7 @@ fn httproute_backend_protocol_h2c() {
     let http1 = named_backend("not the h2c port");
     let (_gw, port) = serve(
         "httproute-backend-protocol-h2c.yaml",
-        [http1, h2c_backend(), http1],
+        [http1, h2c_named_backend(BACKEND), http1],
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -162,7 +107,7 @@ fn httproute_backend_protocol_websocket() {
     let http1 = named_backend("not the WebSocket port");
     let (_gw, port) = serve(
         "httproute-backend-protocol-websocket.yaml",
-        [http1, h2c_backend(), websocket_echo()],
+        [http1, h2c_named_backend(BACKEND), websocket_echo()],
     );
     let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(PATIENCE)).unwrap();

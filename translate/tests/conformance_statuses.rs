@@ -1,6 +1,6 @@
-//! The statuses the Core tests of the upstream conformance suite (v1.6.1, profile
-//! GATEWAY-HTTP), and the Extended tests of the features Portcullis claims, check: one test
-//! per upstream test, on the upstream manifests (copied byte-for-byte into
+//! The statuses the Core tests of the upstream conformance suite (v1.6.1, profiles
+//! GATEWAY-HTTP and GATEWAY-GRPC), and the Extended tests of the features Portcullis claims,
+//! check: one test per upstream test, on the upstream manifests (copied byte-for-byte into
 //! `tests/fixtures/conformance/v1.6.1/`).
 //!
 //! Translation runs as the controller runs it (kube mode): every Gateway has its own data
@@ -100,6 +100,9 @@ fn suite_store_of(test_files: &[&str]) -> ObjectStore {
         gateway.metadata.generation = Some(1);
     }
     for route in store.http_routes.values_mut() {
+        route.metadata.generation = Some(1);
+    }
+    for route in store.grpc_routes.values_mut() {
         route.metadata.generation = Some(1);
     }
     store
@@ -465,6 +468,7 @@ fn suite_setup_base_gateways_and_class() {
     assert_eq!(
         features,
         [
+            "GRPCRoute",
             "Gateway",
             "GatewayAddressEmpty",
             "GatewayFrontendClientCertificateValidation",
@@ -481,6 +485,7 @@ fn suite_setup_base_gateways_and_class() {
             "ReferenceGrant",
         ]
     );
+    assert!(features.is_sorted(), "the API wants them sorted");
 }
 
 #[test]
@@ -1335,5 +1340,91 @@ fn httproute_https_listener_detect_misdirected_requests_statuses() {
     assert_gateway_and_routes_accepted(&t, &store, name, &routes);
     for r in routes {
         assert_route_condition(&t, &store, r, name, ("ResolvedRefs", true, "ResolvedRefs"));
+    }
+}
+
+/// GatewayAndRoutesMustBeAccepted for GRPCRoutes: the Gateway has an address; each route has
+/// a parent for it (our controller name) with `Accepted=True, Accepted`, and `ResolvedRefs`
+/// true, at the route's generation; every listener of the Gateway is healthy.
+#[track_caller]
+fn assert_gateway_and_grpc_routes_accepted(
+    t: &Translation,
+    store: &ObjectStore,
+    gateway_name: &str,
+    routes: &[&str],
+) {
+    let g = gateway(t, store, gateway_name);
+    assert!(
+        g.addresses
+            .iter()
+            .flatten()
+            .any(|a| a.r#type.is_some() && !a.value.is_empty()),
+        "{gateway_name}: no typed address"
+    );
+    for name in routes {
+        let status = t
+            .grpc_route_status(&infra(name))
+            .unwrap_or_else(|| panic!("{name}: no status"));
+        let matched = status.parents.iter().any(|p| {
+            assert_latest(name, &p.conditions, 1);
+            p.controller_name == DEFAULT_CONTROLLER_NAME
+                && p.parent_ref.name == gateway_name
+                && p.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Accepted" && c.status == "True" && c.reason == "Accepted")
+                && p.conditions
+                    .iter()
+                    .any(|c| c.type_ == "ResolvedRefs" && c.status == "True")
+        });
+        assert!(
+            matched,
+            "{name}: not accepted by {gateway_name}: {:#?}",
+            status.parents
+        );
+    }
+    for l in g.listeners.iter().flatten() {
+        for type_ in ["ResolvedRefs", "Accepted", "Programmed"] {
+            assert_has(
+                &format!("{gateway_name}/{}", l.name),
+                &l.conditions,
+                type_,
+                true,
+                "",
+            );
+        }
+    }
+}
+
+/// The GATEWAY-GRPC Core tests' statuses (GRPCExactMethodMatching, GRPCRouteHeaderMatching,
+/// GRPCRouteListenerHostnameMatching, GRPCRouteWeight); their routing is in
+/// `cli/tests/conformance_grpc.rs`.
+#[test]
+fn grpcroute_core_statuses() {
+    for (file, gateway_name, routes) in [
+        (
+            "grpcroute-exact-method-matching.yaml",
+            "same-namespace",
+            &["exact-matching"][..],
+        ),
+        (
+            "grpcroute-header-matching.yaml",
+            "same-namespace",
+            &["grpc-header-matching"][..],
+        ),
+        (
+            "grpcroute-listener-hostname-matching.yaml",
+            "grpcroute-listener-hostname-matching",
+            &["backend-v1", "backend-v2", "backend-v3"][..],
+        ),
+        (
+            "grpcroute-weight.yaml",
+            "same-namespace",
+            &["weighted-backends"][..],
+        ),
+    ] {
+        let store = suite_store(file);
+        let t = translate_kube(&store);
+        assert_namespace_ready(&t, &store, INFRA);
+        assert_gateway_and_grpc_routes_accepted(&t, &store, gateway_name, routes);
     }
 }

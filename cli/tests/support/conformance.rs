@@ -4,7 +4,9 @@
 //! their own name, which is how the upstream tests tell which backend served a request.
 
 use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::thread;
 
 use portcullis_runtime::demo;
 
@@ -90,4 +92,56 @@ pub fn infra_backends(ports: &Ports) -> Vec<String> {
             demo::service_with_endpoint(INFRA, name, ports.of(BACKEND_PORT), named_backend(name))
         })
         .collect()
+}
+
+/// An h2c (HTTP/2 prior knowledge) server answering every request `200` with `name` as its
+/// body: it stands for the suite's h2c and gRPC echo backends where only the routing matters.
+pub fn h2c_named_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                        let response = http::Response::builder().status(200).body(()).unwrap();
+                        let Ok(mut body) = respond.send_response(response, false) else {
+                            return;
+                        };
+                        let _ = body.send_data(bytes::Bytes::from_static(name.as_bytes()), true);
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// The EndpointSlice of Service `service` (in [`INFRA`]): one ready endpoint, 127.0.0.1, with
+/// each of the Service's ports (by name; `None` for an unnamed one) at a loopback port.
+pub fn endpoint_slice(service: &str, ports: &[(Option<&str>, u16)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-local\n  \
+         namespace: {INFRA}\n  labels:\n    kubernetes.io/service-name: {service}\n\
+         addressType: IPv4\nports:\n"
+    );
+    for (name, port) in ports {
+        match name {
+            Some(name) => yaml.push_str(&format!(
+                "- name: {name}\n  port: {port}\n  protocol: TCP\n"
+            )),
+            None => yaml.push_str(&format!("- port: {port}\n  protocol: TCP\n")),
+        }
+    }
+    yaml.push_str("endpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions:\n    ready: true\n");
+    yaml
 }

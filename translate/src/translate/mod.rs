@@ -61,13 +61,14 @@ use crate::store::ObjectStore;
 /// The `controllerName` Portcullis answers to by default.
 pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 
-/// `status.supportedFeatures` of our GatewayClasses (sorted, as the API requires). The
+/// `status.supportedFeatures` of our GatewayClasses (sorted by bytes, as the API requires). The
 /// conformance suite reads them to choose which tests to run, so a feature is listed once the
 /// upstream conformance tests of it pass against Portcullis, not when part of it works: the
-/// Core features of profile GATEWAY-HTTP, and the Extended features whose every upstream test
+/// Core features of profiles GATEWAY-HTTP and GATEWAY-GRPC, and the Extended features whose every upstream test
 /// (v1.6.1) is reproduced in `translate/tests/conformance_statuses.rs` (statuses) and
 /// `cli/tests/conformance_*.rs` (traffic).
-pub const SUPPORTED_FEATURES: [&str; 14] = [
+pub const SUPPORTED_FEATURES: [&str; 15] = [
+    "GRPCRoute",
     "Gateway",
     "GatewayAddressEmpty",
     "GatewayFrontendClientCertificateValidation",

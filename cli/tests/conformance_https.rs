@@ -18,6 +18,7 @@ mod support;
 
 use std::sync::Arc;
 
+use base64::Engine;
 use portcullis_runtime::demo;
 use portcullis_runtime::pki::{Authority, CertKeyPem, KeyKind};
 use rcgen::{
@@ -76,7 +77,8 @@ fn acme_default() -> DistinguishedName {
 }
 
 /// suite.go's `tls-validity-checks-certificate`: self-signed, RSA-2048, for `*`, `*.org` and
-/// `*.wildcard.org` (`*` is no valid DNS name, so it becomes a URI).
+/// `*.wildcard.org` (`*` is no valid DNS name, so it becomes a URI), its key PKCS#1 (`RSA
+/// PRIVATE KEY`) as Go writes it.
 fn suite_server_certificate() -> CertKeyPem {
     let key = KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048).unwrap();
     let mut params =
@@ -94,8 +96,34 @@ fn suite_server_certificate() -> CertKeyPem {
     let cert = params.self_signed(&key).unwrap();
     CertKeyPem {
         cert: cert.pem(),
-        key: key.serialize_pem(),
+        key: pkcs1_pem(&key.serialize_der()),
     }
+}
+
+/// The PKCS#1 `RSA PRIVATE KEY` PEM of an RSA key given as PKCS#8 DER (its `privateKey`
+/// octet string).
+fn pkcs1_pem(pkcs8: &[u8]) -> String {
+    let (_, info) = x509_parser::der_parser::parse_der(pkcs8).unwrap();
+    let pkcs1 = info.as_sequence().unwrap()[2].as_slice().unwrap();
+    let base64 = base64::engine::general_purpose::STANDARD.encode(pkcs1);
+    let mut pem = String::from("-----BEGIN RSA PRIVATE KEY-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END RSA PRIVATE KEY-----\n");
+    pem
+}
+
+/// suite.go's CA ConfigMap: the CA under `ca.crt`, and its private key under `key.crt`.
+fn suite_ca_config_map(name: &str, ca: &Authority) -> String {
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n    ");
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {INFRA}\ndata:\n  \
+         ca.crt: |\n    {}\n  key.crt: |\n    {}\n",
+        indent(&ca.pem.cert),
+        indent(&ca.pem.key)
+    )
 }
 
 /// What suite.go sets up for these tests: the server certificate, the two CA ConfigMaps with
@@ -125,15 +153,10 @@ impl Suite {
                 &self.server.cert,
                 &self.server.key,
             ),
-            demo::ca_config_map(
-                INFRA,
-                "tls-validity-checks-ca-certificate",
-                &self.default_ca.ca.pem.cert,
-            ),
-            demo::ca_config_map(
-                INFRA,
+            suite_ca_config_map("tls-validity-checks-ca-certificate", &self.default_ca.ca),
+            suite_ca_config_map(
                 "tls-validity-checks-per-port-ca-certificate",
-                &self.per_port_ca.ca.pem.cert,
+                &self.per_port_ca.ca,
             ),
         ];
         docs.extend(infra_backends(ports));

@@ -1,6 +1,7 @@
 //! The routing of the upstream conformance tests of profile GATEWAY-GRPC's Core (v1.6.1) on
 //! real sockets: GRPCExactMethodMatching, GRPCRouteHeaderMatching,
-//! GRPCRouteListenerHostnameMatching and GRPCRouteWeight, on the upstream manifests (ports
+//! GRPCRouteListenerHostnameMatching and GRPCRouteWeight, and GRPCRouteNamedRule
+//! (GRPCRouteNamedRouteRule), on the upstream manifests (ports
 //! moved to free ones) and the base manifests' Services `grpc-infra-backend-v1` to `-v3` as
 //! written there (port 8080, `appProtocol: kubernetes.io/h2c`).
 //!
@@ -278,4 +279,21 @@ fn grpcroute_weight() {
             );
         }
     }
+}
+
+#[test]
+fn grpcroute_named_rule() {
+    let (_gw, port) = on_same_namespace("grpcroute-named-rule.yaml");
+    let method = |method| Call {
+        method,
+        authority: None,
+        metadata: &[],
+    };
+    check(
+        port,
+        &[
+            (method("Echo"), backend(BACKENDS[0])),
+            (method("EchoTwo"), backend(BACKENDS[1])),
+        ],
+    );
 }

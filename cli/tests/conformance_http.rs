@@ -1,6 +1,6 @@
 //! The traffic of the upstream conformance tests of HTTPRouteQueryParamMatching,
-//! HTTPRouteMethodMatching, GatewayHTTPListenerIsolation and HTTPRouteListenerPortMatching
-//! (HTTPRouteParentRefPort), v1.6.1, on real sockets: the upstream manifests with their ports
+//! HTTPRouteMethodMatching, HTTPRouteNamedRule (HTTPRouteNamedRouteRule),
+//! GatewayHTTPListenerIsolation and HTTPRouteListenerPortMatching (HTTPRouteParentRefPort), v1.6.1, on real sockets: the upstream manifests with their ports
 //! moved to free ones, and each upstream case (request, then the backend that must answer or
 //! the status). Their statuses are checked in `translate/tests/conformance_statuses.rs`.
 //!
@@ -261,4 +261,13 @@ fn httproute_listener_port_matching() {
     ] {
         check(port, &case);
     }
+}
+
+#[test]
+fn httproute_named_rule() {
+    // Upstream checks the 200 only; the backends are the ones the rules name.
+    on_same_namespace(
+        "httproute-named-rule.yaml",
+        &[get("/named", V1), get("/unnamed", V2)],
+    );
 }

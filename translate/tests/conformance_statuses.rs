@@ -469,6 +469,7 @@ fn suite_setup_base_gateways_and_class() {
         features,
         [
             "GRPCRoute",
+            "GRPCRouteNamedRouteRule",
             "Gateway",
             "GatewayAddressEmpty",
             "GatewayFrontendClientCertificateValidation",
@@ -480,6 +481,7 @@ fn suite_setup_base_gateways_and_class() {
             "HTTPRouteBackendProtocolH2C",
             "HTTPRouteBackendProtocolWebSocket",
             "HTTPRouteMethodMatching",
+            "HTTPRouteNamedRouteRule",
             "HTTPRouteParentRefPort",
             "HTTPRouteQueryParamMatching",
             "ReferenceGrant",
@@ -1281,8 +1283,8 @@ fn gateway_http_listener_isolation_statuses() {
     }
 }
 
-/// HTTPRouteQueryParamMatching and HTTPRouteMethodMatching, their status part; the traffic
-/// is in `cli/tests/conformance_http.rs`.
+/// HTTPRouteQueryParamMatching, HTTPRouteMethodMatching and HTTPRouteNamedRule, their status
+/// part; the traffic is in `cli/tests/conformance_http.rs`.
 #[test]
 fn httproute_query_param_and_method_matching_statuses() {
     for (file, route_name) in [
@@ -1291,6 +1293,8 @@ fn httproute_query_param_and_method_matching_statuses() {
             "query-param-matching",
         ),
         ("httproute-method-matching.yaml", "method-matching"),
+        // HTTPRouteNamedRule (HTTPRouteNamedRouteRule).
+        ("httproute-named-rule.yaml", "http-named-rules"),
     ] {
         let store = suite_store(file);
         let t = translate_kube(&store);
@@ -1396,7 +1400,8 @@ fn assert_gateway_and_grpc_routes_accepted(
 }
 
 /// The GATEWAY-GRPC Core tests' statuses (GRPCExactMethodMatching, GRPCRouteHeaderMatching,
-/// GRPCRouteListenerHostnameMatching, GRPCRouteWeight); their routing is in
+/// GRPCRouteListenerHostnameMatching, GRPCRouteWeight) and GRPCRouteNamedRule's; their routing
+/// is in
 /// `cli/tests/conformance_grpc.rs`.
 #[test]
 fn grpcroute_core_statuses() {
@@ -1420,6 +1425,12 @@ fn grpcroute_core_statuses() {
             "grpcroute-weight.yaml",
             "same-namespace",
             &["weighted-backends"][..],
+        ),
+        // GRPCRouteNamedRule (GRPCRouteNamedRouteRule).
+        (
+            "grpcroute-named-rule.yaml",
+            "same-namespace",
+            &["grpc-named-rules"][..],
         ),
     ] {
         let store = suite_store(file);

@@ -67,8 +67,9 @@ pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 /// Core features of profiles GATEWAY-HTTP and GATEWAY-GRPC, and the Extended features whose every upstream test
 /// (v1.6.1) is reproduced in `translate/tests/conformance_statuses.rs` (statuses) and
 /// `cli/tests/conformance_*.rs` (traffic).
-pub const SUPPORTED_FEATURES: [&str; 15] = [
+pub const SUPPORTED_FEATURES: [&str; 17] = [
     "GRPCRoute",
+    "GRPCRouteNamedRouteRule",
     "Gateway",
     "GatewayAddressEmpty",
     "GatewayFrontendClientCertificateValidation",
@@ -80,6 +81,7 @@ pub const SUPPORTED_FEATURES: [&str; 15] = [
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
     "HTTPRouteQueryParamMatching",
     "ReferenceGrant",

@@ -106,6 +106,14 @@ impl Agent {
             .allocate()
     }
 
+    /// Takes `ip` for a pod when it is a free pod address.
+    pub fn claim_pod_ip(&self, ip: Ipv4Addr) -> bool {
+        self.pod_ips
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .claim(ip)
+    }
+
     pub fn release_pod_ip(&self, ip: Ipv4Addr) {
         self.pod_ips
             .lock()

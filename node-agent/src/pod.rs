@@ -130,6 +130,19 @@ async fn stopped(stop: &mut watch::Receiver<WorkerStop>) -> WorkerStop {
         .map_or(WorkerStop::Gone, |s| *s)
 }
 
+/// The strategic merge patch that writes `status`: conditions merge by type (others' stay),
+/// the IP lists are replaced whole (merged by IP, an old address would stay next to the new
+/// one, which the API server rejects).
+pub fn status_patch(status: &PodStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or_default();
+    for list in ["podIPs", "hostIPs"] {
+        if let Some(serde_json::Value::Array(items)) = value.get_mut(list) {
+            items.push(serde_json::json!({ "$patch": "replace" }));
+        }
+    }
+    serde_json::json!({ "status": value })
+}
+
 pub fn is_terminating(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
@@ -329,7 +342,18 @@ impl Worker {
             if self.host_network() {
                 self.pod_ip = Some(self.agent.host_ip);
             } else {
-                let ip = self.agent.allocate_pod_ip()?;
+                // The address it had (the agent restarted), else the lowest free one.
+                let previous = self
+                    .pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.as_deref())
+                    .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+                    .filter(|ip| self.agent.claim_pod_ip(*ip));
+                let ip = match previous {
+                    Some(ip) => ip,
+                    None => self.agent.allocate_pod_ip()?,
+                };
                 let network = PodNetwork {
                     netns: net::netns_name(&self.uid),
                     host_veth: net::host_veth_name(&self.uid),
@@ -553,7 +577,7 @@ impl Worker {
             self.pod.metadata.namespace.as_deref().unwrap_or("default"),
         );
         let name = self.pod.metadata.name.clone().unwrap_or_default();
-        let patch = serde_json::json!({ "status": status });
+        let patch = status_patch(&status);
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
             .await
@@ -624,5 +648,30 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodIP;
+
+    use super::*;
+
+    #[test]
+    fn the_status_patch_replaces_the_ip_lists() {
+        let status = PodStatus {
+            pod_ip: Some("10.244.0.3".into()),
+            pod_ips: Some(vec![PodIP {
+                ip: "10.244.0.3".into(),
+            }]),
+            ..PodStatus::default()
+        };
+        let patch = status_patch(&status);
+        assert_eq!(
+            patch["status"]["podIPs"],
+            serde_json::json!([{ "ip": "10.244.0.3" }, { "$patch": "replace" }])
+        );
+        assert_eq!(patch["status"]["podIP"], "10.244.0.3");
+        assert!(patch["status"].get("conditions").is_none());
     }
 }

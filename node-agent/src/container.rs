@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
 use crate::backoff::restart_delay;
@@ -62,13 +62,13 @@ impl Launch {
     pub fn command(&self, agent_exe: &Path, argv: &[String], env: &[(String, String)]) -> Command {
         let mut cmd = match &self.netns {
             Some(ns) => {
-                let mut c = Command::new("ip");
+                let mut c = Command::new(host_program("ip"));
                 c.args(["netns", "exec", ns]);
                 c
             }
             None => {
                 // The host's network, but still a mount namespace of its own for the volumes.
-                let mut c = Command::new("unshare");
+                let mut c = Command::new(host_program("unshare"));
                 c.args(["--mount", "--propagation", "slave"]);
                 c
             }
@@ -81,15 +81,19 @@ impl Launch {
         }
         cmd.arg("--").args(argv);
         cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
-        // `ip` itself is found with the agent's PATH.
-        if let Ok(path) = std::env::var("PATH") {
-            cmd.env("PATH", path);
-        }
-        if let Some((_, path)) = env.iter().find(|(k, _)| k == "PATH") {
-            cmd.env("PATH", path);
-        }
         cmd
     }
+}
+
+/// A host tool by its path on the agent's PATH: the command's own PATH is the container's,
+/// which need not have it.
+fn host_program(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// What the supervisor needs to know about its container and pod.
@@ -245,7 +249,8 @@ pub async fn supervise(
                 continue;
             }
         };
-        info!(pod = %pod_key, container = %container.name, ?argv, "container started");
+        // The program only: the arguments may hold expanded Secret values.
+        info!(pod = %pod_key, container = %container.name, program = argv.first().map_or("", String::as_str), "container started");
         let started_wall = Timestamp::now();
         let started_at = Instant::now();
         let mut probes = ContainerProbes::new(container, started_at);
@@ -277,11 +282,12 @@ pub async fn supervise(
                     let exec = |command: &[String]| Some(task.launch.command(&agent.exe, command, &env));
                     let ok = probe::check(&settings.action, task.probe_ip, settings.timeout, exec).await;
                     if !ok {
-                        info!(pod = %pod_key, container = %container.name, ?kind, action = ?settings.action, "probe failed");
+                        debug!(pod = %pod_key, container = %container.name, ?kind, action = ?settings.action, "probe failed");
                     }
                     let verdict = probes.record(kind, ok, Instant::now());
                     let (started, ready) = (probes.started(), probes.ready());
                     if (started, ready) != (view.started, view.ready) {
+                        info!(pod = %pod_key, container = %container.name, started, ready, "probes changed the container's state");
                         view.started = started;
                         view.ready = ready;
                         report(&view);

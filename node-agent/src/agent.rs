@@ -121,30 +121,10 @@ impl Agent {
             .release(ip);
     }
 
-    /// Creates `target` (a directory, or an empty file when the source is a file) and its
-    /// missing parents on the host, recording each before it is created.
+    /// Creates a mountpoint on the host (see [`StateDir::ensure_mountpoint`]); one at a time.
     pub fn ensure_mountpoint(&self, target: &Path, file: bool) -> std::io::Result<()> {
         let _guard = self.mountpoints.lock().unwrap_or_else(|e| e.into_inner());
-        let mut missing = Vec::new();
-        let mut current = Some(target);
-        while let Some(path) = current {
-            if path.exists() {
-                break;
-            }
-            missing.push(path);
-            current = path.parent();
-        }
-        for path in missing.into_iter().rev() {
-            self.state
-                .record_mountpoint(path)
-                .map_err(std::io::Error::other)?;
-            if file && path == target {
-                std::fs::File::create(path)?;
-            } else {
-                std::fs::create_dir(path)?;
-            }
-        }
-        Ok(())
+        self.state.ensure_mountpoint(target, file)
     }
 }
 

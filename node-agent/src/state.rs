@@ -117,6 +117,30 @@ impl StateDir {
         writeln!(out, "{}", path.display()).map_err(write_error(&file))
     }
 
+    /// Creates `target` (a directory, or an empty file when `file`) and its missing parents,
+    /// recording each before it is created.
+    pub fn ensure_mountpoint(&self, target: &Path, file: bool) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut current = Some(target);
+        while let Some(path) = current {
+            if path.exists() {
+                break;
+            }
+            missing.push(path);
+            current = path.parent();
+        }
+        for path in missing.into_iter().rev() {
+            self.record_mountpoint(path)
+                .map_err(std::io::Error::other)?;
+            if file && path == target {
+                std::fs::File::create(path)?;
+            } else {
+                std::fs::create_dir(path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the recorded mountpoints, newest (deepest) first; one still in use or not
     /// empty stays.
     pub fn remove_mountpoints(&self) {
@@ -182,5 +206,47 @@ impl StateDir {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountpoints_made_here_are_removed_and_others_stay() {
+        let base = std::env::temp_dir().join(format!("pcl-state-test-{}", std::process::id()));
+        let state = StateDir::new(base.join("state"));
+        let existing = base.join("etc");
+        std::fs::create_dir_all(&existing).unwrap();
+        let dir = existing.join("app/config");
+        let file = existing.join("single.conf");
+        state.ensure_mountpoint(&dir, false).unwrap();
+        state.ensure_mountpoint(&file, true).unwrap();
+        state.ensure_mountpoint(&dir, false).unwrap();
+        assert!(dir.is_dir() && file.is_file());
+
+        state.remove_mountpoints();
+        assert!(
+            !existing.join("app").exists(),
+            "made here: removed, parents too"
+        );
+        assert!(!file.exists());
+        assert!(existing.is_dir(), "there before: stays");
+        state.remove_mountpoints();
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_mountpoint_someone_filled_stays() {
+        let base = std::env::temp_dir().join(format!("pcl-state-test-full-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let state = StateDir::new(base.join("state"));
+        let dir = base.join("data");
+        state.ensure_mountpoint(&dir, false).unwrap();
+        std::fs::write(dir.join("precious"), b"x").unwrap();
+        state.remove_mountpoints();
+        assert!(dir.join("precious").is_file());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

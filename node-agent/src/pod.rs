@@ -32,6 +32,8 @@ use crate::state::NetworkRecord;
 use crate::status::{self, ContainerView, PodView, RunState};
 use crate::volumes::{self, VolumeContents, VolumeError, token_wants};
 
+/// The waiting reason of the containers of a pod with init containers.
+const INIT_CONTAINERS_NOT_SUPPORTED: &str = "InitContainersNotSupported";
 /// Wait before setting up a pod again after a failure (missing Secret, network error).
 const SETUP_RETRY: Duration = Duration::from_secs(3);
 /// How often Secret, ConfigMap and downward-API volumes are rewritten from the API.
@@ -255,6 +257,29 @@ impl Worker {
         pod_rx: &mut watch::Receiver<Pod>,
         stop_rx: &mut watch::Receiver<WorkerStop>,
     ) -> EndReason {
+        let has_init_containers = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|c| !c.is_empty());
+        if has_init_containers {
+            // Running the app containers without them would be wrong in a way no status shows.
+            warn!(pod = %self.key, "init containers are not supported by this node");
+            for view in &mut self.views {
+                view.state = RunState::waiting(
+                    INIT_CONTAINERS_NOT_SUPPORTED,
+                    Some("this node runs no init containers".to_owned()),
+                );
+            }
+            self.write_status().await;
+            loop {
+                if let Some(end) = self.wait(None, pod_rx, stop_rx).await {
+                    return end;
+                }
+            }
+        }
+
         // Setup, retried until it works.
         loop {
             match self.setup().await {
@@ -268,22 +293,9 @@ impl Worker {
                     self.write_status().await;
                 }
             }
-            let retry = tokio::time::sleep(SETUP_RETRY);
-            tokio::pin!(retry);
-            loop {
-                tokio::select! {
-                    () = &mut retry => break,
-                    changed = pod_rx.changed() => {
-                        if changed.is_err() {
-                            return EndReason::Stop(WorkerStop::Gone);
-                        }
-                        self.pod = pod_rx.borrow_and_update().clone();
-                        if is_terminating(&self.pod) {
-                            return EndReason::Deleted;
-                        }
-                    }
-                    stop = stopped(stop_rx) => return EndReason::Stop(stop),
-                }
+            let retry_at = Instant::now() + SETUP_RETRY;
+            if let Some(end) = self.wait(Some(retry_at), pod_rx, stop_rx).await {
+                return end;
             }
         }
 
@@ -333,6 +345,35 @@ impl Worker {
                     }
                 }
                 () = tokio::time::sleep(STATUS_RETRY), if retry_status => self.write_status().await,
+            }
+        }
+    }
+
+    /// Follows the pod until `until` (`None`: for good); why it ended, if it did.
+    async fn wait(
+        &mut self,
+        until: Option<Instant>,
+        pod_rx: &mut watch::Receiver<Pod>,
+        stop_rx: &mut watch::Receiver<WorkerStop>,
+    ) -> Option<EndReason> {
+        loop {
+            tokio::select! {
+                () = async {
+                    match until {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => return None,
+                changed = pod_rx.changed() => {
+                    if changed.is_err() {
+                        return Some(EndReason::Stop(WorkerStop::Gone));
+                    }
+                    self.pod = pod_rx.borrow_and_update().clone();
+                    if is_terminating(&self.pod) {
+                        return Some(EndReason::Deleted);
+                    }
+                }
+                stop = stopped(stop_rx) => return Some(EndReason::Stop(stop)),
             }
         }
     }

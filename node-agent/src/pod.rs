@@ -282,7 +282,12 @@ impl Worker {
 
         // Setup, retried until it works.
         loop {
-            match self.setup().await {
+            // The agent's stop does not wait for a setup that waits for the API server.
+            let setup = tokio::select! {
+                result = self.setup() => result,
+                stop = stopped(stop_rx) => return EndReason::Stop(stop),
+            };
+            match setup {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(pod = %self.key, error = %e, "cannot set up the pod yet");
@@ -379,28 +384,37 @@ impl Worker {
     }
 
     async fn setup(&mut self) -> Result<(), SetupError> {
-        if self.network.is_none() && self.pod_ip.is_none() {
+        if self.pod_ip.is_none() {
             if self.host_network() {
                 self.pod_ip = Some(self.agent.host_ip);
             } else {
-                // The address it had (the agent restarted), else the lowest free one.
-                let previous = self
-                    .pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.as_deref())
-                    .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-                    .filter(|ip| self.agent.claim_pod_ip(*ip));
-                let ip = match previous {
-                    Some(ip) => ip,
-                    None => self.agent.allocate_pod_ip()?,
-                };
-                let network = PodNetwork {
-                    netns: net::netns_name(&self.uid),
-                    host_veth: net::host_veth_name(&self.uid),
-                    ip,
-                    prefix_len: self.agent.pod_net.prefix_len(),
-                    gateway: self.agent.host_ip,
+                let network = match self.network.clone() {
+                    Some(network) => network,
+                    None => {
+                        // The address it had (the agent restarted), else the lowest free one.
+                        let previous = self
+                            .pod
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.pod_ip.as_deref())
+                            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+                            .filter(|ip| self.agent.claim_pod_ip(*ip));
+                        let ip = match previous {
+                            Some(ip) => ip,
+                            None => self.agent.allocate_pod_ip()?,
+                        };
+                        let network = PodNetwork {
+                            netns: net::netns_name(&self.uid),
+                            host_veth: net::host_veth_name(&self.uid),
+                            ip,
+                            prefix_len: self.agent.pod_net.prefix_len(),
+                            gateway: self.agent.host_ip,
+                        };
+                        // From here on `finish` tears down whatever of it exists and frees the
+                        // address, also when the setup is cut short.
+                        self.network = Some(network.clone());
+                        network
+                    }
                 };
                 // Recorded first: a crash from here on leaves something `cleanup` finds.
                 self.agent.state.record_network(
@@ -410,16 +424,14 @@ impl Worker {
                         host_veth: network.host_veth.clone(),
                     },
                 )?;
-                // Leftovers of an earlier run of this pod (an agent that crashed).
+                // Leftovers of an earlier try, or of an agent that crashed.
                 net::teardown_pod(&network.netns, &network.host_veth).await?;
                 if let Err(e) = net::setup_pod(&network, &self.agent.bridge).await {
                     let _ = net::teardown_pod(&network.netns, &network.host_veth).await;
-                    self.agent.release_pod_ip(ip);
                     return Err(e.into());
                 }
-                info!(pod = %self.key, %ip, netns = %network.netns, "pod network ready");
-                self.pod_ip = Some(ip);
-                self.network = Some(network);
+                info!(pod = %self.key, ip = %network.ip, netns = %network.netns, "pod network ready");
+                self.pod_ip = Some(network.ip);
             }
         }
         self.write_volumes().await

@@ -30,7 +30,7 @@ use crate::net::{self, PodNetwork};
 use crate::spec::{PodFacts, Sources};
 use crate::state::NetworkRecord;
 use crate::status::{self, ContainerView, PodView, RunState};
-use crate::volumes::{self, VolumeContents, VolumeError, token_wants};
+use crate::volumes::{self, TokenWant, VolumeContents, VolumeError, token_wants};
 
 /// The waiting reason of the containers of a pod with init containers.
 const INIT_CONTAINERS_NOT_SUPPORTED: &str = "InitContainersNotSupported";
@@ -187,6 +187,8 @@ struct Worker {
     status_dirty: bool,
     volume_paths: BTreeMap<String, PathBuf>,
     refresh_at: Option<Instant>,
+    /// Issued service account tokens and when each is due for renewal.
+    tokens: BTreeMap<TokenWant, (String, Instant)>,
     containers: JoinSet<()>,
     container_stop: Option<watch::Sender<Option<Duration>>>,
 }
@@ -232,6 +234,7 @@ impl Worker {
             status_dirty: true,
             volume_paths: BTreeMap::new(),
             refresh_at: None,
+            tokens: BTreeMap::new(),
             containers: JoinSet::new(),
             container_stop: None,
         }
@@ -474,8 +477,9 @@ impl Worker {
     }
 
     /// A TokenRequest per projected token, bound to this pod; and when to refresh them.
+    /// Tokens are requested again only when due (the volumes are rewritten more often).
     async fn request_tokens(
-        &self,
+        &mut self,
     ) -> Result<(BTreeMap<(String, String), String>, Option<Instant>), SetupError> {
         let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
         let account = self
@@ -489,6 +493,13 @@ impl Worker {
         let mut tokens = BTreeMap::new();
         let mut refresh: Option<Instant> = None;
         for want in token_wants(&self.pod) {
+            if let Some((token, due)) = self.tokens.get(&want)
+                && *due > Instant::now()
+            {
+                refresh = Some(refresh.map_or(*due, |r| r.min(*due)));
+                tokens.insert((want.volume.clone(), want.path.clone()), token.clone());
+                continue;
+            }
             let request = TokenRequest {
                 spec: Some(TokenRequestSpec {
                     audiences: Some(want.audience.clone().into_iter().collect()),
@@ -522,7 +533,8 @@ impl Worker {
             });
             let due = Instant::now() + lifetime * TOKEN_REFRESH_PERCENT / 100;
             refresh = Some(refresh.map_or(due, |r| r.min(due)));
-            tokens.insert((want.volume, want.path), token);
+            tokens.insert((want.volume.clone(), want.path.clone()), token.clone());
+            self.tokens.insert(want, (token, due));
         }
         Ok((tokens, refresh))
     }

@@ -334,14 +334,16 @@ impl Balancers {
         };
         if active.ports != ports {
             for f in active.forwarders.drain(..) {
-                f.task.abort();
+                stop_forwarder(f).await;
             }
+            let mut all_bound = true;
             for (port, eps) in &endpoints {
                 let address = SocketAddr::new(IpAddr::V4(active.ip), port.port);
                 let listener = match TcpListener::bind(address).await {
                     Ok(l) => l,
                     Err(e) => {
                         warn!(service = %key, %address, error = %e, "cannot listen for the LoadBalancer");
+                        all_bound = false;
                         continue;
                     }
                 };
@@ -352,7 +354,8 @@ impl Balancers {
                     task: tokio::spawn(forward(listener, rx)),
                 });
             }
-            active.ports = ports;
+            // A port that could not be bound is tried again at the Service's next event.
+            active.ports = if all_bound { ports } else { Vec::new() };
         }
         for f in &active.forwarders {
             if let Some((_, eps)) = endpoints.iter().find(|(p, _)| *p == f.port) {
@@ -398,7 +401,7 @@ impl Balancers {
             return;
         };
         for f in active.forwarders {
-            f.task.abort();
+            stop_forwarder(f).await;
         }
         match net::remove_address(&self.agent.bridge, active.ip).await {
             Ok(()) => {
@@ -415,6 +418,12 @@ impl Balancers {
             self.patch_status(&service, &patch).await;
         }
     }
+}
+
+/// Stops a forwarder and waits until its listener is closed (its port can be bound again).
+async fn stop_forwarder(forwarder: Forwarder) {
+    forwarder.task.abort();
+    let _ = forwarder.task.await;
 }
 
 /// Accepts connections and pipes each to the next ready endpoint (round robin); without

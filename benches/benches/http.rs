@@ -79,6 +79,7 @@ fn http(c: &mut Criterion) {
                         client_ip,
                         proto: ForwardedProto::Https,
                         identity_headers: identity,
+                        request_headers: &portcullis_core::filters::NO_HEADER_CHANGES,
                     };
                     write_forwarded_request_head(&parsed, head, &extras, &mut out);
                 }

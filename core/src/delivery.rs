@@ -34,8 +34,9 @@ use crate::desired::{
 use crate::listener_options::ListenerTlsOptions;
 
 /// The version of both objects' format. A change that an older data plane would misread
-/// bumps it.
-pub const FORMAT_VERSION: u32 = 1;
+/// bumps it. 2: rules carry filters (header changes, redirects), which a data plane of
+/// version 1 would ignore.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The Secret data key of the config object.
 pub const CONFIG_KEY: &str = "config.json";
@@ -408,6 +409,7 @@ mod tests {
     use crate::desired::{
         BackendProtocol, DesiredBackend, DesiredRule, PathMatch, RouteMatch, ValidationMode,
     };
+    use crate::filters::RuleFilters;
 
     fn backend(name: &str, endpoints: &[&str]) -> DesiredBackend {
         DesiredBackend {
@@ -431,6 +433,7 @@ mod tests {
                     path: PathMatch::Prefix("/api".to_owned()),
                     ..RouteMatch::default()
                 }],
+                filters: RuleFilters::default(),
                 backends,
             }],
         };
@@ -513,8 +516,8 @@ mod tests {
     fn another_format_version_is_named_as_such() {
         let delivered = encode(&sample(&[])).unwrap();
         let newer = String::from_utf8(delivered.config).unwrap().replacen(
-            "\"version\":1",
             "\"version\":2",
+            "\"version\":3",
             1,
         );
         let err = decode(newer.as_bytes(), &delivered.endpoints).unwrap_err();
@@ -523,7 +526,7 @@ mod tests {
                 err,
                 DeliveryError::Version {
                     object: DeliveredObject::Config,
-                    found: 2
+                    found: 3
                 }
             ),
             "{err}"
@@ -536,14 +539,14 @@ mod tests {
         let cases: [(&[u8], &[u8], DeliveredObject); 4] = [
             (b"", &delivered.endpoints, DeliveredObject::Config),
             (
-                b"{\"version\":1}",
+                b"{\"version\":2}",
                 &delivered.endpoints,
                 DeliveredObject::Config,
             ),
             (&delivered.config, b"[1,2]", DeliveredObject::Endpoints),
             (
                 &delivered.config,
-                b"{\"version\":1,\"backends\":{\"apps/web:80\":[\"not an address\"]}}",
+                b"{\"version\":2,\"backends\":{\"apps/web:80\":[\"not an address\"]}}",
                 DeliveredObject::Endpoints,
             ),
         ];

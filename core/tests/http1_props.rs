@@ -518,6 +518,7 @@ proptest! {
             client_ip,
             proto: if https { ForwardedProto::Https } else { ForwardedProto::Http },
             identity_headers: b"X-Forwarded-Client-Cert: By=gateway\r\n",
+            request_headers: &portcullis_core::filters::NO_HEADER_CHANGES,
         };
         let mut out = Vec::new();
         write_forwarded_request_head(&head, &buf, &extra, &mut out);

@@ -310,6 +310,10 @@ async fn handle(
             rejection.send_h2(respond, grpc);
             return (Reply::Gateway(rejection), None);
         }
+        Route::Redirect { redirect, state } => {
+            bufpool::give(head_buf);
+            return (redirect.send_h2(respond), Some(Rc::clone(&state.metrics)));
+        }
         Route::Forward { target, state } => (target, state),
     };
     let metrics = Rc::clone(&state.metrics);
@@ -321,6 +325,7 @@ async fn handle(
             client_ip: conn.peer.ip(),
             proto: conn.proto,
             identity_headers: info.identity_headers,
+            request_headers: &target.filters.request_headers,
         },
         &mut forwarded_head,
     );

@@ -79,6 +79,19 @@ pub async fn serve<C: ClientIo>(
                 let reply = Reply::Gateway(rejection);
                 (keep, reply, asked, &port.metrics.unrouted)
             }
+            Route::Redirect { redirect, state } => {
+                // As a refusal: a body nobody reads closes the connection.
+                let keep =
+                    head.keep_alive && head.body == RequestBody::None && !ctx.draining.is_fired();
+                if client.queue(&redirect.h1_response(keep)).is_ok() {
+                    let _ = client.flush().await;
+                }
+                if keep {
+                    drop_prefix(&mut inbuf, head.head_len);
+                }
+                let reply = Reply::Redirect(redirect.status);
+                (keep, reply, asked, &*state.metrics)
+            }
             Route::Forward { target, state } => match upgrade {
                 Ok(false) => {
                     let (keep, reply, protocol) =
@@ -261,6 +274,7 @@ async fn forward<C: ClientIo>(
             client_ip: info.peer.ip(),
             proto: info.proto,
             identity_headers: info.identity_headers,
+            request_headers: &target.filters.request_headers,
         },
         &mut request_head,
     );

@@ -108,6 +108,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
             client_ip: info.peer.ip(),
             proto: info.proto,
             identity_headers: info.identity_headers,
+            request_headers: &target.filters.request_headers,
         },
         &mut request_head,
     );
@@ -564,6 +565,13 @@ async fn open_extended_connect(
     }
     let (target, state) = match route::route(port, &head, &head_buf, info) {
         Route::Reject(rejection) => return refuse(respond, rejection),
+        Route::Redirect { redirect, state } => {
+            return (
+                redirect.send_h2(respond),
+                Some(Rc::clone(&state.metrics)),
+                None,
+            );
+        }
         Route::Forward { target, state } => (target, state),
     };
     let metrics = Some(Rc::clone(&state.metrics));
@@ -575,6 +583,7 @@ async fn open_extended_connect(
             client_ip: info.peer.ip(),
             proto: info.proto,
             identity_headers: info.identity_headers,
+            request_headers: &target.filters.request_headers,
         },
         &mut request_head,
     );

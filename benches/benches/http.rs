@@ -98,7 +98,11 @@ fn http(c: &mut Criterion) {
             out.clear();
             if let Ok(Some(parsed)) = parse_response_head(black_box(response), false, &limits) {
                 black_box(write_forwarded_response_head(
-                    &parsed, response, client, &mut out,
+                    &parsed,
+                    response,
+                    client,
+                    &portcullis_core::filters::NO_HEADER_CHANGES,
+                    &mut out,
                 ));
             }
             black_box(out.len())

@@ -387,3 +387,243 @@ fn request_redirect_over_http2_answers_status_and_location() {
         assert_eq!(out, format!("{status} 2 {location}"), "{path}");
     }
 }
+
+/// The rules of the suite's (Extended) `response-header-modifier` HTTPRoute, to `backend`.
+const RESPONSE_RULES: &str = "  - matches: [{path: {type: PathPrefix, value: /set}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{name: X-Header-Set, value: set-overwrites-values}]
+    backendRefs: [{name: backend, port: 8000}]
+  - matches: [{path: {type: PathPrefix, value: /add}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        add: [{name: X-Header-Add, value: add-appends-values}]
+    backendRefs: [{name: backend, port: 8000}]
+  - matches: [{path: {type: PathPrefix, value: /remove}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        remove: [X-Header-Remove]
+    backendRefs: [{name: backend, port: 8000}]
+  - matches: [{path: {type: PathPrefix, value: /multiple}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set:
+        - {name: X-Header-Set-1, value: header-set-1}
+        - {name: X-Header-Set-2, value: header-set-2}
+        add:
+        - {name: X-Header-Add-1, value: header-add-1}
+        - {name: X-Header-Add-2, value: header-add-2}
+        - {name: X-Header-Add-3, value: header-add-3}
+        remove: [X-Header-Remove-1, X-Header-Remove-2]
+    backendRefs: [{name: backend, port: 8000}]
+";
+
+/// The header the suite's echo backend takes its response fields from: `name:value,...`.
+const ECHO_SET_HEADER: &str = "X-Echo-Set-Header";
+
+/// One case of the suite's `HTTPRouteResponseHeaderModifier`: the path, the fields the backend
+/// answers with, the fields the client must get, and those it must not.
+struct ResponseCase {
+    path: &'static str,
+    backend_sets: &'static str,
+    expected: &'static [(&'static str, &'static str)],
+    absent: &'static [&'static str],
+}
+
+const RESPONSE_CASES: [ResponseCase; 4] = [
+    ResponseCase {
+        path: "/set",
+        backend_sets: "X-Header-Set:some-other-value",
+        expected: &[("X-Header-Set", "set-overwrites-values")],
+        absent: &[],
+    },
+    ResponseCase {
+        path: "/add",
+        backend_sets: "X-Header-Add:some-other-value",
+        expected: &[("X-Header-Add", "some-other-value,add-appends-values")],
+        absent: &[],
+    },
+    ResponseCase {
+        path: "/remove",
+        backend_sets: "X-Header-Remove:val",
+        expected: &[],
+        absent: &["X-Header-Remove"],
+    },
+    ResponseCase {
+        path: "/multiple",
+        backend_sets: "X-Header-Set-2:set-val-2,X-Header-Add-2:add-val-2,\
+            X-Header-Remove-2:remove-val-2,Another-Header:another-header-val",
+        expected: &[
+            ("X-Header-Set-1", "header-set-1"),
+            ("X-Header-Set-2", "header-set-2"),
+            ("X-Header-Add-1", "header-add-1"),
+            ("X-Header-Add-2", "add-val-2,header-add-2"),
+            ("X-Header-Add-3", "header-add-3"),
+            ("Another-Header", "another-header-val"),
+        ],
+        absent: &["X-Header-Remove-1", "X-Header-Remove-2"],
+    },
+];
+
+/// `name:value,...` as field pairs.
+fn echo_set_fields(value: &str) -> Vec<(String, String)> {
+    value
+        .split(',')
+        .filter_map(|pair| pair.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// A keep-alive HTTP/1.1 backend answering with the fields `X-Echo-Set-Header` asks for.
+fn echo_set_backend() -> SocketAddr {
+    raw_backend(|request, tcp| {
+        let mut response = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+        for (name, value) in
+            echo_set_fields(&received(&request.head, ECHO_SET_HEADER).unwrap_or_default())
+        {
+            response.push_str(&format!("{name}: {value}\r\n"));
+        }
+        response.push_str("\r\nok");
+        match tcp.write_all(response.as_bytes()) {
+            Ok(()) => After::KeepAlive,
+            Err(_) => After::Close,
+        }
+    })
+}
+
+/// An h2c (prior knowledge) backend answering with the fields `X-Echo-Set-Header` asks for,
+/// on its own tokio runtime, which lives as long as the test.
+fn echo_set_h2c_backend() -> (SocketAddr, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let asked = request
+                        .headers()
+                        .get(ECHO_SET_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut response = http::Response::builder().status(200);
+                    for (name, value) in echo_set_fields(&asked) {
+                        response = response.header(name, value);
+                    }
+                    if let Ok(mut send) = respond.send_response(response.body(()).unwrap(), false) {
+                        let _ = send.send_data(bytes::Bytes::from_static(b"ok"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, runtime)
+}
+
+/// A gateway with one plain HTTP listener and the suite's response rules to `backend_yaml`
+/// (the Service `backend`).
+fn response_fixture(backend_yaml: String) -> Fixture {
+    let port = free_port();
+    let docs = vec![
+        GatewayYaml::new().listener(http("http", port)).yaml(),
+        route("filters", &[], RESPONSE_RULES),
+        backend_yaml,
+    ];
+    Fixture {
+        port,
+        _gateway: Gateway::start(desired(&docs)),
+    }
+}
+
+/// The Service `backend` on `addr`, its port speaking h2c.
+fn h2c_service(addr: SocketAddr) -> String {
+    let yaml = service("backend", addr).replace(
+        "    targetPort:",
+        "    appProtocol: kubernetes.io/h2c\n    targetPort:",
+    );
+    assert!(yaml.contains("appProtocol"), "{yaml}");
+    yaml
+}
+
+/// The values of every field named `name` among `fields`, joined with `,`.
+fn joined(fields: &[(String, String)], name: &str) -> Option<String> {
+    let values: Vec<&str> = fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+fn check_response(case: &ResponseCase, fields: &[(String, String)], how: &str) {
+    for (name, value) in case.expected {
+        assert_eq!(
+            joined(fields, name).as_deref(),
+            Some(*value),
+            "{how} {}: {name} in {fields:?}",
+            case.path
+        );
+    }
+    for name in case.absent {
+        assert_eq!(joined(fields, name), None, "{how} {}: {name}", case.path);
+    }
+}
+
+/// Every case, over HTTP/1.1 and over HTTP/2 (curl, h2c), on `f`.
+fn check_response_cases(f: &Fixture, backend: &str) {
+    let mut http = f.connect();
+    for case in &RESPONSE_CASES {
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {HOST}\r\n{ECHO_SET_HEADER}: {}\r\n\r\n",
+            case.path, case.backend_sets
+        );
+        let response = http.request(request.as_bytes()).unwrap();
+        assert_eq!(response.status, 200, "{}", case.path);
+        assert_eq!(response.body_text(), "ok", "{}", case.path);
+        check_response(case, &response.headers, &format!("HTTP/1.1 to {backend}"));
+
+        let out = f.curl_h2(&[
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-H",
+            &format!("{ECHO_SET_HEADER}: {}", case.backend_sets),
+            &f.url(case.path),
+        ]);
+        let mut lines = out.split("\r\n");
+        assert_eq!(lines.next(), Some("HTTP/2 200 "), "{}: {out}", case.path);
+        let fields: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        check_response(case, &fields, &format!("HTTP/2 to {backend}"));
+    }
+}
+
+#[test]
+fn response_header_modifier_from_an_http1_backend_as_the_conformance_suite_checks_it() {
+    let f = response_fixture(service("backend", echo_set_backend()));
+    check_response_cases(&f, "an HTTP/1.1 backend");
+}
+
+#[test]
+fn response_header_modifier_from_an_h2c_backend_as_the_conformance_suite_checks_it() {
+    let (addr, _runtime) = echo_set_h2c_backend();
+    let f = response_fixture(h2c_service(addr));
+    check_response_cases(&f, "an h2c backend");
+}

@@ -1,9 +1,9 @@
 //! What an HTTPRoute rule's filters do to a request it matched, as pure data and pure
-//! rewriting: header changes on the request forwarded to the backend, or the redirect the
-//! gateway answers instead of forwarding.
+//! rewriting: header changes on the request forwarded to the backend and on the response
+//! relayed to the client, or the redirect the gateway answers instead of forwarding.
 //!
 //! # Decisions
-//! - **Header modifier** (`RequestHeaderModifier`): the received
+//! - **Header modifiers** (`RequestHeaderModifier`, `ResponseHeaderModifier`): the received
 //!   fields named in `set` or `remove` are dropped (every field line of the name, names
 //!   compared ASCII case-insensitively), then each `set` field is written, then each `add`
 //!   field is appended as a field line of its own, after the received lines of that name
@@ -37,6 +37,8 @@ use crate::http1::ForwardedProto;
 pub struct RuleFilters {
     /// Applied to the request forwarded to the backend.
     pub request_headers: HeaderModifier,
+    /// Applied to the final (not 1xx) response relayed to the client.
+    pub response_headers: HeaderModifier,
     /// Set: the gateway answers every request of the rule with this redirect (the API forbids
     /// backends on such a rule).
     pub redirect: Option<RequestRedirect>,

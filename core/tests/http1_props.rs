@@ -585,7 +585,13 @@ proptest! {
             keep_alive: client_keep,
         };
         let mut out = Vec::new();
-        let plan = write_forwarded_response_head(&head, &buf, client, &mut out);
+        let plan = write_forwarded_response_head(
+            &head,
+            &buf,
+            client,
+            &portcullis_core::filters::NO_HEADER_CHANGES,
+            &mut out,
+        );
         if head.is_informational && client_10 {
             prop_assert!(out.is_empty());
             return Ok(());

@@ -158,6 +158,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
                     version: head.version,
                     keep_alive: head.keep_alive && !ctx.draining.is_fired(),
                 },
+                &target.filters.response_headers,
                 &mut out,
             );
             // The backend connection is dropped after it, never pooled (see the module doc).
@@ -631,11 +632,18 @@ async fn open_extended_connect(
             builder = builder.header(name, value);
         }
     }
-    let Ok(h2_response) = builder.body(()) else {
+    let Ok(mut h2_response) = builder.body(()) else {
         let rejection = Rejection::BadResponse;
         rejection.send_h2(respond, false);
         return (Reply::Gateway(rejection), metrics, None);
     };
+    // As over HTTP/1.1: a refused upgrade's answer is changed, the one opening a tunnel is not.
+    if !switched {
+        forward::modify_response_headers(
+            h2_response.headers_mut(),
+            &target.filters.response_headers,
+        );
+    }
     let end_of_stream = !switched
         && matches!(
             response.body,

@@ -8,7 +8,7 @@ use super::fields::{Field, classify, list_elements};
 use super::{
     HeaderSpan, RequestBody, RequestHead, ResponseBody, ResponseHead, Span, TargetForm, Version,
 };
-use crate::filters::HeaderModifier;
+use crate::filters::{HeaderModifier, NO_HEADER_CHANGES};
 
 /// The scheme the client used, for `X-Forwarded-Proto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,12 +187,22 @@ pub struct ResponsePlan {
 ///
 /// A 1xx (informational) head is written without connection management, and for an HTTP/1.0
 /// client not at all (RFC 9110 §15.2): `out` is left unchanged.
+///
+/// `response_headers` (the matched rule's `ResponseHeaderModifier`) changes the final head only:
+/// the backend's fields it sets or removes are dropped, its `set` then `add` fields written
+/// after the backend's fields that are kept.
 pub fn write_forwarded_response_head(
     head: &ResponseHead,
     buf: &[u8],
     client: ClientConn,
+    response_headers: &HeaderModifier,
     out: &mut Vec<u8>,
 ) -> ResponsePlan {
+    let modifier = if head.is_informational {
+        &NO_HEADER_CHANGES
+    } else {
+        response_headers
+    };
     if head.is_informational && client.version == Version::Http10 {
         return ResponsePlan {
             body: ClientBody::None,
@@ -246,11 +256,14 @@ pub fn write_forwarded_response_head(
             | Field::XForwardedProto
             | Field::Identity
             | Field::Other => {
-                if !(nominates && nominated(spans, buf, name)) {
+                if !(nominates && nominated(spans, buf, name) || modifier.drops(name)) {
                     write_field(out, name, h.value.slice(buf));
                 }
             }
         }
+    }
+    for field in modifier.written() {
+        write_field(out, field.name.as_bytes(), field.value.as_bytes());
     }
     if !head.is_informational {
         if !keep_alive {
@@ -495,8 +508,43 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut out = Vec::new();
-        let plan = write_forwarded_response_head(&head, buf, client, &mut out);
+        let plan = write_forwarded_response_head(&head, buf, client, &NO_CHANGES, &mut out);
         (String::from_utf8(out).unwrap(), plan)
+    }
+
+    #[test]
+    fn the_rules_response_header_modifier_changes_the_final_head_only() {
+        let field = |name: &str, value: &str| HeaderField {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        let modifier = HeaderModifier {
+            set: vec![field("X-Header-Set", "set")],
+            add: vec![field("X-Header-Add", "added")],
+            remove: vec!["X-Header-Remove".to_owned()],
+        };
+        let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-header-set: old\r\n\
+            X-Header-Add: backend\r\nx-header-remove: gone\r\nOther: kept\r\n\r\n";
+        let head = parse_response_head(buf, false, &HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_forwarded_response_head(&head, buf, V11_KEEP, &modifier, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Header-Add: backend\r\nOther: kept\r\n\
+             X-Header-Set: set\r\nX-Header-Add: added\r\n\r\n"
+        );
+        let informational = b"HTTP/1.1 103 Early Hints\r\nx-header-remove: kept\r\n\r\n";
+        let head = parse_response_head(informational, false, &HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_forwarded_response_head(&head, informational, V11_KEEP, &modifier, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 103 Early Hints\r\nx-header-remove: kept\r\n\r\n"
+        );
     }
 
     const V11_KEEP: ClientConn = ClientConn {

@@ -1,6 +1,6 @@
-//! HTTPRoute rule filters to [`RuleFilters`]: `RequestHeaderModifier` and `RequestRedirect`
-//! (scheme, hostname, port, path, status code). Every other filter type (`ResponseHeaderModifier`,
-//! `URLRewrite`, `RequestMirror`, `CORS`, `ExternalAuth`, `ExtensionRef`) is refused, as is a
+//! HTTPRoute rule filters to [`RuleFilters`]: `RequestHeaderModifier`, `ResponseHeaderModifier`
+//! and `RequestRedirect` (scheme, hostname, port, path, status code). Every other filter type
+//! (`URLRewrite`, `RequestMirror`, `CORS`, `ExternalAuth`, `ExtensionRef`) is refused, as is a
 //! filter whose values the API server would have refused (a manifest folder has none to check
 //! them): each refusal is a message that makes the route `Accepted=False, reason
 //! UnsupportedValue`.
@@ -59,6 +59,20 @@ pub(crate) fn convert_filters(filters: &[HttpRouteRulesFilters]) -> (RuleFilters
                     None => problems.push(missing("requestHeaderModifier")),
                 }
             }
+            HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+                match &filter.response_header_modifier {
+                    Some(m) => {
+                        converted.response_headers = header_modifier(
+                            &format!("{at}.responseHeaderModifier"),
+                            m.set.iter().flatten().map(|f| (&*f.name, &*f.value)),
+                            m.add.iter().flatten().map(|f| (&*f.name, &*f.value)),
+                            m.remove.iter().flatten(),
+                            &mut problems,
+                        );
+                    }
+                    None => problems.push(missing("responseHeaderModifier")),
+                }
+            }
             HttpRouteRulesFiltersType::RequestRedirect => match &filter.request_redirect {
                 Some(r) => {
                     match request_redirect(&format!("{at}.requestRedirect"), r) {
@@ -68,8 +82,7 @@ pub(crate) fn convert_filters(filters: &[HttpRouteRulesFilters]) -> (RuleFilters
                 }
                 None => problems.push(missing("requestRedirect")),
             },
-            HttpRouteRulesFiltersType::ResponseHeaderModifier
-            | HttpRouteRulesFiltersType::RequestMirror
+            HttpRouteRulesFiltersType::RequestMirror
             | HttpRouteRulesFiltersType::UrlRewrite
             | HttpRouteRulesFiltersType::ExtensionRef
             | HttpRouteRulesFiltersType::Cors
@@ -281,8 +294,8 @@ mod tests {
                 "filter type UrlRewrite is not supported",
             ),
             (
-                "- type: ResponseHeaderModifier\n  responseHeaderModifier: {remove: [x]}\n",
-                "filter type ResponseHeaderModifier is not supported",
+                "- type: ResponseHeaderModifier\n  responseHeaderModifier: {set: [{name: Transfer-Encoding, value: gzip}]}\n",
+                "written by the gateway",
             ),
             (
                 "- type: RequestMirror\n  requestMirror: {backendRef: {name: m, port: 80}}\n",

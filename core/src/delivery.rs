@@ -409,7 +409,10 @@ mod tests {
     use crate::desired::{
         BackendProtocol, DesiredBackend, DesiredRule, PathMatch, RouteMatch, ValidationMode,
     };
-    use crate::filters::RuleFilters;
+    use crate::filters::{
+        HeaderField, HeaderModifier, RedirectPath, RedirectScheme, RedirectStatus, RequestRedirect,
+        RuleFilters,
+    };
 
     fn backend(name: &str, endpoints: &[&str]) -> DesiredBackend {
         DesiredBackend {
@@ -422,10 +425,10 @@ mod tests {
         }
     }
 
-    /// An HTTPS port with a certificate, a CA bundle and two routes, one with a backend that
-    /// did not resolve.
+    /// An HTTPS port with a certificate, a CA bundle and three routes: one with header
+    /// filters, one with a backend that did not resolve, one that redirects.
     fn sample(endpoints: &[&str]) -> DesiredConfig {
-        let route = |name: &str, backends| DesiredRoute {
+        let route = |name: &str, filters, backends| DesiredRoute {
             route: ObjectRef::new("apps", name),
             hostnames: vec!["a.example".to_owned()],
             rules: vec![DesiredRule {
@@ -433,9 +436,36 @@ mod tests {
                     path: PathMatch::Prefix("/api".to_owned()),
                     ..RouteMatch::default()
                 }],
-                filters: RuleFilters::default(),
+                filters,
                 backends,
             }],
+        };
+        let field = |name: &str, value: &str| HeaderField {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        let headers = RuleFilters {
+            request_headers: HeaderModifier {
+                set: vec![field("X-Set", "a")],
+                add: vec![field("X-Add", "b")],
+                remove: vec!["X-Remove".to_owned()],
+            },
+            response_headers: HeaderModifier {
+                set: vec![],
+                add: vec![field("X-Served-By", "gw")],
+                remove: vec![],
+            },
+            redirect: None,
+        };
+        let redirect = RuleFilters {
+            redirect: Some(RequestRedirect {
+                scheme: Some(RedirectScheme::Https),
+                hostname: Some("b.example".to_owned()),
+                port: Some(8443),
+                path: Some(RedirectPath::ReplacePrefixMatch("/v2".to_owned())),
+                status: RedirectStatus::PermanentRedirect,
+            }),
+            ..RuleFilters::default()
         };
         let invalid = DesiredBackend {
             name: "apps/missing:80".to_owned(),
@@ -472,8 +502,9 @@ mod tests {
                         options: ListenerTlsOptions::default(),
                     }),
                     routes: vec![
-                        route("web", vec![backend("apps/web:80", endpoints)]),
-                        route("broken", vec![invalid]),
+                        route("web", headers, vec![backend("apps/web:80", endpoints)]),
+                        route("broken", RuleFilters::default(), vec![invalid]),
+                        route("moved", redirect, vec![]),
                     ],
                 }],
             }],

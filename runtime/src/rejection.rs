@@ -10,6 +10,9 @@
 //! Gateway API prescribe (404 and 421 for routing, 500 for a rule whose backends are invalid,
 //! 503 without endpoints); the request counters keep counting by status code as before.
 //!
+//! A rule's redirect ([`Redirect`]) is also the gateway's own answer, but by configuration, not
+//! a refusal: it is counted by its route and status (`Reply::Redirect`), never as a rejection.
+//!
 //! The enum is `Copy` and carries no data: refusing a request allocates nothing beyond the
 //! response it writes, and counting it is one add on the shard's own array.
 

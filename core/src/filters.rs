@@ -147,8 +147,8 @@ pub enum RedirectPath {
     /// The part of the path the rule's `PathPrefix` match took is replaced by this, element-wise
     /// (trailing `/`s of both ignored): prefix `/foo`, replacement `/xyz` turns `/foo/bar` into
     /// `/xyz/bar` and `/foo` into `/xyz`; an empty replacement (or `/`) turns `/foo/bar` into
-    /// `/bar` and `/foo` into `/`. Translation allows it only on rules whose matches are all
-    /// path prefixes.
+    /// `/bar` and `/foo` into `/`. Translation allows it only on a rule with exactly one match,
+    /// a path prefix, as the API does.
     ReplacePrefixMatch(String),
 }
 

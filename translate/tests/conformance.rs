@@ -460,6 +460,9 @@ fn same_namespace_table(t: &Translation) -> RouteTable {
     RouteTable::new(&port.listeners[0].routes)
 }
 
+/// A request path, the status and the `Location` the suite expects for it.
+type Expected<'a> = (&'a str, u16, &'a str);
+
 /// The suite's redirect tests (Core `HTTPRouteRedirectHostAndStatus`, Extended scheme, port
 /// and path): the route is accepted with its refs resolved, and each request the suite sends
 /// gets the status and `Location` it expects (scheme, host, port 80 left out, path), the
@@ -467,7 +470,7 @@ fn same_namespace_table(t: &Translation) -> RouteTable {
 #[test]
 fn httproute_redirects_give_what_the_suite_expects() {
     const ADDRESS: &str = "192.0.2.1";
-    let cases: [(&str, &str, &[(&str, u16, &str)]); 4] = [
+    let cases: [(&str, &str, &[Expected<'_>]); 4] = [
         (
             "httproute-redirect-host-and-status.yaml",
             "redirect-host-and-status",

@@ -1772,6 +1772,10 @@ fn regular_expressions_and_filters_make_the_route_unsupported() {
         json!({"matches": [{"path": {"type": "Exact", "value": "/a"}}],
                "filters": [{"type": "RequestRedirect", "requestRedirect":
                    {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]}),
+        json!({"matches": [{"path": {"type": "PathPrefix", "value": "/a"}},
+                           {"path": {"type": "PathPrefix", "value": "/c"}}],
+               "filters": [{"type": "RequestRedirect", "requestRedirect":
+                   {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]}),
         json!({"filters": [{"type": "RequestHeaderModifier",
                "requestHeaderModifier": {"set": [{"name": "Transfer-Encoding", "value": "chunked"}]}}]}),
     ] {

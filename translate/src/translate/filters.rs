@@ -6,8 +6,9 @@
 //! UnsupportedValue`.
 //!
 //! Header filters may not name a field the gateway writes itself (see
-//! [`portcullis_core::filters`]); a `ReplacePrefixMatch` redirect needs every match of its rule
-//! to be a `PathPrefix` one (the API's rule: there is no matched prefix to replace otherwise).
+//! [`portcullis_core::filters`]); a `ReplacePrefixMatch` redirect needs its rule to have exactly
+//! one match, of type `PathPrefix` (the API's rule: there is one matched prefix to replace),
+//! which `routes.rs` checks with the matches.
 
 use gateway_api::experimental::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirect,

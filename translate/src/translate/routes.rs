@@ -255,13 +255,15 @@ fn prepare_rule(
                 "{at}: a RequestRedirect filter cannot be used together with backendRefs"
             )));
         }
+        // No matches is the API's one default `PathPrefix /` match.
         if matches!(redirect.path, Some(RedirectPath::ReplacePrefixMatch(_)))
-            && matches
-                .iter()
-                .any(|m| !matches!(m.path, PathMatch::Prefix(_)))
+            && (matches.len() > 1
+                || matches
+                    .iter()
+                    .any(|m| !matches!(m.path, PathMatch::Prefix(_))))
         {
             prepared.unsupported.push(unsupported(format!(
-                "{at}: a ReplacePrefixMatch redirect needs every match of its rule to be a PathPrefix one"
+                "{at}: a ReplacePrefixMatch redirect needs exactly one match, of type PathPrefix"
             )));
         }
     }

@@ -79,6 +79,7 @@ fn http(c: &mut Criterion) {
                         client_ip,
                         proto: ForwardedProto::Https,
                         identity_headers: identity,
+                        request_headers: &portcullis_core::filters::NO_HEADER_CHANGES,
                     };
                     write_forwarded_request_head(&parsed, head, &extras, &mut out);
                 }
@@ -97,7 +98,11 @@ fn http(c: &mut Criterion) {
             out.clear();
             if let Ok(Some(parsed)) = parse_response_head(black_box(response), false, &limits) {
                 black_box(write_forwarded_response_head(
-                    &parsed, response, client, &mut out,
+                    &parsed,
+                    response,
+                    client,
+                    &portcullis_core::filters::NO_HEADER_CHANGES,
+                    &mut out,
                 ));
             }
             black_box(out.len())

@@ -18,6 +18,7 @@ use portcullis_core::desired::{
     DesiredListener, DesiredPort, DesiredRoute, DesiredRule, ListenerTls, ObjectRef, PathMatch,
     PortProtocol, PrivateKey, PrivateKeyEncoding, RouteMatch, ServerCertificate, ValidationMode,
 };
+use portcullis_core::filters::RuleFilters;
 use portcullis_core::listener_options::{
     CertificateHash, ClientIdentityRules, ListenerTlsOptions, SanPattern,
 };
@@ -221,6 +222,7 @@ fn route(prefix: &str) -> DesiredRoute {
                 path: PathMatch::Prefix(prefix.to_owned()),
                 ..RouteMatch::default()
             }],
+            filters: RuleFilters::default(),
             backends: vec![DesiredBackend {
                 name: "httpbin/httpbin:8000".to_owned(),
                 weight: 1,

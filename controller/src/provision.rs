@@ -1243,6 +1243,7 @@ spec:
                         hostnames: Vec::new(),
                         rules: vec![DesiredRule {
                             matches: Vec::new(),
+                            filters: Default::default(),
                             backends: vec![DesiredBackend {
                                 name: "apps/web:80".to_owned(),
                                 weight: 1,

@@ -34,8 +34,9 @@ use crate::desired::{
 use crate::listener_options::ListenerTlsOptions;
 
 /// The version of both objects' format. A change that an older data plane would misread
-/// bumps it.
-pub const FORMAT_VERSION: u32 = 1;
+/// bumps it. 2: rules carry filters (header changes, redirects), which a data plane of
+/// version 1 would ignore.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The Secret data key of the config object.
 pub const CONFIG_KEY: &str = "config.json";
@@ -408,6 +409,10 @@ mod tests {
     use crate::desired::{
         BackendProtocol, DesiredBackend, DesiredRule, PathMatch, RouteMatch, ValidationMode,
     };
+    use crate::filters::{
+        HeaderField, HeaderModifier, RedirectPath, RedirectScheme, RedirectStatus, RequestRedirect,
+        RuleFilters,
+    };
 
     fn backend(name: &str, endpoints: &[&str]) -> DesiredBackend {
         DesiredBackend {
@@ -420,10 +425,10 @@ mod tests {
         }
     }
 
-    /// An HTTPS port with a certificate, a CA bundle and two routes, one with a backend that
-    /// did not resolve.
+    /// An HTTPS port with a certificate, a CA bundle and three routes: one with header
+    /// filters, one with a backend that did not resolve, one that redirects.
     fn sample(endpoints: &[&str]) -> DesiredConfig {
-        let route = |name: &str, backends| DesiredRoute {
+        let route = |name: &str, filters, backends| DesiredRoute {
             route: ObjectRef::new("apps", name),
             hostnames: vec!["a.example".to_owned()],
             rules: vec![DesiredRule {
@@ -431,8 +436,36 @@ mod tests {
                     path: PathMatch::Prefix("/api".to_owned()),
                     ..RouteMatch::default()
                 }],
+                filters,
                 backends,
             }],
+        };
+        let field = |name: &str, value: &str| HeaderField {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        let headers = RuleFilters {
+            request_headers: HeaderModifier {
+                set: vec![field("X-Set", "a")],
+                add: vec![field("X-Add", "b")],
+                remove: vec!["X-Remove".to_owned()],
+            },
+            response_headers: HeaderModifier {
+                set: vec![],
+                add: vec![field("X-Served-By", "gw")],
+                remove: vec![],
+            },
+            redirect: None,
+        };
+        let redirect = RuleFilters {
+            redirect: Some(RequestRedirect {
+                scheme: Some(RedirectScheme::Https),
+                hostname: Some("b.example".to_owned()),
+                port: Some(8443),
+                path: Some(RedirectPath::ReplacePrefixMatch("/v2".to_owned())),
+                status: RedirectStatus::PermanentRedirect,
+            }),
+            ..RuleFilters::default()
         };
         let invalid = DesiredBackend {
             name: "apps/missing:80".to_owned(),
@@ -469,8 +502,9 @@ mod tests {
                         options: ListenerTlsOptions::default(),
                     }),
                     routes: vec![
-                        route("web", vec![backend("apps/web:80", endpoints)]),
-                        route("broken", vec![invalid]),
+                        route("web", headers, vec![backend("apps/web:80", endpoints)]),
+                        route("broken", RuleFilters::default(), vec![invalid]),
+                        route("moved", redirect, vec![]),
                     ],
                 }],
             }],
@@ -513,8 +547,8 @@ mod tests {
     fn another_format_version_is_named_as_such() {
         let delivered = encode(&sample(&[])).unwrap();
         let newer = String::from_utf8(delivered.config).unwrap().replacen(
-            "\"version\":1",
             "\"version\":2",
+            "\"version\":3",
             1,
         );
         let err = decode(newer.as_bytes(), &delivered.endpoints).unwrap_err();
@@ -523,7 +557,7 @@ mod tests {
                 err,
                 DeliveryError::Version {
                     object: DeliveredObject::Config,
-                    found: 2
+                    found: 3
                 }
             ),
             "{err}"
@@ -536,14 +570,14 @@ mod tests {
         let cases: [(&[u8], &[u8], DeliveredObject); 4] = [
             (b"", &delivered.endpoints, DeliveredObject::Config),
             (
-                b"{\"version\":1}",
+                b"{\"version\":2}",
                 &delivered.endpoints,
                 DeliveredObject::Config,
             ),
             (&delivered.config, b"[1,2]", DeliveredObject::Endpoints),
             (
                 &delivered.config,
-                b"{\"version\":1,\"backends\":{\"apps/web:80\":[\"not an address\"]}}",
+                b"{\"version\":2,\"backends\":{\"apps/web:80\":[\"not an address\"]}}",
                 DeliveredObject::Endpoints,
             ),
         ];

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::filters::RuleFilters;
 use crate::listener_options::ListenerTlsOptions;
 
 /// Everything the data plane should serve, one entry per TCP port, sorted by port.
@@ -202,8 +203,10 @@ pub struct DesiredRoute {
 pub struct DesiredRule {
     /// Empty means one match of path prefix `/` (the API's default).
     pub matches: Vec<RouteMatch>,
+    /// What the rule's filters do to the requests it matched (header changes, a redirect).
+    pub filters: RuleFilters,
     /// Empty means requests matching this rule get 500, as the API requires when no backend is
-    /// configured or resolvable.
+    /// configured or resolvable (unless the rule redirects).
     pub backends: Vec<DesiredBackend>,
 }
 

@@ -8,6 +8,7 @@ pub mod client_identity;
 pub mod compile;
 pub mod delivery;
 pub mod desired;
+pub mod filters;
 pub mod hostname;
 pub mod http1;
 pub mod listener_options;

@@ -48,6 +48,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use crate::desired::{DesiredBackend, DesiredRoute, ObjectRef, PathMatch, RouteMatch};
+use crate::filters::RuleFilters;
 use crate::hostname;
 use crate::http1::{Headers, RequestHead};
 
@@ -125,6 +126,20 @@ pub struct RouteTarget {
     pub backends: Vec<DesiredBackend>,
     /// The weighted choice among `backends` (same indices).
     pub weights: WeightedBackends,
+    /// The rule's filters (header changes, a redirect).
+    pub filters: RuleFilters,
+}
+
+/// The rule a request was routed to, and by which match.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'t> {
+    /// The target's index in [`RouteTable::targets`].
+    pub index: usize,
+    pub target: &'t RouteTarget,
+    /// The path of the `PathPrefix` match that took the request, without its trailing `/`
+    /// (empty for `/`); `None` for an `Exact` or gRPC match. A redirect's
+    /// `ReplacePrefixMatch` replaces it.
+    pub matched_prefix: Option<&'t str>,
 }
 
 /// The route table of one listener.
@@ -182,6 +197,7 @@ impl RouteTable {
                     rule_index,
                     backends: rule.backends.clone(),
                     weights: WeightedBackends::from_backends(&rule.backends),
+                    filters: rule.filters.clone(),
                 });
             }
             let mut patterns: Vec<Option<String>> = Vec::new();
@@ -246,6 +262,11 @@ impl RouteTable {
     /// Like [`find`](Self::find), with the target's index in [`targets`](Self::targets), so the
     /// runtime can keep per-target state (weighted round-robin cursors) in a plain `Vec`.
     pub fn find_indexed(&self, req: &RouteRequest<'_>) -> Option<(usize, &RouteTarget)> {
+        self.find_routed(req).map(|r| (r.index, r.target))
+    }
+
+    /// Like [`find_indexed`](Self::find_indexed), with the match that took the request.
+    pub fn find_routed(&self, req: &RouteRequest<'_>) -> Option<Routed<'_>> {
         let group = self
             .exact
             .get(req.host)
@@ -260,7 +281,18 @@ impl RouteTable {
             .get(*group)?
             .iter()
             .find(|e| e.matches(req))
-            .and_then(|e| self.targets.get(e.target).map(|t| (e.target, t)))
+            .and_then(|e| {
+                let target = self.targets.get(e.target)?;
+                let matched_prefix = match &e.path {
+                    PathRule::Prefix(prefix) => Some(&**prefix),
+                    PathRule::Exact(_) | PathRule::Grpc { .. } => None,
+                };
+                Some(Routed {
+                    index: e.target,
+                    target,
+                    matched_prefix,
+                })
+            })
     }
 
     /// Every rule of the table, in route then rule order (for per-target state in the runtime).
@@ -484,6 +516,7 @@ mod tests {
     fn rule(matches: Vec<RouteMatch>, backend_name: &str) -> DesiredRule {
         DesiredRule {
             matches,
+            filters: RuleFilters::default(),
             backends: vec![backend(backend_name, 1)],
         }
     }
@@ -974,6 +1007,30 @@ mod tests {
     }
 
     #[test]
+    fn the_match_that_took_the_request_is_told() {
+        let table = RouteTable::new(&[route(
+            "r",
+            &[],
+            vec![rule(vec![exact("/e"), prefix("/p/"), prefix("/")], "x")],
+        )]);
+        let matched = |path: &str| {
+            let headers = HeaderPairs(&[]);
+            let request = RouteRequest {
+                host: "h",
+                method: "GET",
+                path,
+                query: None,
+                headers: &headers,
+            };
+            table.find_routed(&request).map(|r| r.matched_prefix)
+        };
+        assert_eq!(matched("/e"), Some(None));
+        assert_eq!(matched("/p/x"), Some(Some("/p")));
+        assert_eq!(matched("/p"), Some(Some("/p")));
+        assert_eq!(matched("/other"), Some(Some("")));
+    }
+
+    #[test]
     fn duplicate_match_entries_only_first_counts() {
         let m = with_header(with_header(prefix("/"), "X-A", "1"), "x-a", "2");
         let q = with_query(with_query(prefix("/q"), "a", "1"), "a", "2");
@@ -994,6 +1051,7 @@ mod tests {
             &[],
             vec![DesiredRule {
                 matches: vec![],
+                filters: RuleFilters::default(),
                 backends: vec![],
             }],
         )]);

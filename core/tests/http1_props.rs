@@ -518,6 +518,7 @@ proptest! {
             client_ip,
             proto: if https { ForwardedProto::Https } else { ForwardedProto::Http },
             identity_headers: b"X-Forwarded-Client-Cert: By=gateway\r\n",
+            request_headers: &portcullis_core::filters::NO_HEADER_CHANGES,
         };
         let mut out = Vec::new();
         write_forwarded_request_head(&head, &buf, &extra, &mut out);
@@ -584,7 +585,13 @@ proptest! {
             keep_alive: client_keep,
         };
         let mut out = Vec::new();
-        let plan = write_forwarded_response_head(&head, &buf, client, &mut out);
+        let plan = write_forwarded_response_head(
+            &head,
+            &buf,
+            client,
+            &portcullis_core::filters::NO_HEADER_CHANGES,
+            &mut out,
+        );
         if head.is_informational && client_10 {
             prop_assert!(out.is_empty());
             return Ok(());

@@ -6,6 +6,7 @@ use portcullis_core::desired::{
     BackendProtocol, BackendTarget, DesiredBackend, DesiredRoute, DesiredRule, HeaderMatch,
     ObjectRef, PathMatch, QueryParamMatch, RouteMatch,
 };
+use portcullis_core::filters::RuleFilters;
 use portcullis_core::hostname;
 use portcullis_core::routing::{HeaderPairs, RouteRequest, RouteTable, WeightedBackends, WrrState};
 use proptest::prelude::*;
@@ -111,6 +112,7 @@ fn routes() -> impl Strategy<Value = Vec<DesiredRoute>> {
                     .into_iter()
                     .map(|(matches, weights)| DesiredRule {
                         matches,
+                        filters: RuleFilters::default(),
                         backends: weights
                             .into_iter()
                             .enumerate()
@@ -331,7 +333,7 @@ proptest! {
         let routes = vec![DesiredRoute {
             route: ObjectRef::new("ns", "r"),
             hostnames,
-            rules: vec![DesiredRule { matches: vec![m], backends: vec![] }],
+            rules: vec![DesiredRule { matches: vec![m], filters: RuleFilters::default(), backends: vec![] }],
         }];
         let table = RouteTable::new(&routes);
         let pairs = [(header.0.as_str(), header.1.as_str())];

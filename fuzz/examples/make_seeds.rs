@@ -3,7 +3,8 @@
 //! - `request_head`, `response_head`, `chunked_body`: every byte-string literal of the unit tests
 //!   in `core/src/http1/` that is a request head, a response head or (in `chunked.rs`) a body.
 //! - `delivered_config`: the TLS gateway's translated config, encoded as the controller delivers
-//!   it, and the empty config.
+//!   it, the same with an HTTP port whose route has every implemented filter, and the empty
+//!   config.
 //! - `manifests_translate`: the user guide's and the conformance fixtures of
 //!   `translate/tests/fixtures/`, and the manifests of the `tls_accept` gateway.
 //! - `tls_accept`: what real rustls clients send to that gateway, captured in memory: full
@@ -195,22 +196,97 @@ fn manifest_seeds(root: &Path, corpus: &Path, pki: &PkiFiles) {
     delivered_seeds(corpus, pki);
 }
 
+/// An HTTP Gateway whose route uses every implemented filter (header modifiers both ways, and
+/// a redirect), to a Service with one endpoint.
+const FILTERS_MANIFESTS: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: filters
+  namespace: fuzz
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - name: http
+    protocol: HTTP
+    port: 8080
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: filters
+  namespace: fuzz
+spec:
+  parentRefs:
+  - name: filters
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /headers}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: X-Set, value: a}]
+        add: [{name: X-Add, value: b}]
+        remove: [X-Remove]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        add: [{name: X-Served-By, value: portcullis}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        scheme: https
+        hostname: example.org
+        port: 8443
+        statusCode: 301
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: fuzz
+spec:
+  ports:
+  - name: http
+    port: 80
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web
+  namespace: fuzz
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+endpoints:
+- addresses: ["127.0.0.1"]
+"#;
+
 /// `delivered_config`: the TLS gateway's config as the controller delivers it (a port with a
-/// certificate, a key, a CA bundle and routes), and the empty config.
+/// certificate, a key, a CA bundle and routes), with and without the filters Gateway, and the
+/// empty config.
 fn delivered_seeds(corpus: &Path, pki: &PkiFiles) {
     use portcullis_core::delivery::encode;
     use portcullis_core::desired::DesiredConfig;
     use portcullis_translate::manifests::{LoadedManifests, load_text};
     use portcullis_translate::{TranslateOptions, check, translate};
-    let mut loaded = LoadedManifests::default();
-    load_text(
-        Path::new("tls-gateway.yaml"),
-        &manifests(&pki.server_pki()),
-        false,
-        &mut loaded,
-    )
-    .unwrap();
-    let desired = translate(&loaded.store, &TranslateOptions::new(check::now())).desired;
+    let desired_of = |text: &str| {
+        let mut loaded = LoadedManifests::default();
+        load_text(Path::new("tls-gateway.yaml"), text, false, &mut loaded).unwrap();
+        translate(&loaded.store, &TranslateOptions::new(check::now())).desired
+    };
+    let tls_gateway = manifests(&pki.server_pki());
+    let desired = desired_of(&tls_gateway);
+    let with_filters = desired_of(&format!("{tls_gateway}---\n{FILTERS_MANIFESTS}"));
+    assert!(
+        with_filters
+            .port(8080)
+            .is_some_and(|p| p.listeners[0].routes[0].rules.len() == 2),
+        "the filters route is served"
+    );
     let seed = |desired: &DesiredConfig| {
         let delivered = encode(desired).unwrap();
         let mut bytes = u16::try_from(delivered.config.len())
@@ -225,6 +301,7 @@ fn delivered_seeds(corpus: &Path, pki: &PkiFiles) {
         &corpus.join("delivered_config"),
         [
             ("tls-gateway.json".to_owned(), seed(&desired)),
+            ("filters.json".to_owned(), seed(&with_filters)),
             ("empty.json".to_owned(), seed(&DesiredConfig::default())),
         ],
     );

@@ -74,6 +74,7 @@ fn check_forwarded(head: &RequestHead, buf: &[u8]) {
         client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
         proto: ForwardedProto::Https,
         identity_headers: b"",
+        request_headers: &portcullis_core::filters::NO_HEADER_CHANGES,
     };
     let mut out = Vec::new();
     write_forwarded_request_head(head, buf, &extras, &mut out);

@@ -82,7 +82,13 @@ fn check_forwarded(head: &ResponseHead, buf: &[u8], request_is_head: bool) {
             keep_alive,
         };
         let mut out = Vec::new();
-        let plan = write_forwarded_response_head(head, buf, client, &mut out);
+        let plan = write_forwarded_response_head(
+            head,
+            buf,
+            client,
+            &portcullis_core::filters::NO_HEADER_CHANGES,
+            &mut out,
+        );
         if matches!(plan.body, ClientBody::Dechunk | ClientBody::UntilClose) {
             assert!(!plan.keep_alive);
         }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::{Reason, SendStream};
 use portcullis_core::desired::BackendProtocol;
+use portcullis_core::filters::HeaderModifier;
 use portcullis_core::http1::{
     ChunkedDecoder, ClientBody, ContentLengthBody, HeadLimits, ResponseBody, ResponseHead,
     ResponsePlan, parse_response_head,
@@ -303,6 +304,30 @@ pub(crate) struct Delivered {
     pub(crate) keep_alive: bool,
     /// The backend's status.
     pub(crate) status: u16,
+}
+
+/// Applies a rule's `ResponseHeaderModifier` to a final response head that goes out as HTTP/2
+/// fields (or came from an h2c backend), as `write_forwarded_response_head` does to an
+/// HTTP/1.1 head: the fields it sets or removes dropped, its `set` then `add` fields appended.
+pub(crate) fn modify_response_headers(headers: &mut ::http::HeaderMap, modifier: &HeaderModifier) {
+    if modifier.is_empty() {
+        return;
+    }
+    let dropped = modifier.set.iter().map(|f| &f.name).chain(&modifier.remove);
+    for name in dropped {
+        if let Ok(name) = ::http::HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    // Translation checked every name and value, so none is skipped here in practice.
+    for field in modifier.written() {
+        if let (Ok(name), Ok(value)) = (
+            ::http::HeaderName::from_bytes(field.name.as_bytes()),
+            ::http::HeaderValue::from_str(&field.value),
+        ) {
+            headers.append(name, value);
+        }
+    }
 }
 
 /// Counts a request that ended with `reply` on `metrics` (its route's, or the port's

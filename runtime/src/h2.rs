@@ -34,6 +34,7 @@ use h2::{Reason, RecvStream};
 use monoio::io::AsyncWriteRentExt;
 use portcullis_core::client_identity::VerifiedClient;
 use portcullis_core::desired::BackendProtocol;
+use portcullis_core::filters::HeaderModifier;
 use portcullis_core::http1::{
     ForwardExtras, ForwardedProto, HeadLimits, RequestBody, RequestHead, ResponseBody,
     parse_request_head, write_forwarded_request_head,
@@ -310,6 +311,10 @@ async fn handle(
             rejection.send_h2(respond, grpc);
             return (Reply::Gateway(rejection), None);
         }
+        Route::Redirect { redirect, state } => {
+            bufpool::give(head_buf);
+            return (redirect.send_h2(respond), Some(Rc::clone(&state.metrics)));
+        }
         Route::Forward { target, state } => (target, state),
     };
     let metrics = Rc::clone(&state.metrics);
@@ -321,6 +326,7 @@ async fn handle(
             client_ip: conn.peer.ip(),
             proto: conn.proto,
             identity_headers: info.identity_headers,
+            request_headers: &target.filters.request_headers,
         },
         &mut forwarded_head,
     );
@@ -332,7 +338,15 @@ async fn handle(
         Ok(attempts) if attempts.protocol() == BackendProtocol::H2c => {
             match BackendRequest::from_forwarded_head(&forwarded_head, wants_trailers) {
                 Ok(request) => {
-                    h2c::forward_from_h2(attempts, &request, &mut body, respond, ctx).await
+                    h2c::forward_from_h2(
+                        attempts,
+                        &request,
+                        &mut body,
+                        respond,
+                        &target.filters.response_headers,
+                        ctx,
+                    )
+                    .await
                 }
                 Err(rejection) => Err(ForwardError::Rejected(rejection)),
             }
@@ -343,7 +357,16 @@ async fn handle(
                 Err(e) => break Err(e),
             };
             let reused = backend.reused;
-            let outcome = exchange(&head, &forwarded_head, &mut body, backend, respond, ctx).await;
+            let outcome = exchange(
+                &head,
+                &forwarded_head,
+                &mut body,
+                &target.filters.response_headers,
+                backend,
+                respond,
+                ctx,
+            )
+            .await;
             attempts.count_response_timeout(&outcome, ctx);
             match outcome {
                 Err(ForwardError::StaleConnection)
@@ -375,11 +398,12 @@ async fn handle(
 }
 
 /// Sends the request on `backend` (head, then the body as the client sends it) and relays the
-/// response; returns the status the client got.
+/// response (changed by the rule's `response_headers`); returns the status the client got.
 async fn exchange(
     head: &RequestHead,
     forwarded_head: &[u8],
     body: &mut RecvStream,
+    response_headers: &HeaderModifier,
     mut backend: BackendConnection,
     respond: &mut SendResponse<Bytes>,
     ctx: &ShardContext,
@@ -432,10 +456,11 @@ async fn exchange(
             builder = builder.header(name, value);
         }
     }
-    let Ok(h2_response) = builder.body(()) else {
+    let Ok(mut h2_response) = builder.body(()) else {
         bufpool::give(rbuf);
         return Err(ForwardError::Rejected(Rejection::BadResponse));
     };
+    forward::modify_response_headers(h2_response.headers_mut(), response_headers);
     let end_of_stream = matches!(
         response.body,
         ResponseBody::None | ResponseBody::ContentLength(0)

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use h2::client::ResponseFuture;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
+use portcullis_core::filters::HeaderModifier;
 use portcullis_core::http1::{
     ChunkedDecoder, ContentLengthBody, HeadLimits, RequestBody, RequestHead, Version,
     parse_request_head,
@@ -176,6 +177,7 @@ pub(crate) async fn forward_from_h2(
     request: &BackendRequest,
     client_body: &mut RecvStream,
     respond: &mut SendResponse<Bytes>,
+    response_headers: &HeaderModifier,
     ctx: &ShardContext,
 ) -> Result<u16, ForwardError> {
     let (response, backend_body, _stream) = send_head(&mut attempts, request, ctx).await?;
@@ -196,7 +198,8 @@ pub(crate) async fn forward_from_h2(
         let outcome = response_head(response, ctx).await;
         attempts.count_response_timeout(&outcome, ctx);
         let response = outcome?;
-        let (parts, mut body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
+        forward::modify_response_headers(&mut parts.headers, response_headers);
         let status = parts.status.as_u16();
         let end = body.is_end_stream();
         let mut send = respond
@@ -226,6 +229,7 @@ pub(crate) async fn forward_from_h1<C: ClientIo>(
     head: &RequestHead,
     request: &BackendRequest,
     mut attempts: BackendAttempts<'_>,
+    response_headers: &HeaderModifier,
     ctx: &ShardContext,
 ) -> Result<Delivered, ForwardError> {
     let (response, mut backend_body, _stream) = send_head(&mut attempts, request, ctx).await?;
@@ -235,7 +239,8 @@ pub(crate) async fn forward_from_h1<C: ClientIo>(
     let outcome = response_head(response, ctx).await;
     attempts.count_response_timeout(&outcome, ctx);
     let response = outcome?;
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    forward::modify_response_headers(&mut parts.headers, response_headers);
     let status = parts.status.as_u16();
     let end = body.is_end_stream();
     let http11 = head.version == Version::Http11;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 use portcullis_core::desired::BackendProtocol;
+use portcullis_core::filters::HeaderModifier;
 use portcullis_core::http1::{
     ChunkedDecoder, ClientConn, ContentLengthBody, ForwardExtras, HeadLimits, RequestBody,
     RequestHead, parse_request_head, websocket_upgrade, write_forwarded_request_head,
@@ -78,6 +79,19 @@ pub async fn serve<C: ClientIo>(
                 }
                 let reply = Reply::Gateway(rejection);
                 (keep, reply, asked, &port.metrics.unrouted)
+            }
+            Route::Redirect { redirect, state } => {
+                // As a refusal: a body nobody reads closes the connection.
+                let keep =
+                    head.keep_alive && head.body == RequestBody::None && !ctx.draining.is_fired();
+                if client.queue(&redirect.h1_response(keep)).is_ok() {
+                    let _ = client.flush().await;
+                }
+                if keep {
+                    drop_prefix(&mut inbuf, head.head_len);
+                }
+                let reply = Reply::Redirect(redirect.status);
+                (keep, reply, asked, &*state.metrics)
             }
             Route::Forward { target, state } => match upgrade {
                 Ok(false) => {
@@ -261,6 +275,7 @@ async fn forward<C: ClientIo>(
             client_ip: info.peer.ip(),
             proto: info.proto,
             identity_headers: info.identity_headers,
+            request_headers: &target.filters.request_headers,
         },
         &mut request_head,
     );
@@ -276,8 +291,20 @@ async fn forward<C: ClientIo>(
             RequestProtocol::H1
         };
         drop_prefix(inbuf, head.head_len);
+        let response_headers = &target.filters.response_headers;
         let result = match BackendRequest::from_forwarded_head(&request_head, wants_trailers) {
-            Ok(request) => h2c::forward_from_h1(client, inbuf, head, &request, attempts, ctx).await,
+            Ok(request) => {
+                h2c::forward_from_h1(
+                    client,
+                    inbuf,
+                    head,
+                    &request,
+                    attempts,
+                    response_headers,
+                    ctx,
+                )
+                .await
+            }
             Err(rejection) => Err(ForwardError::Rejected(rejection)),
         };
         bufpool::give(request_head);
@@ -292,7 +319,16 @@ async fn forward<C: ClientIo>(
             Err(e) => break Err(e),
         };
         let reused = conn.reused;
-        let outcome = exchange(client, inbuf, head, &request_head, conn, ctx).await;
+        let outcome = exchange(
+            client,
+            inbuf,
+            head,
+            &request_head,
+            &target.filters.response_headers,
+            conn,
+            ctx,
+        )
+        .await;
         attempts.count_response_timeout(&outcome, ctx);
         match outcome {
             Err(ForwardError::StaleConnection)
@@ -327,12 +363,14 @@ async fn delivered_or_error<C: ClientIo>(
     }
 }
 
-/// Sends the request (head, then body as it streams in) on `conn` and relays the response.
+/// Sends the request (head, then body as it streams in) on `conn` and relays the response
+/// (changed by the rule's `response_headers`).
 async fn exchange<C: ClientIo>(
     client: &mut C,
     inbuf: &mut Vec<u8>,
     head: &RequestHead,
     request_head: &[u8],
+    response_headers: &HeaderModifier,
     mut conn: BackendConnection,
     ctx: &ShardContext,
 ) -> Result<Delivered, ForwardError> {
@@ -403,6 +441,7 @@ async fn exchange<C: ClientIo>(
                 version: head.version,
                 keep_alive: head.keep_alive,
             },
+            response_headers,
             &mut out,
         );
         if !out.is_empty() {
@@ -421,6 +460,7 @@ async fn exchange<C: ClientIo>(
             version: head.version,
             keep_alive: head.keep_alive && !ctx.draining.is_fired(),
         },
+        response_headers,
         &mut out,
     );
     let relayed = relay_response_body(client, &mut conn, rbuf, &response, plan, out, ctx).await;

@@ -10,6 +10,9 @@
 //! Gateway API prescribe (404 and 421 for routing, 500 for a rule whose backends are invalid,
 //! 503 without endpoints); the request counters keep counting by status code as before.
 //!
+//! A rule's redirect ([`Redirect`]) is also the gateway's own answer, but by configuration, not
+//! a refusal: it is counted by its route and status (`Reply::Redirect`), never as a rejection.
+//!
 //! The enum is `Copy` and carries no data: refusing a request allocates nothing beyond the
 //! response it writes, and counting it is one add on the shard's own array.
 
@@ -18,6 +21,7 @@ use std::net::SocketAddr;
 use ::http::{HeaderValue, Response, StatusCode};
 use bytes::Bytes;
 use h2::server::SendResponse;
+use portcullis_core::filters::RedirectStatus;
 use portcullis_core::http1::RequestHeadError;
 use tracing::{debug, warn};
 
@@ -327,6 +331,60 @@ impl Rejection {
     }
 }
 
+/// The redirect a rule's `RequestRedirect` filter answers with: the gateway's own answer by
+/// configuration, not a refusal (so it is counted by its route, not as a rejection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub status: RedirectStatus,
+    /// See [`portcullis_core::filters::RequestRedirect::location`].
+    pub location: String,
+}
+
+impl Redirect {
+    /// The complete HTTP/1.1 answer, without a body. `keep_alive`: whether the connection
+    /// stays open after it.
+    pub fn h1_response(&self, keep_alive: bool) -> Vec<u8> {
+        let connection = if keep_alive {
+            ""
+        } else {
+            "connection: close\r\n"
+        };
+        format!(
+            "HTTP/1.1 {} {}\r\nlocation: {}\r\ncontent-length: 0\r\n{connection}\r\n",
+            self.status.code(),
+            self.status.reason(),
+            self.location
+        )
+        .into_bytes()
+    }
+
+    /// Sends the answer on an HTTP/2 stream. A location no field value can carry (it is made of
+    /// checked config and the request's own path, so never in practice) gets the gateway's 500.
+    pub fn send_h2(&self, respond: &mut SendResponse<Bytes>) -> Reply {
+        let response = StatusCode::from_u16(self.status.code())
+            .map_err(drop)
+            .and_then(|status| {
+                let location = HeaderValue::from_str(&self.location).map_err(drop)?;
+                Response::builder()
+                    .status(status)
+                    .header(::http::header::LOCATION, location)
+                    .header(::http::header::CONTENT_LENGTH, 0)
+                    .body(())
+                    .map_err(drop)
+            });
+        match response {
+            Ok(response) => {
+                let _ = respond.send_response(response, true);
+                Reply::Redirect(self.status)
+            }
+            Err(()) => {
+                Rejection::Internal.send_h2(respond, false);
+                Reply::Gateway(Rejection::Internal)
+            }
+        }
+    }
+}
+
 /// What the client got for one request: the backend's response (relayed whole or in part), or
 /// the gateway's own answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,6 +392,8 @@ pub enum Reply {
     /// The backend's status (as relayed: a WebSocket's 101 is a 200 on an HTTP/2 stream).
     Backend(u16),
     Gateway(Rejection),
+    /// A rule's redirect.
+    Redirect(RedirectStatus),
 }
 
 impl Reply {
@@ -342,6 +402,7 @@ impl Reply {
         match self {
             Reply::Backend(status) => status,
             Reply::Gateway(rejection) => rejection.status().as_u16(),
+            Reply::Redirect(status) => status.code(),
         }
     }
 }

@@ -1,6 +1,13 @@
 //! Which backend endpoint a request goes to: the listener by Host and SNI (the 404 and 421
-//! rules), the rule by the route table, the backend by the rule's weights, and the endpoint by
-//! the backend's round-robin cursor, skipping ejected endpoints.
+//! rules), the rule by the route table (or the redirect its filter answers with), the backend
+//! by the rule's weights, and the endpoint by the backend's round-robin cursor, skipping
+//! ejected endpoints.
+//!
+//! The 421 rule follows the listener `hostname` text of the API: a Host whose best listener
+//! (exact name, then the most specific wildcard, then the listener without hostname) is
+//! another one than the TLS SNI chose gets 421, even when both listeners share their
+//! certificate; a Host no listener of the port takes gets 404. A client that sends the same
+//! name in SNI and Host (as the conformance suite does) always reaches its listener's routes.
 //!
 //! One module for the HTTP/1.1, HTTP/2 and WebSocket paths, so that each protocol routes a
 //! request exactly as the others do. It reads the shard's routing state
@@ -11,11 +18,12 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 
 use portcullis_core::desired::{BackendProtocol, BackendTarget};
+use portcullis_core::filters::RedirectSource;
 use portcullis_core::http1::{ForwardedProto, RequestHead};
 use portcullis_core::routing::{RouteRequest, RouteTarget};
 
 use crate::backend::{Ejections, pick_endpoint};
-use crate::rejection::Rejection;
+use crate::rejection::{Redirect, Rejection};
 use crate::shard_state::{ShardPort, TargetState};
 
 /// What the HTTP layer knows about the connection.
@@ -33,6 +41,11 @@ pub struct ConnInfo<'a> {
 pub(crate) enum Route<'p> {
     Forward {
         target: &'p RouteTarget,
+        state: &'p TargetState,
+    },
+    /// The rule redirects (its `RequestRedirect` filter); `state` holds the route's metrics.
+    Redirect {
+        redirect: Redirect,
         state: &'p TargetState,
     },
     Reject(Rejection),
@@ -66,12 +79,32 @@ pub(crate) fn route<'p>(
     };
     let headers = head.headers(buf);
     let request = RouteRequest::from_head(head, buf, &headers);
-    let Some((index, target)) = listener.routes.find_indexed(&request) else {
+    let Some(routed) = listener.routes.find_routed(&request) else {
         return Route::Reject(Rejection::NoRoute);
     };
-    match port.routing.target(listener_index, index) {
-        Some(state) => Route::Forward { target, state },
-        None => Route::Reject(Rejection::RouteStateMissing),
+    let Some(state) = port.routing.target(listener_index, routed.index) else {
+        return Route::Reject(Rejection::RouteStateMissing);
+    };
+    let target = routed.target;
+    match &target.filters.redirect {
+        None => Route::Forward { target, state },
+        Some(redirect) => {
+            let source = RedirectSource {
+                scheme: info.proto.into(),
+                host: request.host,
+                listener_port: compiled.port,
+                path: request.path,
+                query: request.query,
+                matched_prefix: routed.matched_prefix,
+            };
+            Route::Redirect {
+                redirect: Redirect {
+                    status: redirect.status,
+                    location: redirect.location(&source),
+                },
+                state,
+            }
+        }
     }
 }
 

@@ -108,6 +108,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
             client_ip: info.peer.ip(),
             proto: info.proto,
             identity_headers: info.identity_headers,
+            request_headers: &target.filters.request_headers,
         },
         &mut request_head,
     );
@@ -157,6 +158,7 @@ pub(crate) async fn forward_h1<C: ClientIo>(
                     version: head.version,
                     keep_alive: head.keep_alive && !ctx.draining.is_fired(),
                 },
+                &target.filters.response_headers,
                 &mut out,
             );
             // The backend connection is dropped after it, never pooled (see the module doc).
@@ -564,6 +566,13 @@ async fn open_extended_connect(
     }
     let (target, state) = match route::route(port, &head, &head_buf, info) {
         Route::Reject(rejection) => return refuse(respond, rejection),
+        Route::Redirect { redirect, state } => {
+            return (
+                redirect.send_h2(respond),
+                Some(Rc::clone(&state.metrics)),
+                None,
+            );
+        }
         Route::Forward { target, state } => (target, state),
     };
     let metrics = Some(Rc::clone(&state.metrics));
@@ -575,6 +584,7 @@ async fn open_extended_connect(
             client_ip: info.peer.ip(),
             proto: info.proto,
             identity_headers: info.identity_headers,
+            request_headers: &target.filters.request_headers,
         },
         &mut request_head,
     );
@@ -622,11 +632,18 @@ async fn open_extended_connect(
             builder = builder.header(name, value);
         }
     }
-    let Ok(h2_response) = builder.body(()) else {
+    let Ok(mut h2_response) = builder.body(()) else {
         let rejection = Rejection::BadResponse;
         rejection.send_h2(respond, false);
         return (Reply::Gateway(rejection), metrics, None);
     };
+    // As over HTTP/1.1: a refused upgrade's answer is changed, the one opening a tunnel is not.
+    if !switched {
+        forward::modify_response_headers(
+            h2_response.headers_mut(),
+            &target.filters.response_headers,
+        );
+    }
     let end_of_stream = !switched
         && matches!(
             response.body,

@@ -20,6 +20,8 @@ use std::sync::OnceLock;
 
 use gateway_api::experimental::gateways::GatewayStatusAddresses;
 use portcullis_core::desired::ObjectRef;
+use portcullis_core::filters::{HeaderField, RedirectScheme, RedirectSource};
+use portcullis_core::routing::{HeaderPairs, RouteRequest, RouteTable, Routed};
 use portcullis_translate::{ObjectStore, Translation, translate};
 use support::*;
 
@@ -430,6 +432,218 @@ fn httproute_listener_hostname_matching() {
                 "the route takes the listener's hostname"
             );
         }
+    }
+}
+
+/// Routes the way the data plane does on the `same-namespace` Gateway (HTTP, port 80) of a
+/// translation: the route table of its listener, for a request to `host` and `path`.
+fn route_on_same_namespace<'t>(
+    table: &'t RouteTable,
+    host: &'t str,
+    path: &'t str,
+    headers: &'t HeaderPairs<'t>,
+) -> Routed<'t> {
+    let request = RouteRequest {
+        host,
+        method: "GET",
+        path,
+        query: None,
+        headers,
+    };
+    table
+        .find_routed(&request)
+        .unwrap_or_else(|| panic!("{path} is routed"))
+}
+
+fn same_namespace_table(t: &Translation) -> RouteTable {
+    let port = t.desired.port(80).expect("port 80");
+    RouteTable::new(&port.listeners[0].routes)
+}
+
+/// A request path, the status and the `Location` the suite expects for it.
+type Expected<'a> = (&'a str, u16, &'a str);
+
+/// The suite's redirect tests (Core `HTTPRouteRedirectHostAndStatus`, Extended scheme, port
+/// and path): the route is accepted with its refs resolved, and each request the suite sends
+/// gets the status and `Location` it expects (scheme, host, port 80 left out, path), the
+/// gateway's address standing in for the host the suite does not check.
+#[test]
+fn httproute_redirects_give_what_the_suite_expects() {
+    const ADDRESS: &str = "192.0.2.1";
+    let cases: [(&str, &str, &[Expected<'_>]); 4] = [
+        (
+            "httproute-redirect-host-and-status.yaml",
+            "redirect-host-and-status",
+            &[
+                (
+                    "/hostname-redirect",
+                    302,
+                    "http://example.org/hostname-redirect",
+                ),
+                (
+                    "/host-and-status",
+                    301,
+                    "http://example.org/host-and-status",
+                ),
+            ],
+        ),
+        (
+            "httproute-redirect-scheme.yaml",
+            "redirect-scheme",
+            &[
+                ("/scheme", 302, "https://192.0.2.1/scheme"),
+                (
+                    "/scheme-and-host",
+                    302,
+                    "https://example.org/scheme-and-host",
+                ),
+                (
+                    "/scheme-and-status",
+                    301,
+                    "https://192.0.2.1/scheme-and-status",
+                ),
+                (
+                    "/scheme-and-host-and-status",
+                    302,
+                    "https://example.org/scheme-and-host-and-status",
+                ),
+            ],
+        ),
+        (
+            "httproute-redirect-port.yaml",
+            "redirect-port",
+            &[
+                ("/port", 302, "http://192.0.2.1:8083/port"),
+                (
+                    "/port-and-host",
+                    302,
+                    "http://example.org:8083/port-and-host",
+                ),
+                (
+                    "/port-and-status",
+                    301,
+                    "http://192.0.2.1:8083/port-and-status",
+                ),
+                (
+                    "/port-and-host-and-status",
+                    302,
+                    "http://example.org:8083/port-and-host-and-status",
+                ),
+            ],
+        ),
+        (
+            "httproute-redirect-path.yaml",
+            "redirect-path",
+            &[
+                (
+                    "/original-prefix/lemon",
+                    302,
+                    "http://192.0.2.1/replacement-prefix/lemon",
+                ),
+                (
+                    "/full/path/original",
+                    302,
+                    "http://192.0.2.1/full-path-replacement",
+                ),
+                (
+                    "/path-and-host",
+                    302,
+                    "http://example.org/replacement-prefix",
+                ),
+                (
+                    "/path-and-status",
+                    301,
+                    "http://192.0.2.1/replacement-prefix",
+                ),
+                (
+                    "/full-path-and-host",
+                    302,
+                    "http://example.org/replacement-full",
+                ),
+                (
+                    "/full-path-and-status",
+                    301,
+                    "http://192.0.2.1/replacement-full",
+                ),
+            ],
+        ),
+    ];
+    for (file, route, requests) in cases {
+        let store = conformance_store("v1.6.1", file);
+        let t = translate_alone(&store, &["same-namespace"]);
+        let p = parent(route_status(&t, INFRA, route), "same-namespace", None);
+        assert_condition(&p.conditions, "Accepted", true, "Accepted");
+        assert_condition(&p.conditions, "ResolvedRefs", true, "ResolvedRefs");
+        let table = same_namespace_table(&t);
+        let headers = HeaderPairs(&[]);
+        for (path, status, location) in requests {
+            let routed = route_on_same_namespace(&table, ADDRESS, path, &headers);
+            let redirect = routed.target.filters.redirect.as_ref().expect("a redirect");
+            let source = RedirectSource {
+                scheme: RedirectScheme::Http,
+                host: ADDRESS,
+                listener_port: 80,
+                path,
+                query: None,
+                matched_prefix: routed.matched_prefix,
+            };
+            assert_eq!(redirect.status.code(), *status, "{file} {path}");
+            assert_eq!(redirect.location(&source), *location, "{file} {path}");
+        }
+    }
+}
+
+/// The suite's header modifier tests (Core `HTTPRouteRequestHeaderModifier`, Extended
+/// `HTTPRouteResponseHeaderModifier`): accepted, refs resolved, each rule's modifier as the
+/// manifest says (how the data plane applies them is tested on real sockets in
+/// cli/tests/route_filters.rs).
+#[test]
+fn httproute_header_modifiers_are_served() {
+    for (file, route) in [
+        (
+            "httproute-request-header-modifier.yaml",
+            "request-header-modifier",
+        ),
+        (
+            "httproute-response-header-modifier.yaml",
+            "response-header-modifier",
+        ),
+    ] {
+        let store = conformance_store("v1.6.1", file);
+        let t = translate_alone(&store, &["same-namespace"]);
+        let p = parent(route_status(&t, INFRA, route), "same-namespace", None);
+        assert_condition(&p.conditions, "Accepted", true, "Accepted");
+        assert_condition(&p.conditions, "ResolvedRefs", true, "ResolvedRefs");
+        let table = same_namespace_table(&t);
+        let headers = HeaderPairs(&[]);
+        let routed = route_on_same_namespace(&table, "192.0.2.1", "/multiple", &headers);
+        let filters = &routed.target.filters;
+        let modifier = if file.contains("request") {
+            assert!(filters.response_headers.is_empty());
+            &filters.request_headers
+        } else {
+            assert!(filters.request_headers.is_empty());
+            &filters.response_headers
+        };
+        let names = |fields: &[HeaderField]| -> Vec<String> {
+            fields
+                .iter()
+                .map(|f| format!("{}={}", f.name, f.value))
+                .collect()
+        };
+        assert_eq!(
+            names(&modifier.set),
+            ["X-Header-Set-1=header-set-1", "X-Header-Set-2=header-set-2"]
+        );
+        assert_eq!(
+            names(&modifier.add),
+            [
+                "X-Header-Add-1=header-add-1",
+                "X-Header-Add-2=header-add-2",
+                "X-Header-Add-3=header-add-3"
+            ]
+        );
+        assert_eq!(modifier.remove, ["X-Header-Remove-1", "X-Header-Remove-2"]);
     }
 }
 

@@ -22,6 +22,9 @@ use portcullis_core::desired::{
     ObjectRef, PathMatch, PortProtocol, PrivateKeyEncoding, QueryParamMatch, RouteMatch,
     ValidationMode,
 };
+use portcullis_core::filters::{
+    HeaderField, HeaderModifier, RedirectStatus, RequestRedirect, RuleFilters,
+};
 use portcullis_core::routing::{HeaderPairs, RouteRequest, RouteTable};
 use portcullis_translate::store::{ObjectKey, ObjectKind};
 use portcullis_translate::{Object, ObjectStore, StoredReferenceGrant, Translation, translate};
@@ -1762,7 +1765,19 @@ fn regular_expressions_and_filters_make_the_route_unsupported() {
         json!({"matches": [{"headers": [{"name": "h", "value": ".*", "type": "RegularExpression"}]}]}),
         json!({"matches": [{"queryParams": [{"name": "q", "value": ".*", "type": "RegularExpression"}]}]}),
         json!({"matches": [{"path": {"type": "PathPrefix", "value": "no-slash"}}]}),
-        json!({"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https"}}]}),
+        json!({"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "a.example"}}]}),
+        json!({"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 304}}]}),
+        json!({"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https"}}],
+               "backendRefs": [{"name": "svc", "port": 80}]}),
+        json!({"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+               "filters": [{"type": "RequestRedirect", "requestRedirect":
+                   {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]}),
+        json!({"matches": [{"path": {"type": "PathPrefix", "value": "/a"}},
+                           {"path": {"type": "PathPrefix", "value": "/c"}}],
+               "filters": [{"type": "RequestRedirect", "requestRedirect":
+                   {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]}),
+        json!({"filters": [{"type": "RequestHeaderModifier",
+               "requestHeaderModifier": {"set": [{"name": "Transfer-Encoding", "value": "chunked"}]}}]}),
     ] {
         let mut w = world();
         add_gateway(&mut w.store, "g", vec![http("web", 8080)], None);
@@ -1785,6 +1800,65 @@ fn regular_expressions_and_filters_make_the_route_unsupported() {
         assert_eq!(listener(gw(&t, "g"), "web").attached_routes, 0);
         assert!(port(&t, 8080).listeners[0].routes.is_empty());
     }
+}
+
+/// The conformance suite's RequestHeaderModifier and RequestRedirect rules (Core) become the
+/// rules' filters, and the route is accepted.
+#[test]
+fn header_modifiers_and_redirects_become_the_rules_filters() {
+    let mut w = world();
+    add_gateway(&mut w.store, "g", vec![http("web", 8080)], None);
+    insert(
+        &mut w.store,
+        route(
+            "r",
+            NS,
+            json!({"parentRefs": [{"name": "g"}], "rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/set"}}],
+                 "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                     "set": [{"name": "X-Header-Set", "value": "set-overwrites-values"}],
+                     "add": [{"name": "X-Header-Add", "value": "add-appends-values"}],
+                     "remove": ["X-Header-Remove"]}}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/host-and-status"}}],
+                 "filters": [{"type": "RequestRedirect", "requestRedirect":
+                     {"statusCode": 301, "hostname": "example.org"}}]},
+            ]}),
+        ),
+    );
+    let t = run(&w.store);
+    let (status, reason, message) = route_accepted(&t, NS, "r", None);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Accepted"),
+        "{message}"
+    );
+    let rules = &port(&t, 8080).listeners[0].routes[0].rules;
+    let field = |name: &str, value: &str| HeaderField {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    };
+    assert_eq!(
+        rules[0].filters,
+        RuleFilters {
+            request_headers: HeaderModifier {
+                set: vec![field("X-Header-Set", "set-overwrites-values")],
+                add: vec![field("X-Header-Add", "add-appends-values")],
+                remove: vec!["X-Header-Remove".to_owned()],
+            },
+            ..RuleFilters::default()
+        }
+    );
+    assert_eq!(
+        rules[1].filters.redirect,
+        Some(RequestRedirect {
+            scheme: None,
+            hostname: Some("example.org".to_owned()),
+            port: None,
+            path: None,
+            status: RedirectStatus::MovedPermanently,
+        })
+    );
+    assert!(rules[1].backends.is_empty());
 }
 
 #[test]

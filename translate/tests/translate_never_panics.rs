@@ -386,20 +386,108 @@ fn http_route() -> impl Strategy<Value = Value> {
         ),
         prop::collection::vec(hostname(), 0..2),
         prop::collection::vec(
-            (prop::collection::vec(route_match(), 0..3), prop::collection::vec(reference(), 0..3), prop::bool::weighted(0.1)),
+            (
+                prop::collection::vec(route_match(), 0..3),
+                prop::collection::vec(reference(), 0..3),
+                prop::collection::vec(http_filter(), 0..3),
+            ),
             0..3,
         ),
     )
         .prop_map(|(metadata, parents, hostnames, rules)| {
-            let rules: Vec<Value> = rules.into_iter().map(|(matches, backends, filter)| {
-                let mut r = json!({"matches": matches, "backendRefs": backends});
-                if filter { r["filters"] = json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": ["x"]}}]); }
-                r
-            }).collect();
+            let rules: Vec<Value> = rules
+                .into_iter()
+                .map(|(matches, backends, filters)| {
+                    let mut r = json!({"matches": matches, "backendRefs": backends});
+                    if !filters.is_empty() {
+                        r["filters"] = json!(filters);
+                    }
+                    r
+                })
+                .collect();
             json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
                    "metadata": metadata,
                    "spec": {"parentRefs": parents, "hostnames": hostnames, "rules": rules}})
         })
+}
+
+/// An HTTPRoute filter: the implemented kinds with valid and invalid values (header names the
+/// gateway manages, values with line breaks, bad status codes, ports and paths), an
+/// unimplemented kind, and a type without its field.
+fn http_filter() -> impl Strategy<Value = Value> {
+    let name = || {
+        select(vec![
+            "X-A",
+            "x-a",
+            "Host",
+            "Content-Length",
+            "bad name",
+            "",
+            "X-Forwarded-Client-Cert",
+        ])
+    };
+    let value = || select(vec!["v", "", "a b", "a\r\nX-Injected: 1", " padded "]);
+    let path = || select(vec!["/", "/new", "", "no-slash", "/a b", "/%zz", "/x/"]);
+    let modifier = (
+        prop::collection::vec((name(), value()), 0..3),
+        prop::collection::vec((name(), value()), 0..3),
+        prop::collection::vec(name(), 0..3),
+    )
+        .prop_map(|(set, add, remove)| {
+            let pairs = |l: Vec<(&str, &str)>| -> Vec<Value> {
+                l.into_iter()
+                    .map(|(n, v)| json!({"name": n, "value": v}))
+                    .collect()
+            };
+            json!({"set": pairs(set), "add": pairs(add), "remove": remove})
+        });
+    let redirect = (
+        prop::option::of(select(vec!["http", "https"])),
+        prop::option::of(select(vec!["example.org", "*.example.org", "Bad_Host", ""])),
+        prop::option::of(select(vec![0i64, 1, 8083, 65535, 65536, -1])),
+        prop::option::of(select(vec![301i64, 302, 303, 307, 308, 200, 0])),
+        prop::option::of((
+            select(vec!["ReplaceFullPath", "ReplacePrefixMatch"]),
+            prop::option::of(path()),
+        )),
+    )
+        .prop_map(|(scheme, hostname, port, status, path)| {
+            let mut r = json!({});
+            if let Some(s) = scheme {
+                r["scheme"] = json!(s);
+            }
+            if let Some(h) = hostname {
+                r["hostname"] = json!(h);
+            }
+            if let Some(p) = port {
+                r["port"] = json!(p);
+            }
+            if let Some(c) = status {
+                r["statusCode"] = json!(c);
+            }
+            if let Some((kind, value)) = path {
+                r["path"] = json!({"type": kind});
+                if let Some(v) = value {
+                    let field = if kind == "ReplaceFullPath" {
+                        "replaceFullPath"
+                    } else {
+                        "replacePrefixMatch"
+                    };
+                    r["path"][field] = json!(v);
+                }
+            }
+            r
+        });
+    prop_oneof![
+        modifier
+            .clone()
+            .prop_map(|m| json!({"type": "RequestHeaderModifier", "requestHeaderModifier": m})),
+        modifier
+            .prop_map(|m| json!({"type": "ResponseHeaderModifier", "responseHeaderModifier": m})),
+        redirect.prop_map(|r| json!({"type": "RequestRedirect", "requestRedirect": r})),
+        Just(json!({"type": "URLRewrite", "urlRewrite": {"hostname": "a"}})),
+        Just(json!({"type": "RequestRedirect"})),
+    ]
 }
 
 /// A GRPCRoute method match: service and/or method (valid, empty or garbage), Exact or

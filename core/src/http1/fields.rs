@@ -179,6 +179,28 @@ pub(crate) fn is_field_vchar(b: u8) -> bool {
     (0x21..=0x7e).contains(&b) || b >= 0x80
 }
 
+/// Whether `name` is a field name (RFC 9110 §5.1: a non-empty token).
+pub fn is_field_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|b| is_tchar(*b))
+}
+
+/// Whether `value` can be sent as a field value as is (RFC 9110 §5.5): visible characters
+/// and obs-text, with spaces or tabs only between them.
+pub fn is_field_value(value: &[u8]) -> bool {
+    value == trim_ows(value)
+        && value
+            .iter()
+            .all(|b| is_field_vchar(*b) || *b == b' ' || *b == b'\t')
+}
+
+/// Whether the gateway writes fields of this name itself when it forwards a message (framing,
+/// `Host`, hop-by-hop and connection options, `X-Forwarded-*`, client identity), so that a
+/// route's header filter must not: it would break the framing or forge what the gateway
+/// vouches for.
+pub fn is_gateway_managed_field(name: &[u8]) -> bool {
+    classify(name) != Field::Other
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use super::fields::{Field, classify, list_elements};
 use super::{
     HeaderSpan, RequestBody, RequestHead, ResponseBody, ResponseHead, Span, TargetForm, Version,
 };
+use crate::filters::{HeaderModifier, NO_HEADER_CHANGES};
 
 /// The scheme the client used, for `X-Forwarded-Proto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub struct ForwardExtras<'a> {
     /// Header lines the gateway sets (client identity), pre-encoded as `Name: value\r\n` lines
     /// and appended verbatim. The caller guarantees they are well-formed: no validation here.
     pub identity_headers: &'a [u8],
+    /// The matched rule's `RequestHeaderModifier` (see [`crate::filters`]); translation
+    /// guarantees it names no field the gateway manages and only valid values.
+    pub request_headers: &'a HeaderModifier,
 }
 
 /// Writes the request head to send to the backend into `out` (appending).
@@ -51,6 +55,8 @@ pub struct ForwardExtras<'a> {
 ///   it will be forwarded. `Connection` can never remove them (nor `Host`).
 /// - `X-Forwarded-For`: the client's values (all its field lines, in order) with `, <client ip>`
 ///   appended; `X-Forwarded-Proto` replaced by the gateway's; then `extra.identity_headers`.
+/// - The rule's header modifier: the client's fields it sets or removes are dropped, and its
+///   `set` then `add` fields are written after the client's fields that are kept.
 pub fn write_forwarded_request_head(
     head: &RequestHead,
     buf: &[u8],
@@ -86,7 +92,8 @@ pub fn write_forwarded_request_head(
         let name = h.name.slice(buf);
         match classify(name) {
             Field::Other | Field::Expect => {
-                if !(nominates && nominated(spans, buf, name)) {
+                if !(nominates && nominated(spans, buf, name) || extra.request_headers.drops(name))
+                {
                     write_field(out, name, h.value.slice(buf));
                 }
             }
@@ -99,6 +106,9 @@ pub fn write_forwarded_request_head(
             | Field::XForwardedProto
             | Field::Identity => {}
         }
+    }
+    for field in extra.request_headers.written() {
+        write_field(out, field.name.as_bytes(), field.value.as_bytes());
     }
     match head.body {
         RequestBody::None => {}
@@ -177,12 +187,22 @@ pub struct ResponsePlan {
 ///
 /// A 1xx (informational) head is written without connection management, and for an HTTP/1.0
 /// client not at all (RFC 9110 §15.2): `out` is left unchanged.
+///
+/// `response_headers` (the matched rule's `ResponseHeaderModifier`) changes the final head only:
+/// the backend's fields it sets or removes are dropped, its `set` then `add` fields written
+/// after the backend's fields that are kept.
 pub fn write_forwarded_response_head(
     head: &ResponseHead,
     buf: &[u8],
     client: ClientConn,
+    response_headers: &HeaderModifier,
     out: &mut Vec<u8>,
 ) -> ResponsePlan {
+    let modifier = if head.is_informational {
+        &NO_HEADER_CHANGES
+    } else {
+        response_headers
+    };
     if head.is_informational && client.version == Version::Http10 {
         return ResponsePlan {
             body: ClientBody::None,
@@ -236,11 +256,14 @@ pub fn write_forwarded_response_head(
             | Field::XForwardedProto
             | Field::Identity
             | Field::Other => {
-                if !(nominates && nominated(spans, buf, name)) {
+                if !(nominates && nominated(spans, buf, name) || modifier.drops(name)) {
                     write_field(out, name, h.value.slice(buf));
                 }
             }
         }
+    }
+    for field in modifier.written() {
+        write_field(out, field.name.as_bytes(), field.value.as_bytes());
     }
     if !head.is_informational {
         if !keep_alive {
@@ -338,12 +361,14 @@ mod tests {
 
     use super::super::{HeadLimits, parse_request_head, parse_response_head};
     use super::*;
+    use crate::filters::{HeaderField, NO_HEADER_CHANGES as NO_CHANGES};
 
     fn extras(identity: &[u8]) -> ForwardExtras<'_> {
         ForwardExtras {
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             proto: ForwardedProto::Https,
             identity_headers: identity,
+            request_headers: &NO_CHANGES,
         }
     }
 
@@ -436,6 +461,7 @@ mod tests {
             client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
             proto: ForwardedProto::Http,
             identity_headers: b"X-Forwarded-Client-Cert: Hash=abc\r\nX-Client-Verified: yes\r\n",
+            request_headers: &NO_CHANGES,
         };
         write_forwarded_request_head(&head, buf, &extra, &mut out);
         assert_eq!(
@@ -445,13 +471,80 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_rules_header_modifier_sets_adds_and_removes() {
+        let buf = b"GET / HTTP/1.1\r\nHost: a\r\nx-header-set: client\r\nX-Header-Set: again\r\n\
+            x-header-add: original\r\nX-Header-Remove: gone\r\nAnother: kept\r\n\r\n";
+        let head = parse_request_head(buf, &HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        let field = |name: &str, value: &str| HeaderField {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        let modifier = HeaderModifier {
+            set: vec![field("X-Header-Set", "set"), field("X-New", "new")],
+            add: vec![field("X-Header-Add", "added")],
+            remove: vec!["x-header-REMOVE".to_owned()],
+        };
+        let mut out = Vec::new();
+        let extra = ForwardExtras {
+            client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            proto: ForwardedProto::Http,
+            identity_headers: b"",
+            request_headers: &modifier,
+        };
+        write_forwarded_request_head(&head, buf, &extra, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nHost: a\r\nx-header-add: original\r\nAnother: kept\r\n\
+             X-Header-Set: set\r\nX-New: new\r\nX-Header-Add: added\r\n\
+             X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
     fn respond(buf: &[u8], is_head: bool, client: ClientConn) -> (String, ResponsePlan) {
         let head = parse_response_head(buf, is_head, &HeadLimits::default())
             .unwrap()
             .unwrap();
         let mut out = Vec::new();
-        let plan = write_forwarded_response_head(&head, buf, client, &mut out);
+        let plan = write_forwarded_response_head(&head, buf, client, &NO_CHANGES, &mut out);
         (String::from_utf8(out).unwrap(), plan)
+    }
+
+    #[test]
+    fn the_rules_response_header_modifier_changes_the_final_head_only() {
+        let field = |name: &str, value: &str| HeaderField {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        let modifier = HeaderModifier {
+            set: vec![field("X-Header-Set", "set")],
+            add: vec![field("X-Header-Add", "added")],
+            remove: vec!["X-Header-Remove".to_owned()],
+        };
+        let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-header-set: old\r\n\
+            X-Header-Add: backend\r\nx-header-remove: gone\r\nOther: kept\r\n\r\n";
+        let head = parse_response_head(buf, false, &HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_forwarded_response_head(&head, buf, V11_KEEP, &modifier, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Header-Add: backend\r\nOther: kept\r\n\
+             X-Header-Set: set\r\nX-Header-Add: added\r\n\r\n"
+        );
+        let informational = b"HTTP/1.1 103 Early Hints\r\nx-header-remove: kept\r\n\r\n";
+        let head = parse_response_head(informational, false, &HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_forwarded_response_head(&head, informational, V11_KEEP, &modifier, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 103 Early Hints\r\nx-header-remove: kept\r\n\r\n"
+        );
     }
 
     const V11_KEEP: ClientConn = ClientConn {

@@ -65,6 +65,7 @@ pub use chunked::{
     ChunkProgress, ChunkedDecoder, ChunkedError, ContentLengthBody, MAX_CHUNK_LINE_BYTES,
     MAX_TRAILER_BYTES,
 };
+pub use fields::{is_field_name, is_field_value, is_gateway_managed_field};
 pub use forward::{
     ClientBody, ClientConn, ForwardExtras, ForwardedProto, ResponsePlan,
     write_forwarded_request_head, write_forwarded_response_head,

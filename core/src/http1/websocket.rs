@@ -334,6 +334,7 @@ mod tests {
                 client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
                 proto: ForwardedProto::Https,
                 identity_headers: b"X-Forwarded-Client-Cert: Hash=ours\r\n",
+                request_headers: &crate::filters::NO_HEADER_CHANGES,
             },
             &mut out,
         );

@@ -22,6 +22,7 @@
 //! 6. statuses, and the desired config of what is programmed.
 
 mod conditions;
+mod filters;
 mod gateways;
 mod matching;
 mod refs;

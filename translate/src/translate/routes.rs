@@ -2,9 +2,10 @@
 //! to the ready endpoints of their EndpointSlices.
 //!
 //! What Portcullis does not implement is refused, not ignored, when ignoring it would change
-//! what a request gets: filters (redirects, header changes, rewrites, mirrors...) and
-//! `RegularExpression` matches make the route `Accepted=False, reason UnsupportedValue` on every
-//! parent. `timeouts`, `retry` and `sessionPersistence` are best-effort knobs and are ignored.
+//! what a request gets: the filters it does not implement (rewrites, mirrors..., see
+//! [`super::filters`]; every GRPCRoute filter) and `RegularExpression` matches make the route
+//! `Accepted=False, reason UnsupportedValue` on every parent. `timeouts`, `retry` and
+//! `sessionPersistence` are best-effort knobs and are ignored.
 //!
 //! GRPCRoute: a method match becomes [`PathMatch::Grpc`] (service and/or method, `Exact`); a
 //! match without one takes every request, as the API's default. Every backend of a GRPCRoute
@@ -28,9 +29,11 @@ use portcullis_core::desired::{
     BackendProtocol, BackendTarget, DesiredBackend, DesiredRule, HeaderMatch, ObjectRef, PathMatch,
     QueryParamMatch, RouteMatch,
 };
+use portcullis_core::filters::{RedirectPath, RuleFilters};
 use portcullis_core::hostname;
 
 use super::conditions::{Problem, reasons};
+use super::filters::convert_filters;
 use super::matching::is_valid_hostname;
 use super::refs::{CORE_GROUP, GATEWAY_GROUP, Referent, Referrer, describe, require_grant};
 use crate::store::ObjectStore;
@@ -183,8 +186,9 @@ fn prepared_hostnames(hostnames: Option<&[String]>) -> PreparedRoute {
 
 /// What a rule of either kind says, read into the parts both kinds share.
 pub(crate) struct RuleParts<'a> {
-    /// The `type` of each rule-level filter (none is implemented).
-    filter_types: Vec<String>,
+    filters: RuleFilters,
+    /// Why filters cannot be honoured (each a field suffix and message).
+    filter_problems: Vec<String>,
     /// Each match, converted, or why it cannot be honoured (a field suffix and message).
     matches: Vec<Result<RouteMatch, String>>,
     backend_refs: Vec<BackendRef<'a>>,
@@ -192,10 +196,10 @@ pub(crate) struct RuleParts<'a> {
 
 impl<'a> From<&'a HttpRouteRules> for RuleParts<'a> {
     fn from(rule: &'a HttpRouteRules) -> Self {
+        let (filters, filter_problems) = convert_filters(rule.filters.as_deref().unwrap_or(&[]));
         Self {
-            filter_types: (rule.filters.iter().flatten())
-                .map(|f| format!("{:?}", f.r#type))
-                .collect(),
+            filters,
+            filter_problems,
             matches: rule.matches.iter().flatten().map(convert_match).collect(),
             backend_refs: rule.backend_refs.iter().flatten().map(Into::into).collect(),
         }
@@ -205,8 +209,9 @@ impl<'a> From<&'a HttpRouteRules> for RuleParts<'a> {
 impl<'a> From<&'a GrpcRouteRules> for RuleParts<'a> {
     fn from(rule: &'a GrpcRouteRules) -> Self {
         Self {
-            filter_types: (rule.filters.iter().flatten())
-                .map(|f| format!("{:?}", f.r#type))
+            filters: RuleFilters::default(),
+            filter_problems: (rule.filters.iter().flatten())
+                .map(|f| format!(".filters: filter type {:?} is not supported", f.r#type))
                 .collect(),
             matches: (rule.matches.iter().flatten())
                 .map(convert_grpc_match)
@@ -229,10 +234,10 @@ fn prepare_rule(
 ) -> DesiredRule {
     let at = format!("rules[{rule_index}]");
     let unsupported = |message: String| Problem::new(reasons::UNSUPPORTED_VALUE, message);
-    for filter_type in rule.filter_types {
-        prepared.unsupported.push(unsupported(format!(
-            "{at}.filters: filter type {filter_type} is not supported"
-        )));
+    for problem in rule.filter_problems {
+        prepared
+            .unsupported
+            .push(unsupported(format!("{at}{problem}")));
     }
     let mut matches = Vec::new();
     for (match_index, m) in rule.matches.into_iter().enumerate() {
@@ -241,6 +246,25 @@ fn prepare_rule(
             Err(message) => prepared
                 .unsupported
                 .push(unsupported(format!("{at}.matches[{match_index}]{message}"))),
+        }
+    }
+    if let Some(redirect) = &rule.filters.redirect {
+        // The API's rules (CEL in the CRD; a manifest folder has no API server to apply them).
+        if !rule.backend_refs.is_empty() {
+            prepared.unsupported.push(unsupported(format!(
+                "{at}: a RequestRedirect filter cannot be used together with backendRefs"
+            )));
+        }
+        // No matches is the API's one default `PathPrefix /` match.
+        if matches!(redirect.path, Some(RedirectPath::ReplacePrefixMatch(_)))
+            && (matches.len() > 1
+                || matches
+                    .iter()
+                    .any(|m| !matches!(m.path, PathMatch::Prefix(_))))
+        {
+            prepared.unsupported.push(unsupported(format!(
+                "{at}: a ReplacePrefixMatch redirect needs exactly one match, of type PathPrefix"
+            )));
         }
     }
     let mut backends = Vec::new();
@@ -257,7 +281,11 @@ fn prepare_rule(
         }
         backends.push(backend);
     }
-    DesiredRule { matches, backends }
+    DesiredRule {
+        matches,
+        filters: rule.filters,
+        backends,
+    }
 }
 
 /// One GRPCRoute match, or the reason (as a field suffix and message) it cannot be honoured.

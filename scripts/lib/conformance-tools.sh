@@ -5,10 +5,11 @@
 # scripts/conformance; needs $ROOT (the repository root), log and die.
 #
 #   conformance_tools_echo_basic   prints the echo-basic path, building it if needed
-#   conformance_tools_suite        prints the conformance.test path, building it if needed
+#   conformance_tools_suite        prints the suite binary's path, building it if needed
 #
-# The cache key covers the module files, the test source and this recipe, so a change rebuilds.
-# CONFORMANCE_TOOLS overrides the cache folder.
+# The folder's key covers the module files and this recipe; the suite binary's name adds a hash of
+# the test source. So editing the test rebuilds only the suite binary, and never removes the
+# echo-basic a running cluster's pods use. CONFORMANCE_TOOLS overrides the cache folder.
 # shellcheck shell=bash
 
 CONFORMANCE_MOD=$ROOT/scripts/conformance.d
@@ -21,7 +22,7 @@ conformance_tools_cache() {
     [[ -n $version ]] || die "cannot read the sigs.k8s.io/gateway-api/conformance version from $CONFORMANCE_MOD/go.mod"
     key=$({
         echo "recipe=$CONFORMANCE_RECIPE"
-        cat "$CONFORMANCE_MOD/go.mod" "$CONFORMANCE_MOD/go.sum" "$CONFORMANCE_MOD"/*.go
+        cat "$CONFORMANCE_MOD/go.mod" "$CONFORMANCE_MOD/go.sum"
     } | sha256sum | cut -c1-12)
     echo "$CONFORMANCE_TOOLS/gateway-api-$version-$key"
 }
@@ -50,6 +51,9 @@ conformance_tools_build() {
                 exit 1
             }
             mv "$tmp" "$out"
+            # Suite binaries of older test sources are dead weight.
+            [[ $name == conformance-*.test ]] &&
+                find "$cache" -maxdepth 1 -name 'conformance-*.test' ! -path "$out" -delete
             # Older builds (another version or recipe) are dead weight.
             find "$CONFORMANCE_TOOLS" -mindepth 1 -maxdepth 1 -type d -name 'gateway-api-*' ! -path "$cache" \
                 -exec rm -rf {} +
@@ -63,5 +67,7 @@ conformance_tools_echo_basic() {
 }
 
 conformance_tools_suite() {
-    conformance_tools_build conformance.test test . -c
+    local source
+    source=$(cat "$CONFORMANCE_MOD"/*.go | sha256sum | cut -c1-12)
+    conformance_tools_build "conformance-$source.test" test . -c
 }

@@ -30,6 +30,9 @@ var claimedFeatures = []features.FeatureName{
 	features.SupportGateway,
 	features.SupportReferenceGrant,
 	features.SupportHTTPRoute,
+	// The listener's frontend.default.validation (mTLS client certificates): the point of
+	// Portcullis.
+	features.SupportGatewayFrontendClientCertificateValidation,
 }
 
 var claimedImplementation = confv1.Implementation{

@@ -33,6 +33,8 @@ var claimedFeatures = []features.FeatureName{
 	// The listener's frontend.default.validation (mTLS client certificates): the point of
 	// Portcullis.
 	features.SupportGatewayFrontendClientCertificateValidation,
+	// 421 for a request whose Host is another HTTPS listener's than the connection's SNI.
+	features.SupportGatewayHTTPSListenerDetectMisdirectedRequests,
 }
 
 var claimedImplementation = confv1.Implementation{

@@ -33,6 +33,7 @@ var claimedFeatures = []features.FeatureName{
 	// The listener's frontend.default.validation (mTLS client certificates): the point of
 	// Portcullis.
 	features.SupportGatewayFrontendClientCertificateValidation,
+	features.SupportGatewayFrontendClientCertificateValidationInsecureFallback,
 	// 421 for a request whose Host is another HTTPS listener's than the connection's SNI.
 	features.SupportGatewayHTTPSListenerDetectMisdirectedRequests,
 }

@@ -2,11 +2,13 @@
 // in go.mod), run against Portcullis. scripts/conformance builds this once with `go test -c` and
 // runs it against the cluster of scripts/test-cluster; see docs/conformance/README.md.
 //
-// What Portcullis claims is fixed here, not on the command line, so that every report states the
-// same claim: gateway class `portcullis`, profile GATEWAY-HTTP, the features in claimedFeatures
-// (the profile adds its Core features itself). The upstream flags still work for everything else
+// The claim: gateway class `portcullis`, and the features that Portcullis publishes in the
+// GatewayClass's status.supportedFeatures (one list, kept in the translate crate). The suite reads
+// them from the class itself; scripts/conformance passes the same list explicitly, because the
+// suite stops reading the class when --run-test is given. Profiles: GATEWAY-HTTP, and
+// GATEWAY-GRPC when GRPCRoute is claimed. The upstream flags still work for everything else
 // (--run-test, --skip-tests, --report-output, --version, --debug, ...), and an explicitly given
-// --gateway-class, --supported-features or --conformance-profiles overrides the claim.
+// --gateway-class or --conformance-profiles overrides these.
 package conformance
 
 import (
@@ -22,21 +24,6 @@ import (
 )
 
 const gatewayClass = "portcullis"
-
-// Extended features Portcullis claims on top of the profile's Core ones. Only features whose
-// tests pass belong here; an extra one is tried with
-// `--supported-features Gateway,ReferenceGrant,HTTPRoute,NAME`.
-var claimedFeatures = []features.FeatureName{
-	features.SupportGateway,
-	features.SupportReferenceGrant,
-	features.SupportHTTPRoute,
-	// The listener's frontend.default.validation (mTLS client certificates): the point of
-	// Portcullis.
-	features.SupportGatewayFrontendClientCertificateValidation,
-	features.SupportGatewayFrontendClientCertificateValidationInsecureFallback,
-	// 421 for a request whose Host is another HTTPS listener's than the connection's SNI.
-	features.SupportGatewayHTTPSListenerDetectMisdirectedRequests,
-}
 
 var claimedImplementation = confv1.Implementation{
 	Organization: "portcullis-dev",
@@ -56,9 +43,9 @@ func TestConformance(t *testing.T) {
 	}
 	if !explicit.Has("conformance-profiles") {
 		opts.ConformanceProfiles = []suite.ConformanceProfileName{suite.GatewayHTTPConformanceProfileName}
-	}
-	if !explicit.Has("supported-features") {
-		opts.SupportedFeatures = claimedFeatures
+		if sets.New(opts.SupportedFeatures...).Has(features.SupportGRPCRoute) {
+			opts.ConformanceProfiles = append(opts.ConformanceProfiles, suite.GatewayGRPCConformanceProfileName)
+		}
 	}
 	if !explicit.Has("organization") {
 		opts.Implementation.Organization = claimedImplementation.Organization

@@ -64,11 +64,10 @@ pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 
 /// `status.supportedFeatures` of our GatewayClasses (sorted by bytes, as the API requires). The
 /// conformance suite reads them to choose which tests to run, so a feature is listed once the
-/// upstream conformance tests of it pass against Portcullis, not when part of it works: the
-/// Core features of profiles GATEWAY-HTTP and GATEWAY-GRPC, and the Extended features whose every upstream test
-/// (v1.6.1) is reproduced in `translate/tests/conformance_statuses.rs` (statuses) and
-/// `cli/tests/conformance_*.rs` (traffic).
-pub const SUPPORTED_FEATURES: [&str; 17] = [
+/// upstream conformance tests of it pass against Portcullis (`scripts/conformance`, which CI runs
+/// with exactly this list), not when part of it works: the Core features of profiles GATEWAY-HTTP
+/// and GATEWAY-GRPC, and the Extended features whose every upstream test (v1.6.1) passes.
+pub const SUPPORTED_FEATURES: [&str; 24] = [
     "GRPCRoute",
     "GRPCRouteNamedRouteRule",
     "Gateway",
@@ -79,12 +78,19 @@ pub const SUPPORTED_FEATURES: [&str; 17] = [
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
     "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteMethodMatching",
     "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
 ];
 

@@ -632,15 +632,6 @@ pub fn plan_provisioning(
             plan.apply
                 .push(Apply::ServiceAccount(objects.service_account));
         }
-        if needs(
-            ProvisionedKind::Deployment,
-            ns,
-            name,
-            &objects.deployment.metadata,
-        ) {
-            plan.apply
-                .push(Apply::Deployment(Box::new(objects.deployment)));
-        }
         if let Some(service) = objects.service {
             let live = cache
                 .store
@@ -684,6 +675,17 @@ pub fn plan_provisioning(
             {
                 plan.apply.push(Apply::Secret(Box::new(secret)));
             }
+        }
+        // The pods last: a data plane that starts before its RoleBinding and config Secrets
+        // exist has its first reads forbidden (a new pod starts within a second).
+        if needs(
+            ProvisionedKind::Deployment,
+            ns,
+            name,
+            &objects.deployment.metadata,
+        ) {
+            plan.apply
+                .push(Apply::Deployment(Box::new(objects.deployment)));
         }
         if let Some(pdb) = objects.pod_disruption_budget {
             if needs(
@@ -1279,13 +1281,14 @@ spec:
             targets(&first),
             vec![
                 "ServiceAccount agentgateway-system/mtls",
-                "Deployment agentgateway-system/mtls",
                 "Service agentgateway-system/mtls",
                 "Role agentgateway-system/mtls",
                 "RoleBinding agentgateway-system/mtls",
                 // The endpoints first: a data plane waits for the endpoints a config names.
                 "Secret agentgateway-system/mtls-portcullis-endpoints",
                 "Secret agentgateway-system/mtls-portcullis-config",
+                // Its pods start once they may read their config and it is there.
+                "Deployment agentgateway-system/mtls",
             ]
         );
         assert!(first.delete.is_empty());
@@ -1313,8 +1316,8 @@ spec:
         assert_eq!(
             targets(&plan),
             vec![
-                "Deployment agentgateway-system/mtls",
-                "Service agentgateway-system/mtls"
+                "Service agentgateway-system/mtls",
+                "Deployment agentgateway-system/mtls"
             ]
         );
         // The Gateway is gone: everything it had goes, and so does a binding 0.1 made.

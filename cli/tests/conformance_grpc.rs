@@ -57,6 +57,15 @@ struct Call<'a> {
     metadata: &'a [(&'a str, &'a str)],
 }
 
+/// A call of `method` with no authority override and no metadata.
+const fn method(method: &'static str) -> Call<'static> {
+    Call {
+        method,
+        authority: None,
+        metadata: &[],
+    }
+}
+
 const fn echo(metadata: &'static [(&'static str, &'static str)]) -> Call<'static> {
     Call {
         method: "Echo",
@@ -191,11 +200,6 @@ fn on_same_namespace(route_file: &str) -> (Gateway, u16) {
 #[test]
 fn grpc_exact_method_matching() {
     let (_gw, port) = on_same_namespace("grpcroute-exact-method-matching.yaml");
-    let method = |method| Call {
-        method,
-        authority: None,
-        metadata: &[],
-    };
     check(
         port,
         &[
@@ -284,11 +288,6 @@ fn grpcroute_weight() {
 #[test]
 fn grpcroute_named_rule() {
     let (_gw, port) = on_same_namespace("grpcroute-named-rule.yaml");
-    let method = |method| Call {
-        method,
-        authority: None,
-        metadata: &[],
-    };
     check(
         port,
         &[

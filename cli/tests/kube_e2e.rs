@@ -293,19 +293,7 @@ fn run_user_guide(release: Release) {
         &format!("e2e-guide-{}", release.version.replace('.', "-")),
         admin,
     );
-    let mut controller = Process::portcullis(
-        "controller",
-        &dir,
-        &kube,
-        &["controller", "--config", config.to_str().unwrap()],
-    );
-    wait_for("the controller's watches to sync", PATIENCE, || {
-        controller.assert_running();
-        match metric(admin, "portcullis_controller_synced") {
-            Some(1.0) => Ok(()),
-            other => Err(format!("synced={other:?}")),
-        }
-    });
+    let mut controller = synced_controller(&kube, &dir, &config, admin);
     if crds_first {
         println!("the controller started before the Gateway API CRDs were installed");
     }
